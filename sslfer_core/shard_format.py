@@ -1,0 +1,458 @@
+"""HDF5 shard format v1: one file per shard, frames of a video contiguous and sorted by timestamp.
+
+The layout is documented in docs/shard-format.md. Readers refuse files of another schema or of a newer
+major version; nothing in a shard is pickled (strings are UTF-8, structured metadata is JSON).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import cv2
+import h5py
+import numpy as np
+
+from sslfer_core import __version__
+from sslfer_core.atomic_files import atomic_path
+
+SCHEMA_NAME = "sslfer.shard"
+SCHEMA_VERSION = (1, 0)
+IMAGE_FIELDS = ("face", "eyes", "mouth", "swaps")
+NUM_LANDMARKS = 68
+DEFAULT_CHUNK_FRAMES = 1  # see docs/shard-format.md for the measurement behind this
+
+
+class ShardFormatError(ValueError):
+    """The file is not a readable sslfer shard."""
+
+
+class ShardVersionError(ShardFormatError):
+    """The shard was written by a newer, incompatible schema."""
+
+
+@dataclass(frozen=True)
+class ImageCodec:
+    name: str = "raw"  # "raw" or "jpeg"
+    quality: int = 90  # JPEG quality; ignored for raw
+
+    def __post_init__(self):
+        if self.name not in ("raw", "jpeg"):
+            raise ValueError(f"unknown image codec {self.name!r}; use 'raw' or 'jpeg'")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "quality": self.quality} if self.name == "jpeg" else {"name": "raw"}
+
+    @classmethod
+    def from_json(cls, obj: Mapping) -> "ImageCodec":
+        return cls(obj["name"], int(obj.get("quality", 90)))
+
+    @classmethod
+    def parse(cls, text: str) -> "ImageCodec":
+        """'raw', 'jpeg' or 'jpeg:85'."""
+        name, _, quality = text.partition(":")
+        return cls(name, int(quality)) if quality else cls(name)
+
+
+@dataclass
+class ShardHeader:
+    image_size: int
+    patch_size: int
+    swaps_per_frame: int
+    descriptor_kind: str  # "none" when no descriptors are stored
+    descriptor_dim: int
+    codecs: dict[str, ImageCodec] = field(default_factory=lambda: {f: ImageCodec() for f in IMAGE_FIELDS})
+    prep_config: dict = field(default_factory=dict)
+    dlib_model_sha256: dict[str, str] = field(default_factory=dict)
+    descriptor_weights_sha256: str | None = None
+    tool_version: str = __version__
+    schema_version: tuple[int, int] = SCHEMA_VERSION
+
+    def attrs(self) -> dict[str, str | int]:
+        return {
+            "schema": SCHEMA_NAME,
+            "schema_version": f"{self.schema_version[0]}.{self.schema_version[1]}",
+            "tool_version": self.tool_version,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "swaps_per_frame": self.swaps_per_frame,
+            "descriptor_kind": self.descriptor_kind,
+            "descriptor_dim": self.descriptor_dim,
+            "codecs": json.dumps({k: v.to_json() for k, v in self.codecs.items()}, sort_keys=True),
+            "prep_config": json.dumps(self.prep_config, sort_keys=True),
+            "dlib_model_sha256": json.dumps(self.dlib_model_sha256, sort_keys=True),
+            "descriptor_weights_sha256": self.descriptor_weights_sha256 or "",
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping, source: str = "shard") -> "ShardHeader":
+        schema = _as_str(attrs.get("schema", ""))
+        if schema != SCHEMA_NAME:
+            raise ShardFormatError(f"{source}: not an sslfer shard (schema attribute {schema!r})")
+        version = parse_schema_version(_as_str(attrs.get("schema_version", "")), source)
+        if version[0] != SCHEMA_VERSION[0]:
+            raise ShardVersionError(
+                f"{source}: shard schema version {version[0]}.{version[1]} is not readable by sslfer "
+                f"{__version__}, which reads schema {SCHEMA_VERSION[0]}.x; upgrade sslfer"
+                if version[0] > SCHEMA_VERSION[0]
+                else f"{source}: shard schema version {version[0]}.{version[1]} is older than "
+                f"{SCHEMA_VERSION[0]}.x and no longer supported; re-run sslfer-prep"
+            )
+        try:
+            return cls(
+                image_size=int(attrs["image_size"]),
+                patch_size=int(attrs["patch_size"]),
+                swaps_per_frame=int(attrs["swaps_per_frame"]),
+                descriptor_kind=_as_str(attrs["descriptor_kind"]),
+                descriptor_dim=int(attrs["descriptor_dim"]),
+                codecs={k: ImageCodec.from_json(v) for k, v in json.loads(_as_str(attrs["codecs"])).items()},
+                prep_config=json.loads(_as_str(attrs["prep_config"])),
+                dlib_model_sha256=json.loads(_as_str(attrs["dlib_model_sha256"])),
+                descriptor_weights_sha256=_as_str(attrs["descriptor_weights_sha256"]) or None,
+                tool_version=_as_str(attrs["tool_version"]),
+                schema_version=version,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ShardFormatError(f"{source}: shard header is incomplete or malformed ({exc})") from None
+
+
+def parse_schema_version(text: str, source: str = "shard") -> tuple[int, int]:
+    try:
+        major, minor = (int(p) for p in text.split("."))
+    except ValueError:
+        raise ShardFormatError(f"{source}: unreadable schema version {text!r}") from None
+    return major, minor
+
+
+def _as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class VideoFrames:
+    """All kept frames of one video, in timestamp order, as the writer takes them."""
+
+    video_id: str
+    identity: str
+    source_path: str  # relative to the source root
+    source_fps: float
+    faces: np.ndarray  # (N,S,S,3) uint8 RGB
+    landmarks: np.ndarray  # (N,68,2) float32, aligned-crop pixels
+    eyes: np.ndarray  # (N,P,P,3) uint8 RGB
+    mouth: np.ndarray  # (N,P,P,3) uint8 RGB
+    timestamps: np.ndarray  # (N,) float64 seconds
+    frame_index: np.ndarray  # (N,) int source frame numbers
+    det_score: np.ndarray  # (N,) float32
+    swaps: np.ndarray | None = None  # (N,K,S,S,3) uint8 RGB
+    swap_ok: np.ndarray | None = None  # (N,K) bool; a failed swap's pixels are zeros and must not be used
+    descriptors: np.ndarray | None = None  # (N,D) float, L2-normalised
+    has_descriptor: np.ndarray | None = None  # (N,) bool
+    status: str = "ok"
+
+    def __len__(self) -> int:
+        return int(self.faces.shape[0])
+
+
+# ----------------------------------------------------------------------------- image codecs
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.reshape(-1)
+
+
+def decode_jpeg(buf: np.ndarray) -> np.ndarray:
+    image = cv2.imdecode(np.asarray(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ShardFormatError("corrupt JPEG payload in shard")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+# ----------------------------------------------------------------------------- writer
+
+class ShardWriter:
+    """Append whole videos to a new shard; the file appears under its final name only on close().
+
+    Use as a context manager: an exception inside the block leaves no file behind.
+    """
+
+    def __init__(self, path: str | os.PathLike, header: ShardHeader, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES):
+        self.path = Path(path)
+        self.header = header
+        self.chunk_frames = max(1, int(chunk_frames))
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._h5 = h5py.File(self._tmp, "w")
+        for key, value in header.attrs().items():
+            self._h5.attrs[key] = value
+        self._frames = self._h5.create_group("frames")
+        self._videos: list[dict] = []
+        self._num_rows = 0
+        self._closed = False
+
+    # -- datasets are created on first append and grown per video
+    def _append(self, name: str, data: np.ndarray, dtype) -> None:
+        ds = self._frames.get(name)
+        if ds is None:
+            chunks = (min(self.chunk_frames, max(1, data.shape[0])),) + data.shape[1:] if data.size else None
+            ds = self._frames.create_dataset(
+                name, shape=(0,) + data.shape[1:], maxshape=(None,) + data.shape[1:], dtype=dtype,
+                chunks=chunks or True,
+            )
+        start = ds.shape[0]
+        ds.resize(start + data.shape[0], axis=0)
+        ds[start:] = data
+
+    def _append_images(self, name: str, images: np.ndarray) -> None:
+        codec = self.header.codecs.get(name, ImageCodec())
+        if codec.name == "raw":
+            self._append(name, np.ascontiguousarray(images, dtype=np.uint8), np.uint8)
+            return
+        lead_shape = images.shape[:-3]
+        ds = self._frames.get(name)
+        if ds is None:
+            ds = self._frames.create_dataset(
+                name, shape=(0,) + lead_shape[1:], maxshape=(None,) + lead_shape[1:],
+                dtype=h5py.vlen_dtype(np.uint8), chunks=(self.chunk_frames,) + lead_shape[1:],
+            )
+        start = ds.shape[0]
+        ds.resize(start + lead_shape[0], axis=0)
+        # Element-wise: h5py would read equal-length buffers in a block as one 2-D array.
+        for idx in np.ndindex(*lead_shape):
+            ds[(start + idx[0],) + idx[1:]] = encode_jpeg(images[idx], codec.quality)
+
+    def add_video(self, video: VideoFrames) -> None:
+        n = len(video)
+        h = self.header
+        s, p, k, d = h.image_size, h.patch_size, h.swaps_per_frame, h.descriptor_dim
+        _check_shape("faces", video.faces, (n, s, s, 3))
+        _check_shape("landmarks", video.landmarks, (n, NUM_LANDMARKS, 2))
+        _check_shape("eyes", video.eyes, (n, p, p, 3))
+        _check_shape("mouth", video.mouth, (n, p, p, 3))
+        for name in ("timestamps", "frame_index", "det_score"):
+            _check_shape(name, getattr(video, name), (n,))
+        if n == 0:
+            raise ValueError(f"video {video.video_id!r} has no frames; record it as a failure instead")
+        if np.any(np.diff(video.timestamps) < 0):
+            raise ValueError(f"video {video.video_id!r}: timestamps must be sorted")
+        video_row = len(self._videos)
+        self._append_images("face", video.faces)
+        self._append("landmarks", np.asarray(video.landmarks, np.float32), np.float32)
+        self._append_images("eyes", video.eyes)
+        self._append_images("mouth", video.mouth)
+        if k > 0:
+            _check_shape("swaps", video.swaps, (n, k, s, s, 3))
+            _check_shape("swap_ok", video.swap_ok, (n, k))
+            self._append_images("swaps", video.swaps)
+            self._append("swap_ok", np.asarray(video.swap_ok, bool), bool)
+        if d > 0:
+            _check_shape("descriptors", video.descriptors, (n, d))
+            has = np.ones(n, bool) if video.has_descriptor is None else np.asarray(video.has_descriptor, bool)
+            self._append("descriptor", np.asarray(video.descriptors, np.float16), np.float16)
+            self._append("has_descriptor", has, bool)
+        self._append("video_row", np.full(n, video_row, np.int32), np.int32)
+        self._append("timestamp", np.asarray(video.timestamps, np.float64), np.float64)
+        self._append("frame_index", np.asarray(video.frame_index, np.int32), np.int32)
+        self._append("det_score", np.asarray(video.det_score, np.float32), np.float32)
+        self._videos.append(dict(
+            video_id=video.video_id, identity=video.identity, source_path=video.source_path,
+            source_fps=float(video.source_fps), first_row=self._num_rows, row_count=n, status=video.status,
+        ))
+        self._num_rows += n
+
+    @property
+    def num_frames(self) -> int:
+        return self._num_rows
+
+    def bytes_written(self) -> int:
+        self._h5.flush()
+        return self._tmp.stat().st_size
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._videos:
+            self._h5.close()
+            self._atomic.__exit__(ValueError, ValueError("empty shard"), None)
+            raise ValueError(f"{self.path}: refusing to write a shard with no videos")
+        group = self._h5.create_group("videos")
+        str_dtype = h5py.string_dtype("utf-8")
+        for name in ("video_id", "identity", "source_path", "status"):
+            group.create_dataset(name, data=[v[name] for v in self._videos], dtype=str_dtype)
+        group.create_dataset("source_fps", data=np.array([v["source_fps"] for v in self._videos], np.float64))
+        group.create_dataset("first_row", data=np.array([v["first_row"] for v in self._videos], np.int64))
+        group.create_dataset("row_count", data=np.array([v["row_count"] for v in self._videos], np.int64))
+        self._h5.attrs["num_frames"] = self._num_rows
+        self._h5.attrs["num_videos"] = len(self._videos)
+        self._h5.close()
+        self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._h5.close()
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _check_shape(name: str, array, shape: tuple) -> None:
+    if array is None:
+        raise ValueError(f"{name} is required by this shard's header but was not given")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(array.shape)}, expected {tuple(shape)}")
+
+
+def write_shard(path: str | os.PathLike, header: ShardHeader, videos: Iterable[VideoFrames], **kwargs) -> Path:
+    with ShardWriter(path, header, **kwargs) as writer:
+        for video in videos:
+            writer.add_video(video)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------- reader
+
+@dataclass
+class VideoTable:
+    video_id: np.ndarray  # str
+    identity: np.ndarray  # str
+    source_path: np.ndarray  # str
+    source_fps: np.ndarray
+    first_row: np.ndarray
+    row_count: np.ndarray
+    status: np.ndarray  # str
+
+    def __len__(self) -> int:
+        return len(self.video_id)
+
+
+class ShardReader:
+    """Read one shard. The HDF5 handle is opened lazily and reopened after a fork, so a reader made in a
+    parent process is safe to hand to DataLoader workers (each opens its own handle)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._h5: h5py.File | None = None
+        self._pid: int | None = None
+        try:
+            with h5py.File(self.path, "r") as h5:
+                self.header = ShardHeader.from_attrs(h5.attrs, source=str(self.path))
+                self.num_frames = int(h5.attrs.get("num_frames", 0))
+                if "videos" not in h5 or "frames" not in h5:
+                    raise ShardFormatError(f"{self.path}: shard is missing its frames or videos group")
+                g = h5["videos"]
+                self.videos = VideoTable(
+                    video_id=np.array(g["video_id"].asstr()[()], dtype=object),
+                    identity=np.array(g["identity"].asstr()[()], dtype=object),
+                    source_path=np.array(g["source_path"].asstr()[()], dtype=object),
+                    source_fps=g["source_fps"][()],
+                    first_row=g["first_row"][()],
+                    row_count=g["row_count"][()],
+                    status=np.array(g["status"].asstr()[()], dtype=object),
+                )
+                self.timestamps = h5["frames/timestamp"][()]
+                self.video_row = h5["frames/video_row"][()]
+                self.fields = tuple(sorted(h5["frames"].keys()))
+        except OSError as exc:
+            raise ShardFormatError(f"{self.path}: cannot open as HDF5 ({exc})") from None
+        except KeyError as exc:
+            raise ShardFormatError(f"{self.path}: shard is missing a dataset ({exc})") from None
+
+    def _file(self) -> h5py.File:
+        if self._h5 is None or self._pid != os.getpid():
+            # A handle inherited through fork must not be used: open a fresh one in this process.
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5
+
+    def close(self) -> None:
+        if self._h5 is not None and self._pid == os.getpid():
+            self._h5.close()
+        self._h5 = None
+
+    def __enter__(self) -> "ShardReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_h5"] = None
+        state["_pid"] = None
+        return state
+
+    # -- queries
+    def video_rows(self, video: int) -> slice:
+        start = int(self.videos.first_row[video])
+        return slice(start, start + int(self.videos.row_count[video]))
+
+    def rows_between(self, video: int, t0: float, t1: float) -> slice:
+        """Rows of `video` whose timestamp lies in [t0, t1): one contiguous slice."""
+        rows = self.video_rows(video)
+        ts = self.timestamps[rows]
+        lo = int(np.searchsorted(ts, t0, side="left"))
+        hi = int(np.searchsorted(ts, t1, side="left"))
+        return slice(rows.start + lo, rows.start + max(lo, hi))
+
+    def has_field(self, name: str) -> bool:
+        return name in self.fields
+
+    def read_array(self, name: str, rows) -> np.ndarray:
+        """Read a non-image field for a slice or an array of row indices (any order, repeats allowed)."""
+        return _read_rows(self._file()["frames"][name], rows)
+
+    def read_images(self, name: str, rows) -> np.ndarray:
+        """Decoded uint8 RGB images of an image field ('face', 'eyes', 'mouth', 'swaps')."""
+        if name not in IMAGE_FIELDS:
+            raise KeyError(f"{name!r} is not an image field")
+        data = self.read_array(name, rows)
+        if self.header.codecs.get(name, ImageCodec()).name == "raw":
+            return data
+        lead_shape = data.shape
+        first = decode_jpeg(data.reshape(-1)[0]) if data.size else None
+        if first is None:
+            side = self.header.patch_size if name in ("eyes", "mouth") else self.header.image_size
+            return np.zeros(lead_shape + (side, side, 3), np.uint8)
+        out = np.empty(lead_shape + first.shape, np.uint8)
+        flat_out = out.reshape((-1,) + first.shape)
+        flat_out[0] = first
+        for i, buf in enumerate(data.reshape(-1)[1:], start=1):
+            flat_out[i] = decode_jpeg(buf)
+        return out
+
+
+def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:
+    if isinstance(rows, slice):
+        return dataset[rows]
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return dataset[0:0]
+    # h5py wants strictly increasing indices: read the unique sorted rows, then put them back in order.
+    unique, inverse = np.unique(rows, return_inverse=True)
+    if unique[-1] - unique[0] + 1 <= 2 * unique.size:
+        # Dense enough: one contiguous read beats many small ones.
+        block = dataset[int(unique[0]): int(unique[-1]) + 1]
+        return block[rows - unique[0]]
+    return dataset[unique][inverse]
+
+
+def read_shard_header(path: str | os.PathLike) -> ShardHeader:
+    try:
+        with h5py.File(path, "r") as h5:
+            return ShardHeader.from_attrs(h5.attrs, source=str(path))
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot open as HDF5 ({exc})") from None

@@ -1,0 +1,7 @@
+"""sslfer-eval: placeholder until evaluation lands."""
+import click
+
+
+@click.group(help="Downstream evaluation of pretrained backbones.")
+def main():
+    pass
