@@ -1,0 +1,200 @@
+"""What a shard set (or one shard) holds: counts, config, per-identity and per-video totals, storage per field."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from data_manifest.manifest import Manifest, load_manifest, shard_paths
+from sslfer_core.shard_format import ShardReader
+
+JPEG_SAMPLE_ROWS = 256  # JPEG payload sizes are estimated from this many evenly spaced rows per shard
+
+
+def inspect_path(path: Path, progress=None) -> dict:
+    """Report on a directory with a manifest.json, or on a single shard file. JSON-serialisable.
+
+    `progress()` is called once per shard read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        manifest = load_manifest(path)
+        files = [(e.file, p) for e, p in zip(manifest.shards, shard_paths(path, manifest))]
+        return _report(files, manifest, progress)
+    return _report([(path.name, path)], None, progress)
+
+
+def _report(files: list[tuple[str, Path]], manifest: Manifest | None, progress) -> dict:
+    videos, fields, schema_versions, codecs, headers = [], {}, set(), {}, []
+    file_bytes = 0
+    for name, path in files:
+        with ShardReader(path) as reader:
+            header = reader.header
+            videos.extend(_video_rows(name, reader))
+            fields_of_shard = _field_storage(path, header, reader.num_frames)
+        headers.append(header)
+        schema_versions.add("{}.{}".format(*header.schema_version))
+        for field_name, codec in header.codecs.items():
+            codecs.setdefault(field_name, codec.to_json())
+        for field_name, info in fields_of_shard.items():
+            acc = fields.setdefault(field_name, {**info, "bytes": 0, "frames": 0})
+            acc["bytes"] += info["bytes"]
+            acc["frames"] += info["frames"]
+            acc["estimated"] = acc["estimated"] or info["estimated"]
+        file_bytes += path.stat().st_size
+        if progress:
+            progress()
+    frames = sum(v["frames"] for v in videos)
+    for info in fields.values():
+        info["bytes_per_frame"] = round(info["bytes"] / max(info.pop("frames"), 1), 1)
+    first = headers[0]
+    config = {
+        "image_size": first.image_size, "patch_size": first.patch_size, "swaps_per_frame": first.swaps_per_frame,
+        "descriptor_kind": first.descriptor_kind, "descriptor_dim": first.descriptor_dim,
+        "prep_config": first.prep_config,
+    }
+    report = {
+        "source": "manifest" if manifest else "shard",
+        "schema_versions": sorted(schema_versions),
+        "config": config,
+        "mixed": bool(manifest and manifest.mixed),
+        "codecs": codecs,
+        "totals": {
+            "shards": len(files),
+            "videos": len(videos),
+            "frames": frames,
+            "identities": len({v["identity"] for v in videos}),
+            "bytes": file_bytes,
+            "bytes_per_frame": round(file_bytes / max(frames, 1), 1),
+            "duration_s": round(sum(v["duration_s"] for v in videos), 3),
+            **_rates(videos),
+        },
+        "fields": fields,
+        "identities": _per_identity(videos),
+        "videos": videos,
+    }
+    if manifest:
+        report["manifest"] = {
+            "schema_version": manifest.schema_version, "tool_version": manifest.tool_version,
+            "created": manifest.created, "parts": len(manifest.parts),
+        }
+        report["failures"] = {"count": manifest.failures, "file": manifest.failures_file}
+    return report
+
+
+def _video_rows(shard: str, reader: ShardReader) -> list[dict]:
+    k = reader.header.swaps_per_frame
+    swap_ok = reader.read_array("swap_ok", slice(None)) if reader.has_field("swap_ok") else None
+    has_desc = reader.read_array("has_descriptor", slice(None)) if reader.has_field("has_descriptor") else None
+    table = reader.videos
+    out = []
+    for i in range(len(table)):
+        rows = reader.video_rows(i)
+        ts = reader.timestamps[rows]
+        n = rows.stop - rows.start
+        out.append({
+            "video_id": str(table.video_id[i]),
+            "identity": str(table.identity[i]),
+            "shard": shard,
+            "status": str(table.status[i]),
+            "source_fps": float(table.source_fps[i]),
+            "frames": int(n),
+            "duration_s": round(float(ts[-1] - ts[0]) if n else 0.0, 3),
+            # Raw counts, so totals over identities are weighted by frames rather than averaged per video.
+            "swaps_ok": int(swap_ok[rows].sum()) if swap_ok is not None else 0,
+            "swaps_total": int(n * k) if swap_ok is not None else 0,
+            "descriptors": int(has_desc[rows].sum()) if has_desc is not None else 0,
+        })
+        out[-1].update(_rates([out[-1]]))
+    return out
+
+
+def _rates(videos: list[dict]) -> dict:
+    swaps_total = sum(v["swaps_total"] for v in videos)
+    frames = sum(v["frames"] for v in videos)
+    return {
+        "swap_success_rate": round(sum(v["swaps_ok"] for v in videos) / swaps_total, 4) if swaps_total else None,
+        "descriptor_coverage": round(sum(v["descriptors"] for v in videos) / frames, 4) if frames else None,
+    }
+
+
+def _per_identity(videos: list[dict]) -> dict:
+    groups = defaultdict(list)
+    for video in videos:
+        groups[video["identity"]].append(video)
+    return {
+        identity: {
+            "videos": len(vs),
+            "frames": sum(v["frames"] for v in vs),
+            "duration_s": round(sum(v["duration_s"] for v in vs), 3),
+            **_rates(vs),
+        }
+        for identity, vs in sorted(groups.items())
+    }
+
+
+def _field_storage(path: Path, header, num_frames: int) -> dict:
+    """Bytes each per-frame dataset takes on disk; JPEG (variable-length) payloads are sampled."""
+    out = {}
+    with h5py.File(path, "r") as h5:
+        for name, ds in h5["frames"].items():
+            codec = header.codecs[name].name if name in header.codecs else None
+            vlen = h5py.check_vlen_dtype(ds.dtype) is not None
+            if vlen and ds.shape[0]:
+                rows = np.unique(np.linspace(0, ds.shape[0] - 1, min(JPEG_SAMPLE_ROWS, ds.shape[0])).astype(int))
+                sample = ds[rows]
+                per_row = sum(int(buf.size) for buf in sample.reshape(-1)) / len(rows)
+                nbytes, estimated = int(round(per_row * ds.shape[0])), len(rows) < ds.shape[0]
+            else:
+                nbytes, estimated = int(ds.id.get_storage_size()), False
+            out[name] = {
+                "dtype": "vlen uint8" if vlen else str(ds.dtype),
+                "shape_per_frame": list(ds.shape[1:]) + ([] if not vlen else ["jpeg"]),
+                "codec": codec,
+                "compression": ds.compression,
+                "chunk_frames": ds.chunks[0] if ds.chunks else None,
+                "bytes": nbytes,
+                "frames": num_frames,
+                "estimated": estimated,
+            }
+    return out
+
+
+def format_report(report: dict, *, show_videos: bool = False) -> str:
+    t = report["totals"]
+    c = report["config"]
+    lines = [
+        f"shards {t['shards']}  videos {t['videos']}  frames {t['frames']}  identities {t['identities']}  "
+        f"bytes {t['bytes']:,} ({t['bytes_per_frame']:,.0f} per frame)  duration {t['duration_s']:.1f} s",
+        f"schema {', '.join(report['schema_versions'])}  image {c['image_size']} px  patch {c['patch_size']} px  "
+        f"swaps K={c['swaps_per_frame']}  descriptor {c['descriptor_kind']} ({c['descriptor_dim']}-d)"
+        + ("  MIXED CONFIG (see manifest parts)" if report["mixed"] else ""),
+        f"prep config {c['prep_config']}",
+        f"swap success {_pct(t['swap_success_rate'])}  descriptor coverage {_pct(t['descriptor_coverage'])}",
+    ]
+    if "failures" in report:
+        f = report["failures"]
+        lines.append(f"failures {f['count']}" + (f" (see {f['file']})" if f["file"] else ""))
+    lines.append("fields:")
+    for name, info in sorted(report["fields"].items()):
+        codec = f" {info['codec']}" if info["codec"] else ""
+        comp = f" {info['compression']}" if info["compression"] else ""
+        approx = "~" if info["estimated"] else ""
+        lines.append(f"  {name:15s} {info['dtype']:10s}{codec}{comp}  chunk {info['chunk_frames']}  "
+                     f"{approx}{info['bytes_per_frame']:,.0f} B/frame")
+    lines.append(f"{'identity':20s} {'videos':>6s} {'frames':>7s} {'seconds':>8s} {'swap ok':>8s} {'desc':>6s}")
+    for identity, s in report["identities"].items():
+        lines.append(f"{identity:20s} {s['videos']:6d} {s['frames']:7d} {s['duration_s']:8.1f} "
+                     f"{_pct(s['swap_success_rate']):>8s} {_pct(s['descriptor_coverage']):>6s}")
+    if show_videos:
+        lines.append(f"{'video':28s} {'identity':14s} {'frames':>7s} {'seconds':>8s} {'swap ok':>8s} {'desc':>6s} status")
+        for v in report["videos"]:
+            lines.append(f"{v['video_id']:28s} {v['identity']:14s} {v['frames']:7d} {v['duration_s']:8.1f} "
+                         f"{_pct(v['swap_success_rate']):>8s} {_pct(v['descriptor_coverage']):>6s} {v['status']}")
+    return "\n".join(lines)
+
+
+def _pct(rate) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"

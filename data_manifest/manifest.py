@@ -1,0 +1,367 @@
+"""manifest.json: what a directory of shards holds, with sizes and hashes to check it against.
+
+The manifest is plain JSON (never pickle) written atomically beside the shards. Shard paths inside it are
+relative POSIX paths; loading refuses absolute paths and paths that climb out of the directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from sslfer_core import __version__ as TOOL_VERSION
+from sslfer_core.atomic_files import TEMP_PREFIX, write_json_atomic
+from sslfer_core.shard_format import SCHEMA_VERSION as SHARD_SCHEMA_VERSION
+from sslfer_core.shard_format import ShardHeader, ShardReader
+
+MANIFEST_NAME = "manifest.json"
+FAILURES_NAME = "failures.jsonl"
+MANIFEST_SCHEMA = "sslfer.manifest"
+MANIFEST_VERSION = (1, 0)
+SHARD_SUFFIX = ".h5"
+HASH_BLOCK = 4 << 20
+
+# Header fields that change what a training sample is; shards that differ in any of them are not one dataset.
+HEADER_COMPAT_KEYS = (
+    "shard_schema_major", "image_size", "patch_size", "swaps_per_frame", "descriptor_kind", "descriptor_dim",
+    "descriptor_weights_sha256", "dlib_model_sha256",
+)
+# prep_config keys that only describe how a run was executed, not what it produced; ignored when comparing.
+RUN_ONLY_PREP_KEYS = frozenset({
+    "jobs", "n_jobs", "workers", "backend", "input", "source", "source_root", "data", "out", "output",
+    "output_dir", "limit", "resume", "shard_videos", "videos_per_shard", "progress", "verbose",
+})
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, malformed, unsafe, or disagrees with the shards."""
+
+
+@dataclass
+class ShardEntry:
+    file: str  # relative POSIX path inside the shard directory
+    bytes: int
+    sha256: str
+    videos: int
+    frames: int
+    identities: list[str]
+    video_ids: list[str]
+    swaps_per_frame: int
+    descriptor_kind: str
+    schema_version: str  # the shard's own schema version, "major.minor"
+    part: int | None = None  # index into Manifest.parts for merged sets
+
+
+@dataclass
+class Manifest:
+    schema_version: str
+    tool_version: str
+    prep_config: dict
+    descriptor_kind: str
+    image_size: int
+    swaps_per_frame: int
+    shards: list[ShardEntry]
+    failures: int
+    patch_size: int = 0
+    descriptor_dim: int = 0
+    descriptor_weights_sha256: str | None = None
+    dlib_model_sha256: dict = field(default_factory=dict)
+    codecs: dict = field(default_factory=dict)
+    shard_schema_version: str = "{}.{}".format(*SHARD_SCHEMA_VERSION)
+    failures_file: str | None = None
+    created: str = ""
+    mixed: bool = False  # True only for merges made with --allow-mixed: parts[i] then holds each part's config
+    parts: list[dict] = field(default_factory=list)
+
+    def totals(self) -> dict:
+        identities = {i for s in self.shards for i in s.identities}
+        return {
+            "shards": len(self.shards),
+            "videos": sum(s.videos for s in self.shards),
+            "frames": sum(s.frames for s in self.shards),
+            "identities": len(identities),
+            "bytes": sum(s.bytes for s in self.shards),
+            "failures": self.failures,
+        }
+
+    def compat_config(self) -> dict:
+        """The values two shard sets must share to be merged without --allow-mixed."""
+        return {
+            "shard_schema_major": int(self.shard_schema_version.split(".")[0]),
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "swaps_per_frame": self.swaps_per_frame,
+            "descriptor_kind": self.descriptor_kind,
+            "descriptor_dim": self.descriptor_dim,
+            "descriptor_weights_sha256": self.descriptor_weights_sha256,
+            "dlib_model_sha256": self.dlib_model_sha256,
+            **{f"prep_config.{k}": v for k, v in self.prep_config.items() if k not in RUN_ONLY_PREP_KEYS},
+        }
+
+    def to_json(self) -> dict:
+        obj = asdict(self)
+        obj["schema"] = MANIFEST_SCHEMA
+        obj["totals"] = self.totals()
+        return obj
+
+
+def now_utc() -> str:
+    """ISO time in UTC; SOURCE_DATE_EPOCH pins it for reproducible outputs."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def file_sha256(path: Path, progress=None) -> str:
+    """Hex sha256 of a file; `progress(nbytes)` is called after each block."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+            if progress:
+                progress(len(block))
+    return digest.hexdigest()
+
+
+def header_compat(header: ShardHeader) -> dict:
+    """compat_config() of a manifest made from this one header."""
+    return _manifest_from_header(header, []).compat_config()
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def describe_differences(configs: list[tuple[str, dict]]) -> str:
+    """'key: a=1, b=2; ...' for every key whose value is not the same in all named configs."""
+    keys = sorted({k for _, cfg in configs for k in cfg})
+    parts = []
+    for key in keys:
+        values = [cfg.get(key) for _, cfg in configs]
+        if any(v != values[0] for v in values):
+            parts.append(f"{key}: " + ", ".join(f"{name}={json.dumps(v)}" for (name, _), v in zip(configs, values)))
+    return "; ".join(parts)
+
+
+def describe_shard(path: Path, root: Path) -> ShardEntry:
+    """Size, sha256, counts and ids of one finished shard; `file` is its path relative to `root`."""
+    return _describe(Path(path), Path(root))[0]
+
+
+def _describe(path: Path, root: Path) -> tuple[ShardEntry, ShardHeader]:
+    rel = relative_shard_name(path, root)
+    with ShardReader(path) as reader:
+        videos = reader.videos
+        header = reader.header
+        num_frames = reader.num_frames
+    entry = ShardEntry(
+        file=rel,
+        bytes=path.stat().st_size,
+        sha256=file_sha256(path),
+        videos=len(videos),
+        frames=num_frames,
+        identities=sorted(set(videos.identity.tolist())),
+        video_ids=list(videos.video_id.tolist()),
+        swaps_per_frame=header.swaps_per_frame,
+        descriptor_kind=header.descriptor_kind,
+        schema_version="{}.{}".format(*header.schema_version),
+    )
+    return entry, header
+
+
+def relative_shard_name(path: Path, root: Path) -> str:
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        raise ManifestError(f"{path}: shard is not inside {root}") from None
+    return rel.as_posix()
+
+
+def find_shard_files(root: Path) -> list[Path]:
+    """Finished shard files under root (any depth), sorted; interrupted writes (TEMP_PREFIX) are skipped."""
+    return sorted(p for p in Path(root).rglob("*" + SHARD_SUFFIX)
+                  if p.is_file() and not p.name.startswith(TEMP_PREFIX))
+
+
+def count_failures(root: Path) -> int:
+    path = Path(root) / FAILURES_NAME
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def build_manifest(root: Path, shard_files: list[Path] | None = None, failures: int | None = None) -> Manifest:
+    """A manifest of the shards in `root` (all *.h5 below it when shard_files is None).
+
+    failures=None counts the records in root/failures.jsonl. Shards whose headers disagree on anything in
+    HEADER_COMPAT_KEYS or the prep config raise ManifestError naming the differing keys.
+    """
+    root = Path(root)
+    files = find_shard_files(root) if shard_files is None else [Path(p) for p in shard_files]
+    if not files:
+        raise ManifestError(f"{root}: no shard files to describe")
+    entries, configs, first_header = [], [], None
+    for path in files:
+        entry, header = _describe(path, root)
+        first_header = first_header or header
+        entries.append(entry)
+        configs.append((entry.file, header_compat(header)))
+    differences = describe_differences([configs[0]] + [c for c in configs[1:] if c[1] != configs[0][1]])
+    if differences:
+        raise ManifestError(f"{root}: shards were prepared with different settings ({differences})")
+    manifest = _manifest_from_header(first_header, entries)
+    manifest.failures = count_failures(root) if failures is None else int(failures)
+    manifest.failures_file = FAILURES_NAME if (root / FAILURES_NAME).is_file() else None
+    return manifest
+
+
+def _manifest_from_header(header: ShardHeader, entries: list[ShardEntry]) -> Manifest:
+    return Manifest(
+        schema_version="{}.{}".format(*MANIFEST_VERSION),
+        tool_version=TOOL_VERSION,
+        prep_config=dict(header.prep_config),
+        descriptor_kind=header.descriptor_kind,
+        image_size=header.image_size,
+        swaps_per_frame=header.swaps_per_frame,
+        shards=entries,
+        failures=0,
+        patch_size=header.patch_size,
+        descriptor_dim=header.descriptor_dim,
+        descriptor_weights_sha256=header.descriptor_weights_sha256,
+        dlib_model_sha256=dict(header.dlib_model_sha256),
+        codecs={k: v.to_json() for k, v in header.codecs.items()},
+        shard_schema_version="{}.{}".format(*header.schema_version),
+        created=now_utc(),
+    )
+
+
+def save_manifest(root: Path, manifest: Manifest) -> None:
+    """Write root/manifest.json atomically (a reader sees the old manifest or the new one)."""
+    for entry in manifest.shards:
+        check_relative_path(entry.file)
+    write_json_atomic(Path(root) / MANIFEST_NAME, manifest.to_json())
+
+
+def check_relative_path(name: str, what: str = "shard path") -> PurePosixPath:
+    """Refuse anything but a plain relative POSIX path that stays inside the directory."""
+    if not isinstance(name, str) or not name or "\\" in name or "\x00" in name:
+        raise ManifestError(f"unsafe {what} {name!r} in manifest: must be a relative POSIX path")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or (pure.parts and ":" in pure.parts[0]):
+        raise ManifestError(f"unsafe {what} {name!r} in manifest: absolute paths are refused")
+    if ".." in pure.parts:
+        raise ManifestError(f"unsafe {what} {name!r} in manifest: '..' would leave the shard directory")
+    if pure.parts in ((), (".",)):
+        raise ManifestError(f"unsafe {what} {name!r} in manifest: names no file")
+    return pure
+
+
+def shard_paths(root: Path, manifest: Manifest) -> list[Path]:
+    """Absolute-or-root-relative paths of the manifest's shards, each checked to stay inside root."""
+    root = Path(root)
+    return [root.joinpath(*check_relative_path(entry.file).parts) for entry in manifest.shards]
+
+
+def load_manifest(root: Path) -> Manifest:
+    """Read and validate root/manifest.json; every problem is a ManifestError with a one-line message."""
+    path = Path(root) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest here (run sslfer-prep, or build one with the library)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read ({exc})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
+    return manifest_from_json(obj, str(path))
+
+
+def manifest_from_json(obj, source: str = MANIFEST_NAME) -> Manifest:
+    if not isinstance(obj, dict) or obj.get("schema") != MANIFEST_SCHEMA:
+        raise ManifestError(f"{source}: not an sslfer manifest (schema {obj.get('schema') if isinstance(obj, dict) else None!r})")
+    version = _parse_version(obj.get("schema_version"), source)
+    if version[0] != MANIFEST_VERSION[0]:
+        raise ManifestError(
+            f"{source}: manifest schema version {version[0]}.{version[1]} is not readable by sslfer {TOOL_VERSION}, "
+            f"which reads manifest schema {MANIFEST_VERSION[0]}.x"
+        )
+    try:
+        shards = [_entry_from_json(e) for e in obj["shards"]]
+        manifest = Manifest(
+            schema_version=str(obj["schema_version"]),
+            tool_version=str(obj["tool_version"]),
+            prep_config=_expect(obj["prep_config"], dict, "prep_config"),
+            descriptor_kind=str(obj["descriptor_kind"]),
+            image_size=int(obj["image_size"]),
+            swaps_per_frame=int(obj["swaps_per_frame"]),
+            shards=shards,
+            failures=int(obj["failures"]),
+            patch_size=int(obj.get("patch_size", 0)),
+            descriptor_dim=int(obj.get("descriptor_dim", 0)),
+            descriptor_weights_sha256=obj.get("descriptor_weights_sha256"),
+            dlib_model_sha256=_expect(obj.get("dlib_model_sha256", {}), dict, "dlib_model_sha256"),
+            codecs=_expect(obj.get("codecs", {}), dict, "codecs"),
+            shard_schema_version=str(obj.get("shard_schema_version", "1.0")),
+            failures_file=obj.get("failures_file"),
+            created=str(obj.get("created", "")),
+            mixed=bool(obj.get("mixed", False)),
+            parts=_expect(obj.get("parts", []), list, "parts"),
+        )
+    except ManifestError as exc:
+        raise ManifestError(f"{source}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{source}: manifest is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    if manifest.failures_file is not None:
+        check_relative_path(manifest.failures_file, "failures file")
+    seen = set()
+    for entry in shards:
+        check_relative_path(entry.file)
+        if entry.file in seen:
+            raise ManifestError(f"{source}: shard {entry.file!r} is listed twice")
+        seen.add(entry.file)
+    return manifest
+
+
+def _entry_from_json(obj) -> ShardEntry:
+    obj = _expect(obj, dict, "shard entry")
+    file = obj["file"]
+    check_relative_path(file)
+    return ShardEntry(
+        file=file,
+        bytes=int(obj["bytes"]),
+        sha256=str(obj["sha256"]),
+        videos=int(obj["videos"]),
+        frames=int(obj["frames"]),
+        identities=[str(i) for i in _expect(obj["identities"], list, "identities")],
+        video_ids=[str(v) for v in _expect(obj["video_ids"], list, "video_ids")],
+        swaps_per_frame=int(obj["swaps_per_frame"]),
+        descriptor_kind=str(obj["descriptor_kind"]),
+        schema_version=str(obj["schema_version"]),
+        part=None if obj.get("part") is None else int(obj["part"]),
+    )
+
+
+def _expect(value, kind, name):
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _parse_version(text, source: str) -> tuple[int, int]:
+    try:
+        major, minor = (int(p) for p in str(text).split("."))
+    except ValueError:
+        raise ManifestError(f"{source}: unreadable manifest schema version {text!r}") from None
+    return major, minor
+
+
+__all__ = [
+    "MANIFEST_NAME", "FAILURES_NAME", "ManifestError", "ShardEntry", "Manifest", "describe_shard", "build_manifest",
+    "load_manifest", "save_manifest", "shard_paths", "find_shard_files", "file_sha256",
+]

@@ -1,0 +1,111 @@
+"""Check a shard directory against its manifest: presence, size, HDF5 header, and (full mode) sha256."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import h5py
+
+from data_manifest.manifest import (
+    MANIFEST_NAME, Manifest, ShardEntry, describe_differences, file_sha256, find_shard_files, header_compat,
+    load_manifest, shard_paths,
+)
+from sslfer_core.atomic_files import TEMP_PREFIX
+from sslfer_core.shard_format import ShardFormatError, ShardHeader
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass
+class ShardProblem:
+    file: str
+    reason: str
+    severity: str = ERROR  # ERROR fails verification; WARNING is reported but does not
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()} {self.file}: {self.reason}"
+
+
+def verify_shards(root: Path, *, quick: bool = False,
+                  progress: Callable[[int], None] | None = None) -> list[ShardProblem]:
+    """Every problem found in `root`, errors and warnings, in manifest order.
+
+    quick checks existence, size and the HDF5 header (schema, version, counts, config); full mode also
+    hashes every byte. `progress(nbytes)` is called as bytes are checked (the total is the manifest's bytes).
+    A missing or unreadable manifest raises ManifestError.
+    """
+    root = Path(root)
+    manifest = load_manifest(root)
+    problems = []
+    for entry, path in zip(manifest.shards, shard_paths(root, manifest)):
+        reason = _check_shard(entry, path, manifest, quick, progress)
+        if reason:
+            problems.append(ShardProblem(entry.file, reason))
+    problems.extend(_stray_files(root, manifest))
+    return problems
+
+
+def total_bytes(root: Path) -> int:
+    return load_manifest(Path(root)).totals()["bytes"]
+
+
+def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool, progress) -> str | None:
+    def skip():  # keep the progress total honest when a shard is not read
+        if progress:
+            progress(entry.bytes)
+
+    if not path.exists():
+        skip()
+        return "missing file"
+    if not path.is_file():
+        skip()
+        return "not a regular file"
+    size = path.stat().st_size
+    if size != entry.bytes:
+        skip()
+        hint = "truncated" if size < entry.bytes else "grown or replaced"
+        return f"size is {size} bytes but the manifest says {entry.bytes} ({hint})"
+    try:
+        with h5py.File(path, "r") as h5:
+            header = ShardHeader.from_attrs(h5.attrs, source=entry.file)
+            counts = int(h5.attrs.get("num_videos", -1)), int(h5.attrs.get("num_frames", -1))
+    except ShardFormatError as exc:
+        skip()
+        return str(exc)
+    except OSError as exc:
+        skip()
+        return f"unreadable HDF5 ({exc})"
+    if counts != (entry.videos, entry.frames):
+        skip()
+        return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "
+                f"{entry.videos} / {entry.frames}")
+    if not manifest.mixed and header_compat(header) != manifest.compat_config():
+        skip()
+        diff = describe_differences([("shard", header_compat(header)), ("manifest", manifest.compat_config())])
+        return f"header disagrees with the manifest ({diff})"
+    if quick:
+        skip()
+        return None
+    digest = file_sha256(path, progress)
+    if digest != entry.sha256:
+        return f"sha256 mismatch (file {digest[:12]}..., manifest {entry.sha256[:12]}...): content changed or corrupt"
+    return None
+
+
+def _stray_files(root: Path, manifest: Manifest) -> list[ShardProblem]:
+    listed = {e.file for e in manifest.shards}
+    problems = []
+    for path in find_shard_files(root):
+        rel = path.relative_to(root).as_posix()
+        if rel not in listed:
+            problems.append(ShardProblem(rel, f"shard file is not listed in {MANIFEST_NAME}; it will not be used",
+                                         WARNING))
+    for path in sorted(root.rglob(TEMP_PREFIX + "*")):
+        problems.append(ShardProblem(path.relative_to(root).as_posix(),
+                                     "leftover temporary file of an interrupted write; safe to delete", WARNING))
+    if manifest.failures_file and not (root / manifest.failures_file).is_file():
+        problems.append(ShardProblem(manifest.failures_file, "failures file named in the manifest is missing",
+                                     WARNING))
+    return problems
