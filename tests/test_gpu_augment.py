@@ -161,6 +161,12 @@ def test_mask_follows_resize_crop_and_flip():
     cols, rows = expected[:, 0].round().long(), expected[:, 1].round().long()
     assert changed[0][rows, cols].all() and (after[0][:, rows, cols] == 0).all()
     assert not changed[0][:40].any()  # the mouth mask stays in the lower face
+    # Exactly the documented ellipse (through the corners of the landmarks' box) in output pixel coordinates.
+    low, high = expected.min(dim=0).values, expected.max(dim=0).values
+    centre, semi = (low + high) / 2, (high - low) / 2 * math.sqrt(2)
+    grid = torch.arange(112.0)
+    ellipse = ((grid[None, :] - centre[0]) / semi[0]) ** 2 + ((grid[:, None] - centre[1]) / semi[1]) ** 2 <= 1
+    assert torch.equal(changed[0], ellipse)
     # Flipped: the same physical region is masked, mirrored with the image (masking "before" the flip).
     _, flipped, _ = masked_pixels(aug, images, landmarks, 0, flip=[True], **offsets)
     _, unflipped, _ = masked_pixels(aug, images, landmarks, 0, **offsets)
