@@ -14,6 +14,8 @@ def random_batch(seed):
     g = torch.Generator().manual_seed(seed)
     n, dd, p = rng.randint(2, 20), rng.randint(2, 12), rng.randint(1, 3)
     desc = torch.nn.functional.normalize(torch.randn(n, dd, generator=g), dim=1)
+    if rng.random() < 0.5:  # selection is by cosine, so row scale must not matter
+        desc = desc * (0.2 + 3 * torch.rand(n, 1, generator=g))
     has = torch.rand(n, generator=g) < 0.75
     desc[~has] = float("nan")  # garbage where the descriptor is missing
     if rng.random() < 0.5:
