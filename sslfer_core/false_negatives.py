@@ -38,7 +38,8 @@ def select_false_negatives(
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
     n = descriptors.shape[0]
-    for name, t in (("has_descriptor", has_descriptor), ("group_ids", group_ids), ("positive_index", positive_index)):
+    inputs = {"has_descriptor": has_descriptor, "group_ids": group_ids, "positive_index": positive_index}
+    for name, t in inputs.items():
         if t.shape[0] != n:
             raise ValueError(f"{name} has {t.shape[0]} rows, descriptors have {n}")
     device = descriptors.device

@@ -274,7 +274,8 @@ def cutmix_inner_face(target: Tensor, source: Tensor, source_landmarks: Tensor,
     Rows with non-finite landmarks return the target unchanged. The operation is deterministic;
     generator is accepted only so the call matches BatchAugment's."""
     if target.shape != source.shape or target.dim() != 4 or target.shape[-1] != 3:
-        raise ValueError(f"target and source must both be (N, H, W, 3), got {tuple(target.shape)}, {tuple(source.shape)}")
+        raise ValueError(f"target and source must both be (N, H, W, 3), "
+                         f"got {tuple(target.shape)}, {tuple(source.shape)}")
     if source_landmarks.shape != (target.shape[0], 68, 2):
         raise ValueError(f"source_landmarks must be ({target.shape[0]}, 68, 2), got {tuple(source_landmarks.shape)}")
     del generator

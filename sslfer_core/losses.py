@@ -32,7 +32,8 @@ def multi_positive_nt_xent(
 ) -> Tensor:
     """Mean over contributing rows i of  -sum_p w_ip * log(exp(s_ip) / sum_{k in D_i} exp(s_ik)) / sum_p w_ip,
     with s = cos / temperature and D_i = {k != i, not excluded}. A row contributes when row_valid[i] and its
-    weights sum to > 0 and D_i is not empty; every row still serves as a negative. Computed in fp32 whatever the input dtype."""
+    weights sum to > 0 and D_i is not empty; every row still serves as a negative.
+    Computed in fp32 whatever the input dtype."""
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
     n = embeddings.shape[0]
