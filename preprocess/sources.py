@@ -1,0 +1,177 @@
+"""Input discovery: which clips a run will process, with their identity and a stable video id.
+
+Three kinds of input:
+- voxceleb: VoxCeleb2 videos `[dev|test/][mp4/]idNNNNN/<youtube id>/<clip>.mp4` or VoxCeleb1 face frames
+  `<name>/1.6/<youtube id>/<clip>/<frame>.jpg`; identity is the id/name folder.
+- videos: any folder of video files (identity = parent folder) or a CSV list (identity from a column).
+- frames: folders of frame images, one folder per clip.
+Everything is returned sorted by video id so that every machine sees the same order.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+VOXCELEB1_VERSION_DIR = "1.6"
+_DIGITS = re.compile(r"(\d+)")
+
+
+class SourceError(ValueError):
+    """The input folder or list cannot be used (missing, empty layout, duplicate ids)."""
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    video_id: str  # "<identity>/<youtube id>/<clip>" for VoxCeleb, a relative path otherwise
+    identity: str
+    path: str  # absolute path of the video file or of the frame folder
+    source_path: str  # path relative to the source root, stored in the shard
+    kind: str  # "video" or "frames"
+    frames_fps: float | None = None  # frame rate stated for a frame folder
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders '2.jpg' before '10.jpg' (the reference relied on directory order)."""
+    return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
+
+
+def list_frame_files(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _walk_sorted(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield Path(dirpath), dirnames, sorted(f for f in filenames if not f.startswith("."))
+
+
+def _check_root(root: str | os.PathLike) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a directory")
+    return root.resolve()
+
+
+def _unique_sorted(sources: list[VideoSource]) -> list[VideoSource]:
+    seen: dict[str, VideoSource] = {}
+    for source in sources:
+        other = seen.get(source.video_id)
+        if other is not None:
+            raise SourceError(f"two inputs map to video id {source.video_id!r}: {other.source_path} and {source.source_path}")
+        seen[source.video_id] = source
+    return [seen[k] for k in sorted(seen)]
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+# ----------------------------------------------------------------------------- voxceleb
+
+def discover_voxceleb(root: str | os.PathLike, frames_fps: float = 25.0) -> list[VideoSource]:
+    """Auto-detect the VoxCeleb1 frame layout (a `1.6` folder level) or the VoxCeleb2 video layout."""
+    root = _check_root(root)
+    videos, frame_clips = [], []
+    for dirpath, _dirs, files in _walk_sorted(root):
+        rel_parts = dirpath.relative_to(root).parts
+        if len(rel_parts) >= 4 and rel_parts[-3] == VOXCELEB1_VERSION_DIR and any(
+                Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            name, youtube_id, clip = rel_parts[-4], rel_parts[-2], rel_parts[-1]
+            frame_clips.append(VideoSource(f"{name}/{youtube_id}/{clip}", name, str(dirpath),
+                                           _rel(dirpath, root), "frames", float(frames_fps)))
+            continue
+        for name in files:
+            path = dirpath / name
+            if path.suffix.lower() != ".mp4":
+                continue
+            parts = path.relative_to(root).parts
+            if len(parts) < 3:
+                continue  # not inside <identity>/<youtube id>/
+            identity, youtube_id, clip = parts[-3], parts[-2], path.stem
+            videos.append(VideoSource(f"{identity}/{youtube_id}/{clip}", identity, str(path), _rel(path, root), "video"))
+    if videos and frame_clips:
+        raise SourceError(f"{root}: holds both VoxCeleb2 videos and VoxCeleb1 frame folders; point ROOT at one of them")
+    found = videos or frame_clips
+    if not found:
+        raise SourceError(
+            f"{root}: no VoxCeleb clips found (expected [dev|test/][mp4/]idNNNNN/<youtube id>/<clip>.mp4 "
+            f"or <name>/{VOXCELEB1_VERSION_DIR}/<youtube id>/<clip>/<frame>.jpg)"
+        )
+    return _unique_sorted(found)
+
+
+# ----------------------------------------------------------------------------- generic videos
+
+def discover_video_folder(root: str | os.PathLike) -> list[VideoSource]:
+    """Every video file below root; identity = its parent folder, video id = its relative path without suffix."""
+    root = _check_root(root)
+    found = []
+    for dirpath, _dirs, files in _walk_sorted(root):
+        for name in files:
+            path = dirpath / name
+            if path.suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            rel = PurePosixPath(_rel(path, root))
+            identity = rel.parent.name or rel.stem
+            found.append(VideoSource(str(rel.with_suffix("")), identity, str(path), str(rel), "video"))
+    if not found:
+        raise SourceError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) found")
+    return _unique_sorted(found)
+
+
+def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | None = None, *,
+                        path_column: str = "path", identity_column: str = "identity") -> list[VideoSource]:
+    """Videos named in a CSV. Relative paths are taken from `root`, or from the CSV's folder when root is None.
+
+    A row without an identity value falls back to the video's parent folder name.
+    """
+    list_csv = Path(list_csv).expanduser()
+    if not list_csv.is_file():
+        raise SourceError(f"{list_csv}: no such list file")
+    base = _check_root(root) if root is not None else list_csv.resolve().parent
+    with open(list_csv, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if path_column not in columns:
+            raise SourceError(f"{list_csv}: no {path_column!r} column (columns: {', '.join(columns) or 'none'})")
+        rows = list(reader)
+    found = []
+    for line, row in enumerate(rows, start=2):
+        text = (row.get(path_column) or "").strip()
+        if not text:
+            raise SourceError(f"{list_csv}:{line}: empty {path_column!r} value")
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            rel = _rel(path, base)
+        except ValueError:
+            rel = path.as_posix()  # outside the base folder: keep the full path as id
+        identity = (row.get(identity_column) or "").strip() or path.parent.name
+        found.append(VideoSource(str(PurePosixPath(rel).with_suffix("")), identity, str(path), rel, "video"))
+    if not found:
+        raise SourceError(f"{list_csv}: the list has no rows")
+    return _unique_sorted(found)
+
+
+# ----------------------------------------------------------------------------- frame folders
+
+def discover_frame_folders(root: str | os.PathLike, frames_fps: float = 25.0) -> list[VideoSource]:
+    """Each folder holding image files is one clip; identity = its parent folder (the clip folder itself at top level)."""
+    root = _check_root(root)
+    found = []
+    for dirpath, _dirs, files in _walk_sorted(root):
+        if dirpath == root or not any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
+            continue
+        rel = PurePosixPath(_rel(dirpath, root))
+        identity = rel.parent.name or rel.name
+        found.append(VideoSource(str(rel), identity, str(dirpath), str(rel), "frames", float(frames_fps)))
+    if not found:
+        raise SourceError(f"{root}: no folders of frame images found")
+    return _unique_sorted(found)

@@ -1,0 +1,159 @@
+"""Decode a clip (video file or frame folder) and keep the frames nearest a target rate, as RGB uint8."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from preprocess.sources import VideoSource, list_frame_files
+
+FALLBACK_FPS = 25.0  # used when a container states no usable frame rate (recorded per video)
+
+
+class UnreadableClip(Exception):
+    """The clip cannot be opened or yields no frame at all."""
+
+
+@dataclass
+class SampledFrame:
+    index: int  # source frame number
+    timestamp: float  # seconds from the clip start
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """OpenCV's decoded array (gray, BGR, BGRA, 8 or 16 bit) as 3-channel RGB uint8."""
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"unsupported image shape {image.shape}")
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray | None:
+    """RGB uint8 of an image file, or None when it cannot be decoded. Works for any path encoding."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    if data.size == 0:
+        return None
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        return None
+    try:
+        return to_rgb_uint8(image)
+    except ValueError:
+        return None
+
+
+def keep_frame(index: int, source_fps: float, target_fps: float) -> bool:
+    """True for the first source frame of each 1/target_fps interval (all frames when target >= source)."""
+    if target_fps >= source_fps:
+        return True
+    bucket = math.floor(index * target_fps / source_fps + 1e-9)
+    return index == 0 or bucket != math.floor((index - 1) * target_fps / source_fps + 1e-9)
+
+
+def usable_fps(value: float) -> bool:
+    return math.isfinite(value) and 1.0 <= value <= 1000.0
+
+
+@dataclass
+class ClipReader:
+    """Iterate the sampled frames of one clip. After iteration, `unreadable_frames` lists frame numbers
+    of a frame folder that could not be decoded (a video stops at its first undecodable frame)."""
+
+    source: VideoSource
+    target_fps: float
+    source_fps: float = 0.0
+    fps_note: str = ""
+    frames_total: int = 0
+    unreadable_frames: list[int] = field(default_factory=list)
+
+    def frames(self) -> Iterator[SampledFrame]:
+        if self.source.kind == "frames":
+            yield from self._folder_frames()
+        else:
+            yield from self._video_frames()
+
+    def _video_frames(self) -> Iterator[SampledFrame]:
+        path = Path(self.source.path)
+        if not path.is_file():
+            raise UnreadableClip("file not found")
+        if path.stat().st_size == 0:
+            raise UnreadableClip("empty file (0 bytes)")
+        capture = cv2.VideoCapture(str(path))
+        try:
+            if not capture.isOpened():
+                raise UnreadableClip("OpenCV cannot open the video")
+            fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+            if not usable_fps(fps):
+                self.fps_note = f"container states fps={fps!r}; assumed {FALLBACK_FPS}"
+                fps = FALLBACK_FPS
+            self.source_fps = fps
+            index = 0
+            # grab() decodes every frame (needed for inter-frame codecs); retrieve() converts only kept ones.
+            while capture.grab():
+                if keep_frame(index, fps, self.target_fps):
+                    ok, bgr = capture.retrieve()
+                    if ok and bgr is not None:
+                        yield SampledFrame(index, index / fps, to_rgb_uint8(bgr))
+                    else:
+                        self.unreadable_frames.append(index)
+                index += 1
+            self.frames_total = index
+            if index == 0:
+                raise UnreadableClip("no decodable frame")
+        finally:
+            capture.release()
+
+    def _folder_frames(self) -> Iterator[SampledFrame]:
+        folder = Path(self.source.path)
+        if not folder.is_dir():
+            raise UnreadableClip("frame folder not found")
+        files = list_frame_files(folder)
+        self.source_fps = float(self.source.frames_fps or FALLBACK_FPS)
+        self.frames_total = len(files)
+        decoded = 0
+        for index, file in enumerate(files):
+            if not keep_frame(index, self.source_fps, self.target_fps):
+                continue
+            image = read_image_rgb(file)
+            if image is None:
+                self.unreadable_frames.append(index)
+                continue
+            decoded += 1
+            yield SampledFrame(index, index / self.source_fps, image)
+        if decoded == 0:
+            raise UnreadableClip("no decodable frame image" if files else "folder holds no frame images")
+
+
+def probe_duration(source: VideoSource) -> tuple[float, float]:
+    """(seconds, source fps) from container metadata or the frame count of a folder; (0, 0) when unknown."""
+    if source.kind == "frames":
+        fps = float(source.frames_fps or FALLBACK_FPS)
+        try:
+            return len(list_frame_files(source.path)) / fps, fps
+        except OSError:
+            return 0.0, fps
+    capture = cv2.VideoCapture(source.path)
+    try:
+        if not capture.isOpened():
+            return 0.0, 0.0
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        count = float(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
+    finally:
+        capture.release()
+    fps = fps if usable_fps(fps) else FALLBACK_FPS
+    return (count / fps if math.isfinite(count) and count > 0 else 0.0), fps
