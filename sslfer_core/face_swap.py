@@ -53,8 +53,8 @@ def _inside(points: np.ndarray, shape: tuple[int, ...]) -> bool:
 def feathered_hull_mask(landmark_sets: list[np.ndarray], shape: tuple[int, ...], feather_px: int) -> np.ndarray:
     """Union of the HULL_GROUPS hulls of every landmark set, grown by feather_px/2 and then blurred over feather_px.
 
-    Growing first keeps the hull interior at exactly 1; the blur's finite support keeps everything
-    farther than feather_px from the hull at exactly 0.
+    Growing first keeps the hull interior at exactly 1; the blur's finite (square) support keeps
+    everything farther than (1 + sqrt 2) / 2 * feather_px (about 1.21x) from the hull at exactly 0.
     """
     binary = np.zeros(shape[:2], dtype=np.uint8)
     for landmarks in landmark_sets:
