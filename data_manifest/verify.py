@@ -47,9 +47,6 @@ def verify_shards(root: Path, *, quick: bool = False,
     return problems
 
 
-def total_bytes(root: Path) -> int:
-    return load_manifest(Path(root)).totals()["bytes"]
-
 
 def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool, progress) -> str | None:
     def skip():  # keep the progress total honest when a shard is not read

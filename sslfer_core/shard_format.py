@@ -22,7 +22,14 @@ SCHEMA_NAME = "sslfer.shard"
 SCHEMA_VERSION = (1, 0)
 IMAGE_FIELDS = ("face", "eyes", "mouth", "swaps")
 NUM_LANDMARKS = 68
-DEFAULT_CHUNK_FRAMES = 1  # see docs/shard-format.md for the measurement behind this
+# Chunking (measured in benchmarks/bench_shard_read.py, table in docs/shard-format.md): raw images are
+# chunked by DEFAULT_CHUNK_FRAMES rows, fewer if a chunk would exceed HDF5's default 1 MiB chunk cache;
+# small per-frame fields and JPEG heap references by SMALL_CHUNK_BYTES, so that opening a shard (which
+# reads every timestamp) touches a few chunks instead of one per frame.
+DEFAULT_CHUNK_FRAMES = 8
+IMAGE_CHUNK_MAX_BYTES = 1 << 20
+SMALL_CHUNK_BYTES = 16 << 10
+VLEN_REFERENCE_BYTES = 16
 
 
 class ShardFormatError(ValueError):
@@ -195,14 +202,22 @@ class ShardWriter:
         self._num_rows = 0
         self._closed = False
 
+    def chunk_rows(self, row_bytes: int, *, raw_image: bool) -> int:
+        """Rows per HDF5 chunk for a per-frame dataset whose rows take `row_bytes` each."""
+        row_bytes = max(1, int(row_bytes))
+        if raw_image:
+            return max(1, min(self.chunk_frames, IMAGE_CHUNK_MAX_BYTES // row_bytes))
+        return max(1, SMALL_CHUNK_BYTES // row_bytes)
+
     # -- datasets are created on first append and grown per video
-    def _append(self, name: str, data: np.ndarray, dtype) -> None:
+    def _append(self, name: str, data: np.ndarray, dtype, *, raw_image: bool = False) -> None:
         ds = self._frames.get(name)
         if ds is None:
-            chunks = (min(self.chunk_frames, max(1, data.shape[0])),) + data.shape[1:] if data.size else None
+            row_shape = data.shape[1:]
+            rows = self.chunk_rows(int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize,
+                                   raw_image=raw_image)
             ds = self._frames.create_dataset(
-                name, shape=(0,) + data.shape[1:], maxshape=(None,) + data.shape[1:], dtype=dtype,
-                chunks=chunks or True,
+                name, shape=(0,) + row_shape, maxshape=(None,) + row_shape, dtype=dtype, chunks=(rows,) + row_shape,
             )
         start = ds.shape[0]
         ds.resize(start + data.shape[0], axis=0)
@@ -211,14 +226,16 @@ class ShardWriter:
     def _append_images(self, name: str, images: np.ndarray) -> None:
         codec = self.header.codecs.get(name, ImageCodec())
         if codec.name == "raw":
-            self._append(name, np.ascontiguousarray(images, dtype=np.uint8), np.uint8)
+            self._append(name, np.ascontiguousarray(images, dtype=np.uint8), np.uint8, raw_image=True)
             return
         lead_shape = images.shape[:-3]
         ds = self._frames.get(name)
         if ds is None:
             ds = self._frames.create_dataset(
                 name, shape=(0,) + lead_shape[1:], maxshape=(None,) + lead_shape[1:],
-                dtype=h5py.vlen_dtype(np.uint8), chunks=(self.chunk_frames,) + lead_shape[1:],
+                dtype=h5py.vlen_dtype(np.uint8),
+                chunks=(self.chunk_rows(VLEN_REFERENCE_BYTES * int(np.prod(lead_shape[1:])), raw_image=False),)
+                + lead_shape[1:],
             )
         start = ds.shape[0]
         ds.resize(start + lead_shape[0], axis=0)
