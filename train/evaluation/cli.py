@@ -1,7 +1,310 @@
-"""sslfer-eval: placeholder until evaluation lands."""
+"""sslfer-eval: downstream evaluation of pretrained backbones.
+
+  sslfer-eval linear    frozen backbone, cached features, linear head selected on validation
+  sslfer-eval finetune  whole network with an MLP head (companion protocol by default)
+  sslfer-eval identity  1-nearest-neighbour identity accuracy on an LFW-style folder
+  sslfer-eval saliency  Grad-CAM grid (image | overlay) as one PNG
+  sslfer-eval compare   results.json files side by side as a Markdown table
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
+import cv2
+import numpy as np
+import torch
+
+from sslfer_core.atomic_files import write_bytes_atomic
+from train.evaluation import session
+from train.evaluation.backbones import load_backbone, load_backbones
+from train.evaluation.datasets import FORMATS, load_dataset
+from train.evaluation.finetune import SCHEDULES, FinetuneConfig, make_finetune_fit
+from train.evaluation.identity_probe import identity_run
+from train.evaluation.images import Preprocessing, RecordImages
+from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
+from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
+from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
+                                      table_rows, write_results)
+from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
 
 
-@click.group(help="Downstream evaluation of pretrained backbones.")
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}")
+
+
+def _options(*decorators):
+    def apply(function):
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+    return apply
+
+
+backbone_options = _options(
+    click.option("--backbone", "backbones", multiple=True, required=True,
+                 help="Exported backbone .pt, training run folder, 'random' or 'imagenet'. Repeat for more rows."),
+    click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True,
+                 help="Architecture for 'random' and 'imagenet' (files and runs carry their own)."),
+)
+input_options = _options(
+    click.option("--data", required=True, type=click.Path(exists=True), help="Dataset folder or CSV file."),
+    click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True),
+    click.option("--classes", default=None, help="Comma-separated class names (order = class index); others are unknown."),
+    click.option("--image-root", type=click.Path(file_okay=False), default=None,
+                 help="Folder that CSV image paths are relative to (default: the CSV's folder)."),
+    click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True,
+                 help="Input side in pixels (the backbone's training size)."),
+    click.option("--align", is_flag=True, help="Align faces with dlib landmarks first (failures stay unaligned)."),
+    click.option("--dlib-models", type=click.Path(file_okay=False), default=None, help="Folder with dlib model files."),
+)
+protocol_options = _options(
+    click.option("--seeds", type=click.IntRange(1), default=1, show_default=True, help="Runs with seeds 0..N-1; mean ± std."),
+    click.option("--folds", type=click.IntRange(2), default=None, help="K-fold protocol over all images (e.g. CK+, JAFFE)."),
+    click.option("--group", type=click.Choice(["subject", "none"]), default="subject", show_default=True,
+                 help="With --folds: keep each subject in one fold (needs a 'subject' column)."),
+    click.option("--val-fraction", type=click.FloatRange(0.01, 0.5), default=0.1, show_default=True,
+                 help="Validation carved from train (stratified) when the dataset has none."),
+    click.option("--test-fraction", type=click.FloatRange(0.01, 0.5), default=0.2, show_default=True,
+                 help="Test carved from all images when the dataset has no splits and no --folds."),
+    click.option("--max-per-split", type=click.IntRange(1), default=None,
+                 help="Use at most ~N images per split (stratified, fixed seed) for quick runs."),
+    click.option("--task", type=click.Choice(TASK_CHOICES), default="auto", show_default=True,
+                 help="auto = every task the labels allow (classes and/or valence-arousal)."),
+)
+run_options = _options(
+    click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+                 help="Write results.json (and predictions) here."),
+    click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                 help="Feature cache (default ~/.cache/sslfer/features)."),
+    click.option("--no-cache", is_flag=True, help="Neither read nor write cached features."),
+    click.option("--workers", type=click.IntRange(0), default=None, help="Image-loading processes (default by cores)."),
+    click.option("--threads", type=click.IntRange(1), default=None, help="Torch CPU threads (default: available cores)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+)
+
+
+def _finish(payload: dict, dataset, out_dir: str | None, table_keys=tuple(c[0] for c in COLUMNS)) -> None:
+    session.report_problems(dataset)
+    click.echo(render_table(table_rows(payload), table_keys, markdown=False))
+    if out_dir:
+        path = write_results(Path(out_dir), payload)
+        click.echo(f"results: {path}", err=True)
+
+
+def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing, int]:
+    device = session.configure_torch(params["threads"], params["device"])
+    setup = session.prepare_data(params["data"], params["fmt"], params["classes"], params["image_root"],
+                                 params["max_per_split"], params["seeds"], params["folds"], params["group"],
+                                 params["val_fraction"], params["test_fraction"])
+    if params["align"]:
+        from train.evaluation.alignment import FaceAligner
+
+        FaceAligner(params["image_size"], params["dlib_models"])  # fail now, not inside a worker
+    workers = session.default_workers() if params["workers"] is None else params["workers"]
+    return setup, device, Preprocessing(params["image_size"], params["align"]), workers
+
+
+@click.group(help=__doc__.split("\n\n")[0])
 def main():
     pass
+
+
+@main.command(help="Linear probe: frozen backbone features (cached), linear head chosen on validation, test once.")
+@backbone_options
+@input_options
+@protocol_options
+@run_options
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Feature extraction batch.")
+@click.option("--weight-decays", default="0,1e-4,1e-3,1e-2,1e-1", show_default=True, help="Grid searched on validation.")
+@click.option("--max-iterations", type=click.IntRange(1), default=200, show_default=True, help="L-BFGS iterations.")
+@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True)
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+@click.option("--ridge-alphas", default="1e-3,1e-2,1e-1,1,10,100", show_default=True, help="Valence/arousal ridge grid.")
+def linear(**params):
+    setup, device, preprocessing, workers = _setup(params)
+    dataset = setup.dataset
+    tasks = tasks_for(dataset, params["task"])
+    config = LinearProbeConfig(weight_decays=_floats(params["weight_decays"]), max_iterations=params["max_iterations"],
+                               loss=params["loss"], select_metric=params["select_metric"],
+                               ridge_alphas=_floats(params["ridge_alphas"]))
+    cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
+    reported: set = set()
+    entries = []
+    for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        table, bad, extraction = session.backbone_features(
+            backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
+            device=device, dlib_model_dir=params["dlib_models"], reported=reported)
+        plans = session.usable_plans(setup.plans, bad, dataset.path)
+        heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
+        fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, preprocessing.image_size)
+        runs = run_backbone(backbone, dataset, plans, tasks, fit, params["out_dir"])
+        entries.append(backbone_entry(backbone, runs, features=extraction))
+    config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
+                     "probe": vars(config)}
+    _finish(results_payload("linear", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
+
+
+@main.command(help="Fine-tune the whole network with an MLP head; epoch chosen on validation, test once.")
+@backbone_options
+@input_options
+@protocol_options
+@run_options
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--head-dims", default="1024,512", show_default=True, help="Hidden widths of the MLP head ('' = linear).")
+@click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=0.5, show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default="balanced-softmax", show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--no-augment", is_flag=True, help="No random crop / flip during training.")
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+def finetune(**params):
+    setup, device, preprocessing, workers = _setup(params)
+    dataset = setup.dataset
+    tasks = tasks_for(dataset, params["task"])
+    config = FinetuneConfig(epochs=params["epochs"], batch_size=params["batch_size"], learning_rate=params["lr"],
+                            weight_decay=params["weight_decay"], head_dims=_ints(params["head_dims"]),
+                            dropout=params["dropout"], loss=params["loss"], schedule=params["schedule"],
+                            augment=not params["no_augment"], workers=workers, select_metric=params["select_metric"])
+    reported: set = set()
+    entries = []
+    for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        fit, finetuner = make_finetune_fit(backbone, dataset, tasks, preprocessing, config, device, params["dlib_models"])
+        runs = run_backbone(backbone, dataset, setup.plans, tasks, fit, params["out_dir"])
+        session.record_problems(dataset, "corrupt image", sorted(finetuner.undecodable), reported)
+        entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable)))
+    config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
+                     "finetune": vars(config), "device_used": str(device)}
+    _finish(results_payload("finetune", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
+
+
+@main.command(help="Identity 1-NN accuracy and macro F1 on a folder with one sub-folder per person.")
+@backbone_options
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True)
+@click.option("--align", is_flag=True)
+@click.option("--dlib-models", type=click.Path(file_okay=False), default=None)
+@click.option("--gallery-fraction", type=click.FloatRange(0.01, 0.99), default=0.5, show_default=True)
+@click.option("--seeds", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@run_options
+def identity(**params):
+    device = session.configure_torch(params["threads"], params["device"])
+    dataset = load_dataset(params["data"], "folder")
+    if dataset.has_splits:
+        raise click.ClickException(f"{params['data']}: expected one sub-folder per person, found split folders")
+    preprocessing = Preprocessing(params["image_size"], params["align"])
+    workers = session.default_workers() if params["workers"] is None else params["workers"]
+    cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
+    reported: set = set()
+    entries = []
+    for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        table, bad, extraction = session.backbone_features(
+            backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
+            device=device, dlib_model_dir=params["dlib_models"], reported=reported)
+        good = np.flatnonzero(table.ok)
+        runs = []
+        for seed in range(params["seeds"]):
+            run = identity_run(table.features[good], dataset.labels()[good], seed, params["gallery_fraction"])
+            if run["test"] is None:
+                raise click.ClickException(f"{params['data']}: no identity has two or more usable images")
+            runs.append({"name": f"seed{seed}", "seed": seed, **run})
+        entries.append({"backbone": backbone.describe(), "runs": runs, "features": extraction,
+                        "summary": summarise([r["test"] for r in runs])})
+    payload = {"command": "identity", "created": now_utc(), "code_version": code_version(),
+               "config": {**params, "preprocessing": preprocessing.as_dict()},
+               "dataset": {"path": dataset.path, "format": "folder", "identities": len(dataset.class_names),
+                           "images": len(dataset.records), "problems": dataset.problems.as_dict()},
+               "backbones": entries}
+    _finish(payload, dataset, params["out_dir"], ("accuracy", "macro_f1"))
+
+
+@main.command(help="Grad-CAM (layer4) of one backbone for N images, written as a PNG grid of (image | overlay).")
+@click.option("--backbone", required=True, help="Exported backbone .pt, run folder, 'random' or 'imagenet'.")
+@click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True)
+@click.option("--data", required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test", "any"]), default="test", show_default=True)
+@click.option("--count", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True)
+@click.option("--head", "head_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Linear head .pt written by `linear --out` (heads/...); target = a class logit.")
+@click.option("--target-class", default=None, help="Class name for the head target (default: predicted class).")
+@click.option("--columns", type=click.IntRange(1), default=4, show_default=True, help="(image | overlay) pairs per row.")
+@click.option("--tile", type=click.IntRange(32, 1024), default=160, show_default=True, help="Tile side in the PNG.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+def saliency(backbone, arch, data, fmt, split, count, image_size, head_path, target_class, columns, tile, seed, out_path):
+    session.configure_torch(None, "cpu")
+    loaded = load_backbone(backbone, arch)
+    dataset = load_dataset(data, fmt)
+    splits = dataset.split_of()
+    pool = np.arange(len(dataset.records)) if split == "any" else np.flatnonzero(splits == split)
+    if len(pool) == 0:
+        raise click.ClickException(f"split '{split}' is empty in {data}")
+    chosen = _spread_over_classes(dataset.labels()[pool], pool, count, seed)
+    images = RecordImages([dataset.records[i] for i in chosen], Preprocessing(image_size))
+    batch = [images[i] for i in range(len(chosen))]
+    usable = [item for item in batch if item[1]]
+    if not usable:
+        raise click.ClickException("none of the chosen images could be decoded")
+    tensors = torch.stack([item[0] for item in usable])
+    names = dataset.class_names
+    captions = [names[dataset.labels()[chosen[item[3]]]] if names else "" for item in usable]
+    if head_path:
+        head = LinearHead.load(head_path)
+        with torch.no_grad():
+            predicted = head.logits(loaded.model(tensors)).argmax(dim=1)
+        if target_class is not None:
+            if target_class not in head.class_names:
+                raise click.ClickException(f"--target-class {target_class!r} not in {', '.join(head.class_names)}")
+            predicted = torch.full_like(predicted, head.class_names.index(target_class))
+        target = class_target(head, predicted)
+        captions = [f"{c} -> {head.class_names[p]}" for c, p in zip(captions, predicted.tolist())]
+    else:
+        target = feature_norm_target
+    cams = grad_cam(loaded.model, tensors, target)
+    grid = saliency_grid(display_rgb(tensors), cams, tile=tile, columns=columns, captions=captions)
+    encoded, png = cv2.imencode(".png", grid)
+    if not encoded:
+        raise click.ClickException("PNG encoding failed")
+    write_bytes_atomic(out_path, png.tobytes())
+    click.echo(f"saliency grid of {len(usable)} images ({loaded.name}): {out_path}", err=True)
+
+
+def _spread_over_classes(labels: np.ndarray, pool: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` records drawn round-robin over classes (seeded), so a grid shows several expressions."""
+    rng = np.random.default_rng(seed)
+    queues = [list(rng.permutation(pool[labels == c])) for c in np.unique(labels)]
+    chosen = []
+    while len(chosen) < min(count, len(pool)):
+        for queue in queues:
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop())
+    return np.array(chosen, dtype=np.int64)
+
+
+@main.command(help="Print results.json files side by side as a Markdown table (rows = backbone/method).")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
+def compare(files, out_path):
+    table = compare_markdown([Path(f) for f in files])
+    click.echo(table)
+    if out_path:
+        write_bytes_atomic(out_path, (table + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Backbones to evaluate: an exported SSL backbone file, a training run folder, `random`, or `imagenet`.
+
+Each loads into an unmodified torchvision ResNet whose fc is Identity, so the output is the pooled feature
+(512-d for resnet18, 2048-d for resnet50). Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+from torch import nn
+
+from sslfer_core.models import ARCHS, build_backbone, infer_arch
+
+RANDOM_SEED = 0  # `random` is the same network every time
+IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
+CHECKPOINT_PATTERN = re.compile(r"^ckpt-step(\d+)\.pt$")
+BACKBONE_PREFIX = "backbone."
+
+
+@dataclass
+class LoadedBackbone:
+    name: str  # row label in tables
+    arch: str
+    model: nn.Module  # outputs (B, feature_dim)
+    sha256: str  # of the weights file; for `random`, of the initialised tensors
+    source: str
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.feature_dim)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "arch": self.arch, "sha256": self.sha256, "source": self.source,
+                "feature_dim": self.feature_dim}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _load_state(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        raise click.ClickException(f"cannot read weights from {path}: {type(error).__name__}: {str(error)[:200]}")
+
+
+def _into_resnet(state: dict, arch: str | None, where: str) -> tuple[nn.Module, str]:
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    try:
+        found = infer_arch(state)
+    except ValueError as error:
+        raise click.ClickException(f"{where}: {error}")
+    if arch is not None and arch != found:
+        raise click.ClickException(f"{where}: config says {arch} but the weights are {found}")
+    model = build_backbone(found)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise click.ClickException(f"{where}: weights do not fit torchvision {found}: {str(error).splitlines()[0]}")
+    return model, found
+
+
+def load_exported(path: Path) -> LoadedBackbone:
+    state = _load_state(path)
+    if not isinstance(state, dict):
+        raise click.ClickException(f"{path}: expected a state_dict, found {type(state).__name__}")
+    if any(k.startswith(BACKBONE_PREFIX) for k in state):
+        state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    model, arch = _into_resnet(state, None, str(path))
+    return LoadedBackbone(path.stem, arch, model, file_sha256(path), str(path))
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, int]:
+    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("ckpt-step*.pt")
+             if (m := CHECKPOINT_PATTERN.match(p.name))]
+    if not found:
+        raise click.ClickException(f"{run_dir}: no checkpoints/ckpt-step*.pt in this run folder")
+    step, path = max(found)  # by step number, not by name ("step100" sorts before "step20")
+    return path, step
+
+
+def load_run(run_dir: Path) -> LoadedBackbone:
+    config_path = run_dir / "config.json"
+    try:
+        arch = json.loads(config_path.read_text())["arch"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise click.ClickException(f"{config_path}: cannot read key 'arch' ({type(error).__name__})")
+    path, step = newest_checkpoint(run_dir)
+    checkpoint = _load_state(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise click.ClickException(f"{path}: expected a dict with key 'model' (a state_dict)")
+    state = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint["model"].items() if k.startswith(BACKBONE_PREFIX)}
+    if not state:
+        raise click.ClickException(f"{path}: no '{BACKBONE_PREFIX}*' keys in the model state_dict")
+    model, arch = _into_resnet(state, arch, str(path))
+    return LoadedBackbone(f"{run_dir.name}@step{step}", arch, model, file_sha256(path), str(path))
+
+
+def load_random(arch: str) -> LoadedBackbone:
+    # Fork the RNG so the fixed seed does not disturb the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        model = build_backbone(arch)
+    return LoadedBackbone(f"random-{arch}", arch, model, state_dict_sha256(model.state_dict()), f"random (seed {RANDOM_SEED})")
+
+
+def imagenet_weights_path(arch: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILES[arch]
+
+
+def load_imagenet(arch: str) -> LoadedBackbone:
+    path = imagenet_weights_path(arch)
+    if not path.is_file():
+        raise click.ClickException(
+            f"ImageNet weights for {arch} are not cached: put {IMAGENET_FILES[arch]} (torchvision's file) at {path} "
+            f"(directory set by $TORCH_HOME); nothing is downloaded")
+    model, found = _into_resnet(_load_state(path), arch, str(path))
+    return LoadedBackbone(f"imagenet-{arch}", found, model, file_sha256(path), str(path))
+
+
+def load_backbone(spec: str, arch: str = "resnet18") -> LoadedBackbone:
+    """`spec`: a backbone .pt file, a run folder, 'random' or 'imagenet' (the latter two use `arch`)."""
+    if arch not in ARCHS:
+        raise click.ClickException(f"unknown --arch {arch!r}; use one of {', '.join(ARCHS)}")
+    if spec == "random":
+        backbone = load_random(arch)
+    elif spec == "imagenet":
+        backbone = load_imagenet(arch)
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            backbone = load_run(path)
+        elif path.is_file():
+            backbone = load_exported(path)
+        else:
+            raise click.ClickException(f"--backbone {spec!r}: not a file, a run folder, 'random' or 'imagenet'")
+    backbone.model.eval()
+    return backbone
+
+
+def load_backbones(specs: list[str], arch: str) -> list[LoadedBackbone]:
+    backbones = [load_backbone(spec, arch) for spec in specs]
+    seen: dict[str, int] = {}
+    for backbone in backbones:  # keep table rows distinguishable
+        seen[backbone.name] = seen.get(backbone.name, 0) + 1
+        if seen[backbone.name] > 1:
+            backbone.name = f"{backbone.name}#{seen[backbone.name]}"
+    return backbones

@@ -1,0 +1,109 @@
+"""Frozen-backbone features, extracted once in batches and cached on disk.
+
+Cache key = backbone sha256 + the exact record list (paths with size/mtime, or inline pixel bytes) + preprocessing,
+so a changed image, backbone or image size can never reuse stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from sslfer_core.atomic_files import atomic_path
+from train.evaluation.datasets import ImageRecord
+from train.evaluation.images import Preprocessing, RecordImages
+from train.evaluation.progress import Progress
+
+CACHE_FORMAT = 1
+
+
+@dataclass
+class FeatureTable:
+    features: np.ndarray  # (N, D) float32, aligned with the records passed in
+    ok: np.ndarray  # (N,) bool: False = the image could not be decoded (its row is zeros)
+    aligned: np.ndarray  # (N,) bool: True = face alignment succeeded (always False without --align)
+    cache_hit: bool = False
+    seconds: float = 0.0  # extraction time (0 for a cache hit)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sslfer" / "features"
+
+
+def records_fingerprint(records: list[ImageRecord]) -> str:
+    digest = hashlib.sha256()
+    for record in records:
+        digest.update(record.source.encode())
+        if record.pixels is not None:
+            digest.update(record.pixels.tobytes())
+        else:
+            try:
+                stat = os.stat(record.source)
+                digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            except OSError:
+                digest.update(b"|missing")
+        digest.update(repr(record.box).encode())
+    return digest.hexdigest()
+
+
+def cache_key(backbone_sha256: str, records: list[ImageRecord], preprocessing: Preprocessing) -> str:
+    spec = {"format": CACHE_FORMAT, "backbone": backbone_sha256, "records": records_fingerprint(records),
+            "preprocessing": preprocessing.as_dict()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:40]
+
+
+def make_loader(dataset, batch_size: int, workers: int, *, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+
+
+@torch.inference_mode()
+def _extract(model: torch.nn.Module, records: list[ImageRecord], preprocessing: Preprocessing, batch_size: int,
+             workers: int, device: torch.device, dlib_model_dir: str | None, label: str) -> FeatureTable:
+    model = model.to(device).eval()
+    # channels_last measured ~1.8x faster for resnet18 at 112 px on this CPU
+    model = model.to(memory_format=torch.channels_last)
+    loader = make_loader(RecordImages(records, preprocessing, dlib_model_dir=dlib_model_dir), batch_size, workers)
+    features = np.zeros((len(records), model.feature_dim), dtype=np.float32)
+    ok = np.zeros(len(records), dtype=bool)
+    aligned = np.zeros(len(records), dtype=bool)
+    progress = Progress(len(records), label)
+    for images, batch_ok, batch_aligned, index in loader:
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        features[index.numpy()] = model(images).float().cpu().numpy()
+        ok[index.numpy()] = batch_ok.numpy()
+        aligned[index.numpy()] = batch_aligned.numpy()
+        progress.update(len(index))
+    progress.close()
+    features[~ok] = 0.0
+    return FeatureTable(features, ok, aligned)
+
+
+def extract_features(model: torch.nn.Module, backbone_sha256: str, records: list[ImageRecord],
+                     preprocessing: Preprocessing, *, cache_dir: Path | None, batch_size: int = 256, workers: int = 0,
+                     device: torch.device | None = None, dlib_model_dir: str | None = None,
+                     label: str = "features") -> FeatureTable:
+    """Features for `records` in order; read from / written to `cache_dir` when given."""
+    device = device or torch.device("cpu")
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{cache_key(backbone_sha256, records, preprocessing)}.npz"
+        if path.is_file():
+            with np.load(path) as cached:
+                return FeatureTable(cached["features"], cached["ok"], cached["aligned"], cache_hit=True)
+    started = time.perf_counter()
+    table = _extract(model, records, preprocessing, batch_size, workers, device, dlib_model_dir, label)
+    table.seconds = time.perf_counter() - started
+    if path is not None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, features=table.features, ok=table.ok, aligned=table.aligned)
+    return table

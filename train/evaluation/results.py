@@ -1,0 +1,138 @@
+"""Result files and tables: provenance, mean ± std over runs, plain and Markdown tables, `compare`."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+
+import sslfer_core
+from sslfer_core.atomic_files import write_json_atomic
+
+# (key in a metrics dict, column title, scale for display, decimals)
+COLUMNS = (
+    ("macro_f1", "macro F1 (%)", 100.0, 2),
+    ("accuracy", "accuracy (%)", 100.0, 2),
+    ("uar", "UAR (%)", 100.0, 2),
+    ("ccc_valence", "CCC-V", 1.0, 3),
+    ("ccc_arousal", "CCC-A", 1.0, 3),
+    ("rmse_valence", "RMSE-V", 1.0, 3),
+    ("rmse_arousal", "RMSE-A", 1.0, 3),
+)
+PAPER_COLUMNS = ("macro_f1", "accuracy", "ccc_valence", "ccc_arousal", "rmse_valence", "rmse_arousal")
+
+
+def code_version() -> dict:
+    version = {"sslfer_core": sslfer_core.__version__, "git_commit": None, "git_dirty": None}
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if commit.returncode == 0:
+        version["git_commit"] = commit.stdout.strip()
+        version["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return version
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def json_ready(value):
+    """NaN/inf -> None and numpy scalars/arrays -> Python, so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def summarise(metric_dicts: list[dict]) -> dict:
+    """Mean, sample std (ddof=1; 0 for a single run) and values of every scalar metric present in all runs."""
+    summary = {}
+    if not metric_dicts:
+        return summary
+    for key in metric_dicts[0]:
+        values = [m.get(key) for m in metric_dicts]
+        if key == "count" or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        array = np.array(values, dtype=np.float64)
+        finite = array[np.isfinite(array)]
+        summary[key] = {
+            "mean": float(finite.mean()) if finite.size else None,
+            "std": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+            "n": int(finite.size),
+            "values": [float(v) for v in array],
+        }
+    return summary
+
+
+def write_results(out_dir: Path, payload: dict) -> Path:
+    path = Path(out_dir) / "results.json"
+    write_json_atomic(path, json_ready(payload))
+    return path
+
+
+def _cell(entry: dict | None, scale: float, decimals: int) -> str:
+    if not entry or entry.get("mean") is None:
+        return "–"
+    text = f"{entry['mean'] * scale:.{decimals}f}"
+    if entry.get("n", 1) > 1:
+        text += f" ± {entry['std'] * scale:.{decimals}f}"
+    return text
+
+
+def table_rows(payload: dict, label_with_method: bool = False) -> list[tuple[str, dict]]:
+    rows = []
+    for entry in payload.get("backbones", []):
+        label = entry["backbone"]["name"]
+        if label_with_method:
+            label = f"{label} ({payload.get('command', '?')})"
+        rows.append((label, entry.get("summary", {})))
+    return rows
+
+
+def render_table(rows: list[tuple[str, dict]], keys: tuple[str, ...], *, markdown: bool) -> str:
+    """Rows = backbone/method, columns = the metrics in `keys` that at least one row has."""
+    columns = [c for c in COLUMNS if c[0] in keys and any(c[0] in summary for _, summary in rows)]
+    header = ["backbone"] + [title for _, title, _, _ in columns]
+    body = [[label] + [_cell(summary.get(key), scale, decimals) for key, _, scale, decimals in columns]
+            for label, summary in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+    fmt = lambda row: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(row) for row in body])
+
+
+def load_results(path: Path) -> dict:
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot read results file {path}: {error}")
+    if not isinstance(payload, dict) or "backbones" not in payload:
+        raise click.ClickException(f"{path} is not an sslfer-eval results.json (no 'backbones')")
+    return payload
+
+
+def compare_markdown(paths: list[Path]) -> str:
+    rows = []
+    for path in paths:
+        rows.extend(table_rows(load_results(path), label_with_method=True))
+    return render_table(rows, PAPER_COLUMNS, markdown=True)
