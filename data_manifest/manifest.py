@@ -29,10 +29,13 @@ HEADER_COMPAT_KEYS = (
     "shard_schema_major", "image_size", "patch_size", "swaps_per_frame", "descriptor_kind", "descriptor_dim",
     "descriptor_weights_sha256", "dlib_model_sha256",
 )
-# prep_config keys that only describe how a run was executed, not what it produced; ignored when comparing.
+# prep_config keys that describe how a run was executed rather than what a sample is; ignored when
+# comparing shard sets. "seed" is here because parts made with different seeds (swap donors, sampling)
+# are still one dataset.
 RUN_ONLY_PREP_KEYS = frozenset({
     "jobs", "n_jobs", "workers", "backend", "input", "source", "source_root", "data", "out", "output",
-    "output_dir", "limit", "resume", "shard_videos", "videos_per_shard", "progress", "verbose",
+    "output_dir", "limit", "resume", "shard_videos", "videos_per_shard", "progress", "verbose", "seed",
+    "part", "model_dir",
 })
 
 
@@ -181,9 +184,16 @@ def relative_shard_name(path: Path, root: Path) -> str:
 
 
 def find_shard_files(root: Path) -> list[Path]:
-    """Finished shard files under root (any depth), sorted; interrupted writes (TEMP_PREFIX) are skipped."""
-    return sorted(p for p in Path(root).rglob("*" + SHARD_SUFFIX)
-                  if p.is_file() and not p.name.startswith(TEMP_PREFIX))
+    """Finished shard files under root (any depth), sorted. Interrupted writes (TEMP_PREFIX) and hidden
+    folders (sslfer-prep's .work/) are skipped."""
+    return sorted(p for p in visible_files(root, "*" + SHARD_SUFFIX) if not p.name.startswith(TEMP_PREFIX))
+
+
+def visible_files(root: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern` below root, outside hidden folders."""
+    root = Path(root)
+    return [p for p in root.rglob(pattern)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
 
 
 def count_failures(root: Path) -> int:

@@ -9,7 +9,7 @@ import h5py
 
 from data_manifest.manifest import (
     MANIFEST_NAME, Manifest, ShardEntry, describe_differences, file_sha256, find_shard_files, header_compat,
-    load_manifest, shard_paths,
+    load_manifest, shard_paths, visible_files,
 )
 from sslfer_core.atomic_files import TEMP_PREFIX
 from sslfer_core.shard_format import ShardFormatError, ShardHeader
@@ -99,7 +99,7 @@ def _stray_files(root: Path, manifest: Manifest) -> list[ShardProblem]:
         if rel not in listed:
             problems.append(ShardProblem(rel, f"shard file is not listed in {MANIFEST_NAME}; it will not be used",
                                          WARNING))
-    for path in sorted(root.rglob(TEMP_PREFIX + "*")):
+    for path in sorted(visible_files(root, TEMP_PREFIX + "*")):
         problems.append(ShardProblem(path.relative_to(root).as_posix(),
                                      "leftover temporary file of an interrupted write; safe to delete", WARNING))
     if manifest.failures_file and not (root / manifest.failures_file).is_file():

@@ -94,6 +94,17 @@ def test_merge_compatible_parts(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
 
 
+def test_merge_ignores_run_only_prep_keys(tmp_path):
+    a = make_shard_set(tmp_path / "a", prefix="a", shards=1)
+    b = make_shard_set(tmp_path / "b", prefix="b", shards=1, seed=1)
+    obj = json.loads((b / MANIFEST_NAME).read_text())
+    obj["prep_config"].update(seed=7, source="frames", jobs=16)
+    (b / MANIFEST_NAME).write_text(json.dumps(obj))
+    result = _invoke("merge", tmp_path / "out", a, b)
+    assert result.exit_code == 0, result.output
+    assert not load_manifest(tmp_path / "out").mixed
+
+
 def test_merge_with_hard_links_shares_the_bytes(tmp_path):
     a = make_shard_set(tmp_path / "a", prefix="a", shards=1)
     b = make_shard_set(tmp_path / "b", prefix="b", shards=1, seed=1)

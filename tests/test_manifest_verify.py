@@ -87,6 +87,9 @@ def test_unlisted_shards_and_leftovers_are_warnings_only(tmp_path):
     header = make_header()
     write_shard(root / "extra" / "late.h5", header, [make_video(np.random.default_rng(9), header, 2)])
     (root / ".partial-shard-00009.h5.abc").write_bytes(b"half")
+    (root / ".work").mkdir()  # sslfer-prep's work folder is not part of the shard set
+    write_shard(root / ".work" / "scratch.h5", header, [make_video(np.random.default_rng(8), header, 2)])
+    (root / ".work" / ".partial-x.npz.1").write_bytes(b"half")
     problems = verify_shards(root)
     assert {(p.file, p.severity) for p in problems} == {
         ("extra/late.h5", WARNING), (".partial-shard-00009.h5.abc", WARNING)}
