@@ -173,7 +173,9 @@ def _report(summary: RunSummary, options: RunOptions) -> None:
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(summary.skip_reasons.items())) or "none"
     kept_pct = f" ({100.0 * summary.frames_kept / summary.frames_sampled:.1f} %)" if summary.frames_sampled else ""
     swaps_ok = summary.swaps_total - summary.swaps_failed
-    rate = summary.frames_kept / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
+    rate = summary.frames_new / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
+    timing = (f"{summary.wall_seconds:.1f} s, {summary.frames_new} frames stored now ({rate:.1f} frames/s)"
+              + "".join(f"; {k} {v:.1f} s" for k, v in summary.phase_seconds.items()))
     rows = [
         ("clips selected", f"{summary.selected} of {summary.inputs}" + (f" (part {options.part[0]}/{options.part[1]})" if options.part else "")),
         ("resumed (already done)", str(summary.resumed)),
@@ -184,8 +186,7 @@ def _report(summary: RunSummary, options: RunOptions) -> None:
         ("swaps ok", f"{swaps_ok} of {summary.swaps_total}"),
         ("descriptor", summary.descriptor),
         ("shards", f"{summary.shards_total} ({summary.shards_written} written now), {human_bytes(summary.shard_bytes)}"),
-        ("time", f"{summary.wall_seconds:.1f} s, {rate:.1f} stored frames/s"
-                 + "".join(f"; {k} {v:.1f} s" for k, v in summary.phase_seconds.items())),
+        ("time", timing if summary.resumed < summary.selected or summary.shards_written else f"{summary.wall_seconds:.1f} s, nothing left to do"),
         ("output", str(options.out)),
     ]
     click.echo("sslfer-prep summary\n" + summary_table(rows))

@@ -68,6 +68,7 @@ class RunSummary:
     skip_reasons: Counter = field(default_factory=Counter)
     frames_sampled: int = 0
     frames_kept: int = 0
+    frames_new: int = 0  # stored by this invocation (not resumed)
     swaps_total: int = 0
     swaps_failed: int = 0
     shards_written: int = 0
@@ -116,8 +117,9 @@ def run_lock(work: WorkDir):
         handle.close()
 
 
-def check_ownership(work: WorkDir, config: PrepConfig, part: tuple[int, int] | None) -> None:
-    """Refuse to resume into an OUT made with other content settings or another --part."""
+def check_ownership(work: WorkDir, config: PrepConfig, part: tuple[int, int] | None) -> dict:
+    """Refuse to resume into an OUT made with other content settings or another --part; returns the run
+    description to save once the run starts."""
     from data_manifest.manifest import MANIFEST_NAME, ManifestError, load_manifest
 
     wanted = {"content": config.content_key(), "part": list(part) if part else None}
@@ -136,7 +138,7 @@ def check_ownership(work: WorkDir, config: PrepConfig, part: tuple[int, int] | N
             raise PrepUsageError(
                 f"{work.out} was made with a different configuration ({'; '.join(differences)}); "
                 "use another --out, or --force to overwrite it")
-    work.write_run(wanted)
+    return wanted
 
 
 # ----------------------------------------------------------------------------- parallel execution
@@ -203,7 +205,7 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
     work = WorkDir(out)
     single_thread_env()
     with run_lock(work):
-        check_ownership(work, config, options.part)
+        run_description = check_ownership(work, config, options.part)
         work.create()
         work.remove_stale_temporaries()
 
@@ -218,6 +220,7 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         if options.space_check and not estimate.fits:
             raise PrepError(f"not enough free space in {out}: need about {human_bytes(estimate.needed_bytes)}, "
                             f"{human_bytes(estimate.free_bytes)} free (use --no-space-check to run anyway)")
+        work.write_run(run_description)
 
         with parallel_backend(options):
             tick = time.perf_counter()
@@ -270,7 +273,7 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
             summary.phase_seconds["shards"] = time.perf_counter() - tick
             summary.shards_written = len(unwritten)
 
-        _finish(work, plan, records, selected, summary, config.swaps)
+        _finish(work, plan, records, selected, summary, config.swaps, {s.video_id for s in pending})
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -296,7 +299,7 @@ def shard_header(config: PrepConfig):
 
 
 def _finish(work: WorkDir, plan: list[dict], records: dict[str, dict], selected: list[VideoSource],
-            summary: RunSummary, swaps_per_frame: int) -> None:
+            summary: RunSummary, swaps_per_frame: int, processed: set[str]) -> None:
     from data_manifest.manifest import MANIFEST_NAME, ManifestError, build_manifest, load_manifest, save_manifest
 
     out = work.out
@@ -323,5 +326,6 @@ def _finish(work: WorkDir, plan: list[dict], records: dict[str, dict], selected:
         else:
             summary.kept_videos += 1
             summary.frames_kept += int(record["frames_kept"])
+            summary.frames_new += int(record["frames_kept"]) if record["video_id"] in processed else 0
             summary.swaps_failed += int(record.get("swaps_failed", 0))
     summary.swaps_total = summary.frames_kept * swaps_per_frame

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +13,9 @@ import numpy as np
 from preprocess.sources import VideoSource, list_frame_files
 
 FALLBACK_FPS = 25.0  # used when a container states no usable frame rate (recorded per video)
+# FFmpeg would print its own complaints about broken files to stderr; they are recorded in failures.jsonl
+# instead. Read by OpenCV when it first opens a video, so setting it here (before any capture) suffices.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 class UnreadableClip(Exception):

@@ -90,9 +90,10 @@ def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -
     if count < config.min_frames:
         if count == 0:
             reason = drops.dominant() or why.NO_FACE
+            detail = f"no usable frame among {record['frames_sampled']} sampled"
             if reason == why.NO_FACE and _faces_below_minimum(probes, models, config.min_face_px):
                 reason = why.SMALL_FACE
-            detail = f"no usable frame among {record['frames_sampled']} sampled"
+                detail += f"; a face smaller than --min-face-px {config.min_face_px} was found"
         else:
             reason = why.TOO_FEW_FRAMES
             detail = f"{count} usable frames < --min-frames {config.min_frames}"
