@@ -140,3 +140,15 @@ def test_fit_quality_drops_for_a_distorted_shape(detector, consecutive):
     assert tracker.fit_quality(distorted, landmarks) == 0.0
     shifted = landmarks + 0.5 * interocular_distance(landmarks)
     assert tracker.fit_quality(shifted, landmarks) == 0.0
+
+
+def test_cnn_fallback_finds_a_face_the_hog_detector_misses(consecutive):
+    models = dlib_models_or_skip()
+    frame = consecutive[0]
+    h, w = frame.shape[:2]
+    rotated = cv2.warpAffine(frame, cv2.getRotationMatrix2D((w / 2, h / 2), 45.0, 1.0), (w, h), borderMode=cv2.BORDER_REPLICATE)
+    assert FaceDetector(models, min_face_px=80).detect(rotated) is None
+    face = FaceDetector(models, min_face_px=80, use_cnn_fallback=True).detect(rotated)
+    assert face is not None and face.detected
+    l, t, r, b = face.box
+    assert l < w / 2 < r and t < h / 2 + 20 < b  # the face is near the frame centre in this clip
