@@ -60,14 +60,17 @@ def read_frames(path: Path, indices=None, limit: int | None = None, size: int | 
 
 
 def aligned_crops(root: Path, detector: FaceDetector, per_clip: int, size: int = 128) -> list[tuple[str, str, object]]:
-    """(identity, clip path, AlignedFace) for `per_clip` evenly spaced frames of every clip."""
-    crops = []
+    """(identity, clip path, AlignedFace) for `per_clip` evenly spaced frames of every clip; prints the detection rate."""
+    crops, sampled = [], 0
     for row in clip_table(root):
         count = int(row["frames"])
         for frame in read_frames(root / row["path"], indices=np.linspace(2, count - 3, per_clip).astype(int)):
+            sampled += 1
             face = detector.detect(frame)
             if face is not None:
                 crops.append((row["identity"], row["path"], align_face(frame, face.landmarks, size)))
+    print(f"detection + landmarks on {len(crops)}/{sampled} sampled frames ({100 * len(crops) / sampled:.1f} %), "
+          f"min_face_px={detector.min_face_px}")
     return crops
 
 
