@@ -2,6 +2,7 @@
 
 Both return L2-normalised float32 rows so that cosine similarity is a dot product; callers record
 `.kind` (and `.weights_sha256`) next to the descriptors because the two kinds are not comparable.
+torch is imported inside the ResNet code only, so the landmark kind works without paying for it.
 """
 from __future__ import annotations
 
