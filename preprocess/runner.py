@@ -29,7 +29,7 @@ from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.sources import VideoSource
 from preprocess.space_estimate import estimate_space, human_bytes, shard_bytes_per_frame
 from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz
-from preprocess.worker_models import single_thread_env
+from preprocess.worker_models import single_thread_env, worker_init
 
 # Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
 KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"
@@ -160,7 +160,7 @@ def parallel_backend(options: RunOptions):
         finally:
             client.close()
     else:
-        with joblib.parallel_config(backend="loky"):
+        with joblib.parallel_config(backend="loky", inner_max_num_threads=1, initializer=worker_init):
             yield
 
 

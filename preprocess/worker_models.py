@@ -6,6 +6,7 @@ pools in every worker would oversubscribe the cores.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -36,6 +37,13 @@ def pin_threads() -> None:
     if torch is not None:
         torch.set_num_threads(1)
     _pinned_pid = os.getpid()
+
+
+def worker_init() -> None:
+    """Start of every worker process: Ctrl-C is the parent's to handle (it stops the pool and exits with a
+    message); a worker that also raised KeyboardInterrupt would print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pin_threads()
 
 
 @dataclass(frozen=True)
