@@ -159,7 +159,7 @@ class _Finetuner:
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                 if scheduler is not None:
                     scheduler.step()
                 progress.update(len(position))
