@@ -45,6 +45,7 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
 
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + "merge-", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; OUT should look like any new folder
         entries = []
         for index, (part, manifest, label) in enumerate(zip(parts, manifests, labels)):
             for entry, src in zip(manifest.shards, shard_paths(part, manifest)):
@@ -151,7 +152,7 @@ def _merge_failures(tmp: Path, parts: list[Path], manifests: list[Manifest], lab
                 record = None
             record = record if isinstance(record, dict) else {"unparsed": line}
             lines.append(json.dumps({**record, "part": label}, sort_keys=True))
-    if not lines and not any(m.failures for m in manifests):
+    if not lines:
         return None
     target = tmp / FAILURES_NAME
     with open(target, "w", encoding="utf-8") as handle:
@@ -193,6 +194,12 @@ def _merged_manifest(manifests: list[Manifest], labels: list[str], entries, fail
         mixed=mixed,
         parts=provenance,
     )
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _safe_name(name: str) -> str:

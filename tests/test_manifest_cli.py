@@ -111,6 +111,7 @@ def test_merge_with_hard_links_shares_the_bytes(tmp_path):
     result = _invoke("merge", "--link", tmp_path / "out", a, b)
     assert result.exit_code == 0, result.output
     assert os.path.samefile(tmp_path / "out" / "00-a" / "shard-00000.h5", a / "shard-00000.h5")
+    assert load_manifest(tmp_path / "out").failures_file is None and not (tmp_path / "out" / "failures.jsonl").exists()
 
 
 def test_merge_refuses_different_settings_unless_allowed(tmp_path):

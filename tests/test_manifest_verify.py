@@ -1,4 +1,5 @@
 """verify_shards and `sslfer-manifest verify`: every kind of damage is named, exit codes are as documented."""
+import io
 import json
 
 import h5py
@@ -7,6 +8,7 @@ from click.testing import CliRunner
 
 from data_manifest.cli import main
 from data_manifest.manifest import MANIFEST_NAME
+from data_manifest.progress import Progress
 from data_manifest.verify import ERROR, WARNING, verify_shards
 from manifest_fixtures import flip_byte, make_shard_set
 from shard_fixtures import make_header, make_video
@@ -112,3 +114,17 @@ def test_cli_errors_are_one_line_with_documented_exit_codes(tmp_path):
     (root / MANIFEST_NAME).write_text(json.dumps(obj))
     result = runner.invoke(main, ["verify", str(root)])
     assert result.exit_code == 1 and "unsafe shard path" in result.output and "Traceback" not in result.output
+
+
+def test_progress_is_quiet_unless_stderr_is_a_terminal():
+    quiet = io.StringIO()  # StringIO.isatty() is False, like a log file or a pipe
+    bar = Progress("verify", 10, stream=quiet)
+    bar.advance(10)
+    bar.close()
+    assert quiet.getvalue() == ""
+    shown = io.StringIO()
+    bar = Progress("verify", 10, stream=shown, enabled=True, min_interval=0)
+    bar.advance(4)
+    bar.advance(6)
+    bar.close()
+    assert "verify: 4/10" in shown.getvalue() and "verify: 10/10" in shown.getvalue()
