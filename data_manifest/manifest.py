@@ -134,10 +134,6 @@ def header_compat(header: ShardHeader) -> dict:
     return _manifest_from_header(header, []).compat_config()
 
 
-def differing_keys(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-
-
 def describe_differences(configs: list[tuple[str, dict]]) -> str:
     """'key: a=1, b=2; ...' for every key whose value is not the same in all named configs."""
     keys = sorted({k for _, cfg in configs for k in cfg})
@@ -327,6 +323,7 @@ def manifest_from_json(obj, source: str = MANIFEST_NAME) -> Manifest:
         raise ManifestError(f"{source}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"{source}: manifest is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    _parse_version(manifest.shard_schema_version, source, "shard_schema_version")
     if manifest.failures_file is not None:
         check_relative_path(manifest.failures_file, "failures file")
     seen = set()
@@ -363,11 +360,11 @@ def _expect(value, kind, name):
     return value
 
 
-def _parse_version(text, source: str) -> tuple[int, int]:
+def _parse_version(text, source: str, what: str = "manifest schema version") -> tuple[int, int]:
     try:
         major, minor = (int(p) for p in str(text).split("."))
     except ValueError:
-        raise ManifestError(f"{source}: unreadable manifest schema version {text!r}") from None
+        raise ManifestError(f"{source}: unreadable {what} {text!r}") from None
     return major, minor
 
 
