@@ -238,8 +238,9 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
             planned = {v for shard in plan for v in shard["video_ids"]}
             kept = [r for vid, r in records.items() if not r["skipped"] and (vid in wanted or vid in planned)]
 
-            if config.swaps > 0:
-                _update_pool(work, kept, config)
+            if config.swaps > 0 and kept and _update_pool(work, kept, config) < 2:
+                echo("warning: the donor pool holds fewer than 2 identities, so no swap can use another identity's "
+                     "head; those swaps are stored as failed (swap_ok false)")
             new_shards = plan_shards(plan, [(r["video_id"], int(r["frames_kept"] * shard_bytes_per_frame(config)))
                                             for r in kept if r["video_id"] in wanted],
                                      target_bytes=int(options.shard_size_mb * 1e6), prefix=shard_prefix(options.part))
@@ -278,13 +279,15 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
     return summary
 
 
-def _update_pool(work: WorkDir, kept: list[dict], config: PrepConfig) -> None:
+def _update_pool(work: WorkDir, kept: list[dict], config: PrepConfig) -> int:
+    """Build or extend the donor pool; returns how many identities it holds."""
     existing = load_pool(work.pool_file) if work.pool_file.is_file() else None
     known = set(existing.identity.tolist()) if existing is not None else set()
     if existing is not None and all(r["identity"] in known for r in kept):
-        return  # a resumed run: the saved pool already covers every identity
+        return len(known)  # a resumed run: the saved pool already covers every identity
     pool = build_pool(kept, lambda vid: load_npz(work.frames_path(vid)), config.pool_per_identity, config.size, existing)
     save_pool(work.pool_file, pool)
+    return len(pool.identities())
 
 
 def shard_header(config: PrepConfig):

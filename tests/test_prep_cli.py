@@ -150,3 +150,14 @@ def test_space_check_stops_before_work_and_can_be_overridden(tmp_path, monkeypat
     result = prep("videos", root, "--out", tmp_path / "out", *FAST, "--no-space-check", "--swaps", "0")
     assert result.exit_code == 0, result.output
     assert "estimated output" in result.stderr
+
+
+def test_single_identity_stores_failed_swaps_and_warns(tmp_path):
+    root = clips.face_clip(tmp_path / "in" / "id00002" / "a.mp4", "id00002").parent.parent
+    result = prep("videos", root, "--out", tmp_path / "out", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "fewer than 2 identities" in result.stderr
+    item = clips.shard_contents(tmp_path / "out")["id00002/a"]
+    assert not item["swap_ok"].any() and item["swaps"].max() == 0
+    record = failures(tmp_path / "out")["id00002/a"]
+    assert record["reason"] == "failed_swaps" and record["swaps_failed"] == len(item["face"]) == 10
