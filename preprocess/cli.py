@@ -1,4 +1,5 @@
-"""sslfer-prep: talking-face clips -> HDF5 shards (aligned faces, landmarks, face swaps, eye/mouth patches, descriptors).
+"""sslfer-prep: talking-face clips -> HDF5 shards (aligned faces, landmarks, face swaps, eye/mouth patches,
+descriptors).
 
 Exit codes: 0 at least one clip was stored; 1 none was (or the input is empty, or the run was refused);
 2 usage error; 130 interrupted (rerun the same command to resume).
@@ -57,7 +58,8 @@ def common_options(func):
                      help="Output folder: shards, manifest.json, failures.jsonl, .work/."),
         click.option("--fps", default=5.0, show_default=True, type=click.FloatRange(min=0.01),
                      help="Frames kept per second of video."),
-        click.option("--size", default=128, show_default=True, type=click.IntRange(32, 1024), help="Aligned face side (px)."),
+        click.option("--size", default=128, show_default=True, type=click.IntRange(32, 1024),
+                     help="Aligned face side (px)."),
         click.option("--min-frames", default=5, show_default=True, type=click.IntRange(min=1),
                      help="Clips with fewer usable frames are skipped."),
         click.option("--min-face-px", default=80, show_default=True, type=click.IntRange(min=10),
@@ -77,16 +79,18 @@ def common_options(func):
         click.option("--codec", default="jpeg:90", show_default=True, callback=_parse_codec,
                      help="Image codec of all image fields: raw, jpeg or jpeg:Q."),
         click.option("--descriptor", default="auto", show_default=True, type=click.Choice(DESCRIPTOR_CHOICES),
-                     help="MaskFN descriptor; auto = ResNet-18 ImageNet if its weights are cached, else landmark geometry."),
+                     help="MaskFN descriptor; auto = ResNet-18 ImageNet if its weights are cached, "
+                          "else landmark geometry."),
         click.option("--dlib-models", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Folder with shape_predictor_68_face_landmarks.dat (default: $SSLFER_DLIB_MODELS, "
                           "face_recognition_models, /usr/share/dlib)."),
-        click.option("--shard-size", default=256.0, show_default=True, type=click.FloatRange(min=1.0),
+        click.option("--shard-size", default=256.0, show_default=True, type=click.FloatRange(min=0.01),
                      help="Approximate shard size in MB (whole videos, never split)."),
         click.option("--jobs", "-j", default=_cores(), show_default="all cores", type=click.IntRange(min=1),
                      help="Worker processes."),
         click.option("--part", callback=_parse_part, default=None, metavar="I/N",
-                     help="Process only slice I of N (by a hash of the video id); merge parts with sslfer-manifest merge."),
+                     help="Process only slice I of N (by a hash of the video id); "
+                          "merge the parts with sslfer-manifest merge."),
         click.option("--backend", type=click.Choice(["loky", "dask"]), default="loky", show_default=True,
                      help="joblib backend; dask needs pip install 'sslfer[dask]'."),
         click.option("--scheduler", default=None, metavar="HOST:PORT",
@@ -139,7 +143,8 @@ def _run(source_kind: str, discover, params: dict) -> None:
         raise click.ClickException(str(exc)) from None
     _report(summary, options)
     if summary.kept_videos == 0:
-        raise click.ClickException(f"no clip was stored ({summary.skipped_videos} skipped; see {options.out}/failures.jsonl)")
+        raise click.ClickException(
+            f"no clip was stored ({summary.skipped_videos} skipped; see {options.out}/failures.jsonl)")
 
 
 def _resolve_config(source_kind: str, params: dict) -> PrepConfig:
@@ -174,10 +179,12 @@ def _report(summary: RunSummary, options: RunOptions) -> None:
     kept_pct = f" ({100.0 * summary.frames_kept / summary.frames_sampled:.1f} %)" if summary.frames_sampled else ""
     swaps_ok = summary.swaps_total - summary.swaps_failed
     rate = summary.frames_new / summary.wall_seconds if summary.wall_seconds > 0 else 0.0
+    part = f" (part {options.part[0]}/{options.part[1]})" if options.part else ""
+    worked = summary.resumed < summary.selected or summary.shards_written
     timing = (f"{summary.wall_seconds:.1f} s, {summary.frames_new} frames stored now ({rate:.1f} frames/s)"
               + "".join(f"; {k} {v:.1f} s" for k, v in summary.phase_seconds.items()))
     rows = [
-        ("clips selected", f"{summary.selected} of {summary.inputs}" + (f" (part {options.part[0]}/{options.part[1]})" if options.part else "")),
+        ("clips selected", f"{summary.selected} of {summary.inputs}" + part),
         ("resumed (already done)", str(summary.resumed)),
         ("clips stored", str(summary.kept_videos)),
         ("clips skipped", f"{summary.skipped_videos} ({reasons})"),
@@ -185,8 +192,9 @@ def _report(summary: RunSummary, options: RunOptions) -> None:
         ("frames stored", f"{summary.frames_kept}{kept_pct}"),
         ("swaps ok", f"{swaps_ok} of {summary.swaps_total}"),
         ("descriptor", summary.descriptor),
-        ("shards", f"{summary.shards_total} ({summary.shards_written} written now), {human_bytes(summary.shard_bytes)}"),
-        ("time", timing if summary.resumed < summary.selected or summary.shards_written else f"{summary.wall_seconds:.1f} s, nothing left to do"),
+        ("shards", f"{summary.shards_total} ({summary.shards_written} written now), "
+                   f"{human_bytes(summary.shard_bytes)}"),
+        ("time", timing if worked else f"{summary.wall_seconds:.1f} s, nothing left to do"),
         ("output", str(options.out)),
     ]
     click.echo("sslfer-prep summary\n" + summary_table(rows))

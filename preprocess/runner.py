@@ -213,9 +213,10 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         pending = [s for s in selected if s.video_id not in records]
         summary.resumed = len(selected) - len(pending)
         estimate = estimate_space(pending, config, out)
-        summary.estimate = (f"{human_bytes(estimate.shard_bytes)} of shards + up to {human_bytes(estimate.work_bytes)} of "
-                            f"temporary work files for ~{estimate.frames:.0f} frames of {len(pending)} clips "
-                            f"({estimate.seconds / 60:.1f} min of video); {human_bytes(estimate.free_bytes)} free")
+        summary.estimate = (f"{human_bytes(estimate.shard_bytes)} of shards + up to "
+                            f"{human_bytes(estimate.work_bytes)} of temporary work files for ~{estimate.frames:.0f} "
+                            f"frames of {len(pending)} clips ({estimate.seconds / 60:.1f} min of video); "
+                            f"{human_bytes(estimate.free_bytes)} free")
         echo(f"estimated output: {summary.estimate}")
         if options.space_check and not estimate.fits:
             raise PrepError(f"not enough free space in {out}: need about {human_bytes(estimate.needed_bytes)}, "
@@ -285,7 +286,8 @@ def _update_pool(work: WorkDir, kept: list[dict], config: PrepConfig) -> int:
     known = set(existing.identity.tolist()) if existing is not None else set()
     if existing is not None and all(r["identity"] in known for r in kept):
         return len(known)  # a resumed run: the saved pool already covers every identity
-    pool = build_pool(kept, lambda vid: load_npz(work.frames_path(vid)), config.pool_per_identity, config.size, existing)
+    pool = build_pool(kept, lambda vid: load_npz(work.frames_path(vid)), config.pool_per_identity, config.size,
+                      existing)
     save_pool(work.pool_file, pool)
     return len(pool.identities())
 

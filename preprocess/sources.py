@@ -64,7 +64,8 @@ def _unique_sorted(sources: list[VideoSource]) -> list[VideoSource]:
     for source in sources:
         other = seen.get(source.video_id)
         if other is not None:
-            raise SourceError(f"two inputs map to video id {source.video_id!r}: {other.source_path} and {source.source_path}")
+            raise SourceError(f"two inputs map to video id {source.video_id!r}: "
+                              f"{other.source_path} and {source.source_path}")
         seen[source.video_id] = source
     return [seen[k] for k in sorted(seen)]
 
@@ -95,7 +96,8 @@ def discover_voxceleb(root: str | os.PathLike, frames_fps: float = 25.0) -> list
             if len(parts) < 3:
                 continue  # not inside <identity>/<youtube id>/
             identity, youtube_id, clip = parts[-3], parts[-2], path.stem
-            videos.append(VideoSource(f"{identity}/{youtube_id}/{clip}", identity, str(path), _rel(path, root), "video"))
+            videos.append(VideoSource(f"{identity}/{youtube_id}/{clip}", identity, str(path), _rel(path, root),
+                                      "video"))
     if videos and frame_clips:
         raise SourceError(f"{root}: holds both VoxCeleb2 videos and VoxCeleb1 frame folders; point ROOT at one of them")
     found = videos or frame_clips
@@ -163,7 +165,8 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
 # ----------------------------------------------------------------------------- frame folders
 
 def discover_frame_folders(root: str | os.PathLike, frames_fps: float = 25.0) -> list[VideoSource]:
-    """Each folder holding image files is one clip; identity = its parent folder (the clip folder itself at top level)."""
+    """Each folder holding image files is one clip; identity = its parent folder (the clip folder itself at
+    top level)."""
     root = _check_root(root)
     found = []
     for dirpath, _dirs, files in _walk_sorted(root):

@@ -53,7 +53,7 @@ def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -
                     probes.append(frame.image)
             elif observation.ambiguous:
                 reason = why.AMBIGUOUS
-            elif min(observation.box[2] - observation.box[0], observation.box[3] - observation.box[1]) < config.min_face_px:
+            elif _box_side(observation.box) < config.min_face_px:
                 reason = why.SMALL_FACE
             else:
                 try:
@@ -111,15 +111,21 @@ def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -
         "source_fps": np.asarray(reader.source_fps, np.float64),
     }
     if models.descriptor is not None:
-        arrays["descriptors"] = describe_in_batches(models.descriptor, arrays["eyes"], arrays["mouth"], arrays["landmarks"])
+        arrays["descriptors"] = describe_in_batches(models.descriptor, arrays["eyes"], arrays["mouth"],
+                                                    arrays["landmarks"])
         arrays["has_descriptor"] = np.all(np.isfinite(arrays["descriptors"]), axis=1)
     return VideoResult(record, arrays)
 
 
 def describe_in_batches(descriptor, eyes: np.ndarray, mouth: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    parts = [descriptor.describe(eyes[i:i + DESCRIPTOR_BATCH], mouth[i:i + DESCRIPTOR_BATCH], landmarks[i:i + DESCRIPTOR_BATCH])
-             for i in range(0, len(eyes), DESCRIPTOR_BATCH)]
+    batches = [slice(i, i + DESCRIPTOR_BATCH) for i in range(0, len(eyes), DESCRIPTOR_BATCH)]
+    parts = [descriptor.describe(eyes[b], mouth[b], landmarks[b]) for b in batches]
     return np.concatenate(parts).astype(np.float32)
+
+
+def _box_side(box: tuple[int, int, int, int]) -> int:
+    left, top, right, bottom = box
+    return min(right - left, bottom - top)
 
 
 def _faces_below_minimum(images: list[np.ndarray], models: FaceModels, min_face_px: int) -> bool:
@@ -128,7 +134,6 @@ def _faces_below_minimum(images: list[np.ndarray], models: FaceModels, min_face_
     for image in images:
         found = detector.detect(image)
         if found is not None:
-            left, top, right, bottom = found.box
-            if min(right - left, bottom - top) < min_face_px:
+            if _box_side(found.box) < min_face_px:
                 return True
     return False

@@ -59,7 +59,8 @@ def test_good_clips_are_stored_with_k_swaps_from_other_identities(mixed_run):
     from sslfer_core.shard_format import read_shard_header
 
     stored = clips.shard_contents(mixed_run.out)
-    assert sorted(stored) == ["Zoë Ünï/clip ñ 1", "id00001/clip0", "id00001m/clip0", "id00002/clip0", "id00002m/clip0"]
+    assert sorted(stored) == ["Zoë Ünï/clip ñ 1", "id00001/clip0", "id00001m/clip0", "id00002/clip0",
+                              "id00002m/clip0"]
     manifest = load_manifest(mixed_run.out)
     assert manifest.failures == 6 and not [p for p in verify_shards(mixed_run.out) if p.severity == ERROR]
     header = read_shard_header(mixed_run.out / manifest.shards[0].file)
@@ -154,10 +155,24 @@ def test_space_check_stops_before_work_and_can_be_overridden(tmp_path, monkeypat
 
 def test_single_identity_stores_failed_swaps_and_warns(tmp_path):
     root = clips.face_clip(tmp_path / "in" / "id00002" / "a.mp4", "id00002").parent.parent
-    result = prep("videos", root, "--out", tmp_path / "out", *FAST)
+    result = prep("videos", root, "--out", tmp_path / "out", *FAST, "--codec", "raw")
     assert result.exit_code == 0, result.output
     assert "fewer than 2 identities" in result.stderr
+    from sslfer_core.shard_format import read_shard_header
+
+    assert {c.name for c in read_shard_header(tmp_path / "out" / "shard-00000.h5").codecs.values()} == {"raw"}
     item = clips.shard_contents(tmp_path / "out")["id00002/a"]
     assert not item["swap_ok"].any() and item["swaps"].max() == 0
     record = failures(tmp_path / "out")["id00002/a"]
     assert record["reason"] == "failed_swaps" and record["swaps_failed"] == len(item["face"]) == 10
+
+
+def test_voxceleb_root_from_the_environment(tmp_path):
+    for identity in ("id00001", "id00002"):
+        clips.face_clip(tmp_path / "vox" / "dev" / "mp4" / identity / "yt_A-1" / "00001.mp4", identity)
+    result = CliRunner(env={"SSLFER_VOXCELEB_ROOT": str(tmp_path / "vox")}).invoke(
+        main, ["voxceleb", "--out", str(tmp_path / "out"), *FAST, "--shard-size", "0.1"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stored = clips.shard_contents(tmp_path / "out")
+    assert sorted(stored) == ["id00001/yt_A-1/00001", "id00002/yt_A-1/00001"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.h5")) == ["shard-00000.h5", "shard-00001.h5"]

@@ -13,8 +13,8 @@ def test_real_clips_keep_most_frames_and_record_the_descriptor_kind(voxceleb_min
     from sslfer_core.descriptors import resnet18_weights_path
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["voxceleb", str(voxceleb_mini), "--out", str(out), "--limit", "3", "--jobs", "1"],
-                                catch_exceptions=False)
+    args = ["voxceleb", str(voxceleb_mini), "--out", str(out), "--limit", "3", "--jobs", "1"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     manifest = load_manifest(out)
     expected_kind = "resnet18-imagenet" if resnet18_weights_path().is_file() else "landmark-geometry"

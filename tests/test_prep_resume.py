@@ -29,7 +29,8 @@ def prep(*args):
 def prep_process(*args, env_extra=None, **popen):
     env = {**os.environ, **(env_extra or {})}
     command = [sys.executable, "-c", "from preprocess.cli import main; main()", *map(str, args)]
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **popen)
 
 
 @pytest.fixture(scope="module")

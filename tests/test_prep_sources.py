@@ -81,7 +81,8 @@ def test_frame_folders_one_clip_per_folder(tmp_path):
     touch(tmp_path / "carol" / "take1" / "1.png")
     touch(tmp_path / "dave" / "1.jpg")
     found = discover_frame_folders(tmp_path, frames_fps=12.5)
-    assert [(s.video_id, s.identity, s.frames_fps) for s in found] == [("carol/take1", "carol", 12.5), ("dave", "dave", 12.5)]
+    assert [(s.video_id, s.identity, s.frames_fps) for s in found] == [("carol/take1", "carol", 12.5),
+                                                                       ("dave", "dave", 12.5)]
 
 
 @pytest.mark.parametrize("source_fps,target,expected", [(25.0, 5.0, [0, 5, 10, 15]), (10.0, 5.0, [0, 2, 4, 6, 8]),

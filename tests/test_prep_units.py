@@ -9,6 +9,7 @@ import pytest
 from preprocess import failures as why
 from preprocess.donor_pool import DonorPool, build_pool, evenly_spaced, load_pool, save_pool
 from preprocess.prep_config import PrepConfig, config_differences
+from preprocess.progress import PhaseProgress
 from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.space_estimate import shard_bytes_per_frame, work_bytes_per_frame
 from preprocess.swap_pass import DonorIndex
@@ -34,7 +35,8 @@ def test_failure_lines_keep_skipped_and_lossy_videos_only():
         {"video_id": "d", "skipped": False, "path": "d.mp4", "swaps_failed": 2},
     ]
     lines = why.failure_lines(records)
-    assert [(r["video_id"], r["reason"]) for r in lines] == [("a", "dropped_frames"), ("b", "unreadable"), ("d", "failed_swaps")]
+    assert [(r["video_id"], r["reason"]) for r in lines] == [("a", "dropped_frames"), ("b", "unreadable"),
+                                                             ("d", "failed_swaps")]
 
 
 def test_plan_keeps_videos_whole_and_appends_after_existing_shards():
@@ -76,8 +78,7 @@ def test_pool_is_evenly_spaced_per_identity_and_extension_keeps_old_entries(tmp_
     assert evenly_spaced(10, 4) == [1, 3, 6, 8] and evenly_spaced(2, 8) == [0, 1]
     frames = {vid: {"faces": np.full((n, 4, 4, 3), i, np.uint8), "landmarks": np.full((n, 68, 2), i, np.float32)}
               for i, (vid, n) in enumerate([("p/a", 6), ("p/b", 4), ("q/a", 3)])}
-    kept = [{"video_id": "p/a", "identity": "p", "frames_kept": 6}, {"video_id": "p/b", "identity": "p", "frames_kept": 4},
-            {"video_id": "q/a", "identity": "q", "frames_kept": 3}]
+    kept = [{"video_id": v, "identity": v[0], "frames_kept": n} for v, n in (("p/a", 6), ("p/b", 4), ("q/a", 3))]
     loads = []
     pool = build_pool(kept, lambda v: loads.append(v) or frames[v], per_identity=4, size=4)
     assert pool.identity.tolist() == ["p"] * 4 + ["q"] * 3
@@ -106,3 +107,20 @@ def test_config_differences_name_the_changed_keys():
     b = PrepConfig(source="voxceleb", fps=10.0, swaps=2).content_key()
     assert config_differences(a, b) == ["fps: 5.0 -> 10.0", "swaps: 1 -> 2"]
     assert "model_dir" not in PrepConfig(source="voxceleb", model_dir="/x").prep_config()
+
+
+def test_progress_line_draws_only_when_enabled():
+    import io
+
+    stream = io.StringIO()
+    bar = PhaseProgress("1/3 faces", 4, stream=stream, enabled=True)
+    bar.advance(frames=30, skips=1)
+    bar.advance(3, frames=90)
+    bar.close()
+    last = stream.getvalue().split("\r")[-1]
+    assert "1/3 faces" in last and "4/4 videos" in last and "skipped 1" in last and last.endswith("\n")
+    quiet = io.StringIO()
+    bar = PhaseProgress("x", 2, stream=quiet)  # StringIO is not a TTY
+    bar.advance(2, frames=5)
+    bar.close()
+    assert quiet.getvalue() == ""
