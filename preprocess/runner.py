@@ -213,10 +213,7 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         pending = [s for s in selected if s.video_id not in records]
         summary.resumed = len(selected) - len(pending)
         estimate = estimate_space(pending, config, out)
-        summary.estimate = (f"{human_bytes(estimate.shard_bytes)} of shards + up to "
-                            f"{human_bytes(estimate.work_bytes)} of temporary work files for ~{estimate.frames:.0f} "
-                            f"frames of {len(pending)} clips ({estimate.seconds / 60:.1f} min of video); "
-                            f"{human_bytes(estimate.free_bytes)} free")
+        summary.estimate = estimate.describe()
         echo(f"estimated output: {summary.estimate}")
         if options.space_check and not estimate.fits:
             raise PrepError(f"not enough free space in {out}: need about {human_bytes(estimate.needed_bytes)}, "
@@ -224,60 +221,63 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         work.write_run(run_description)
 
         with parallel_backend(options):
-            tick = time.perf_counter()
-            bar = PhaseProgress("1/3 faces", len(pending))
-            try:
-                run_tasks([joblib.delayed(extract_task)(s, config, str(out)) for s in pending], options, "extract",
-                          lambda r: bar.advance(frames=r["frames_kept"], skips=int(r["skipped"])))
-            finally:
-                bar.close()
-            summary.phase_seconds["faces"] = time.perf_counter() - tick
-
+            _timed(summary, "faces", lambda: _run_phase(
+                "1/3 faces", "extract", [joblib.delayed(extract_task)(s, config, str(out)) for s in pending], options,
+                lambda bar, r: bar.advance(frames=r["frames_kept"], skips=int(r["skipped"]))))
             records = work.read_records()
-            wanted = {s.video_id for s in selected}
-            plan = work.read_plan()
-            planned = {v for shard in plan for v in shard["video_ids"]}
-            kept = [r for vid, r in records.items() if not r["skipped"] and (vid in wanted or vid in planned)]
-
-            if config.swaps > 0 and kept and _update_pool(work, kept, config) < 2:
-                echo("warning: the donor pool holds fewer than 2 identities, so no swap can use another identity's "
-                     "head; those swaps are stored as failed (swap_ok false)")
-            new_shards = plan_shards(plan, [(r["video_id"], int(r["frames_kept"] * shard_bytes_per_frame(config)))
-                                            for r in kept if r["video_id"] in wanted],
-                                     target_bytes=int(options.shard_size_mb * 1e6), prefix=shard_prefix(options.part))
-            if new_shards:
-                plan = plan + new_shards
-                work.write_plan(plan)
-
+            plan = _pool_and_plan(work, records, selected, config, options, echo)
             unwritten = [s for s in plan if not (out / s["file"]).is_file()]
             if config.swaps > 0:
-                tick = time.perf_counter()
                 todo = [records[v] for s in unwritten for v in s["video_ids"]
                         if "swaps_failed" not in records[v] or not work.swaps_path(v).is_file()]
-                bar = PhaseProgress("2/3 swaps", len(todo))
-                try:
-                    run_tasks([joblib.delayed(swap_task)(r, config, str(out)) for r in todo], options, "swap",
-                              lambda r: bar.advance(frames=r["frames_kept"]))
-                finally:
-                    bar.close()
-                summary.phase_seconds["swaps"] = time.perf_counter() - tick
+                _timed(summary, "swaps", lambda: _run_phase(
+                    "2/3 swaps", "swap", [joblib.delayed(swap_task)(r, config, str(out)) for r in todo], options,
+                    lambda bar, r: bar.advance(frames=r["frames_kept"])))
                 records = work.read_records()
-
-            tick = time.perf_counter()
             header = shard_header(config)
-            bar = PhaseProgress("3/3 shards", len(unwritten), unit="shards")
-            try:
-                run_tasks([joblib.delayed(shard_task)(s, [records[v] for v in s["video_ids"]], header, str(out),
-                                                      options.keep_work) for s in unwritten],
-                          options, "shard", lambda r: bar.advance(frames=r["frames"]))
-            finally:
-                bar.close()
-            summary.phase_seconds["shards"] = time.perf_counter() - tick
+            tasks = [joblib.delayed(shard_task)(s, [records[v] for v in s["video_ids"]], header, str(out),
+                                                options.keep_work) for s in unwritten]
+            _timed(summary, "shards", lambda: _run_phase(
+                "3/3 shards", "shard", tasks, options, lambda bar, r: bar.advance(frames=r["frames"]), unit="shards"))
             summary.shards_written = len(unwritten)
 
         _finish(work, plan, records, selected, summary, config.swaps, {s.video_id for s in pending})
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _timed(summary: RunSummary, name: str, action: Callable[[], None]) -> None:
+    tick = time.perf_counter()
+    action()
+    summary.phase_seconds[name] = time.perf_counter() - tick
+
+
+def _run_phase(label: str, phase: str, tasks: list, options: RunOptions, advance, unit: str = "videos") -> None:
+    bar = PhaseProgress(label, len(tasks), unit=unit)
+    try:
+        run_tasks(tasks, options, phase, lambda result: advance(bar, result))
+    finally:
+        bar.close()
+
+
+def _pool_and_plan(work: WorkDir, records: dict[str, dict], selected: list[VideoSource], config: PrepConfig,
+                   options: RunOptions, echo) -> list[dict]:
+    """Donor pool (when K > 0) and shard plan from the phase-1 records; both saved before phase 2."""
+    wanted = {s.video_id for s in selected}
+    plan = work.read_plan()
+    planned = {v for shard in plan for v in shard["video_ids"]}
+    kept = [r for vid, r in records.items() if not r["skipped"] and (vid in wanted or vid in planned)]
+    if config.swaps > 0 and kept and _update_pool(work, kept, config) < 2:
+        echo("warning: the donor pool holds fewer than 2 identities, so no swap can use another identity's "
+             "head; those swaps are stored as failed (swap_ok false)")
+    sizes = [(r["video_id"], int(r["frames_kept"] * shard_bytes_per_frame(config))) for r in kept
+             if r["video_id"] in wanted]
+    new_shards = plan_shards(plan, sizes, target_bytes=int(options.shard_size_mb * 1e6),
+                             prefix=shard_prefix(options.part))
+    if new_shards:
+        plan = plan + new_shards
+        work.write_plan(plan)
+    return plan
 
 
 def _update_pool(work: WorkDir, kept: list[dict], config: PrepConfig) -> int:

@@ -60,6 +60,11 @@ class SpaceEstimate:
     def fits(self) -> bool:
         return self.free_bytes >= self.needed_bytes
 
+    def describe(self) -> str:
+        return (f"{human_bytes(self.shard_bytes)} of shards + up to {human_bytes(self.work_bytes)} of temporary "
+                f"work files for ~{self.frames:.0f} frames of {self.inputs} clips ({self.seconds / 60:.1f} min of "
+                f"video); {human_bytes(self.free_bytes)} free")
+
 
 def estimate_space(sources: list[VideoSource], config: PrepConfig, out: str | Path) -> SpaceEstimate:
     count = len(sources)
