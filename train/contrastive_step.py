@@ -1,0 +1,75 @@
+"""One training step's computation on the device: CutMix rows, per-sample augmentation, forward, gather
+across ranks, MaskFN and the multi-positive NT-Xent loss. No optimiser and no I/O, so the distributed
+test and the benchmark call exactly what the trainer calls."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sslfer_core.gpu_augment import AugmentConfig, BatchAugment, cutmix_inner_face
+from sslfer_core.losses import multi_positive_nt_xent
+from train.batch_builder import LossInputs, MaskFNConfig, build_loss_inputs
+from train.distributed import DistContext, gather, gather_with_grad
+
+
+@dataclass
+class StepResult:
+    loss: Tensor
+    embeddings: Tensor  # gathered (global) projections, for statistics
+    inputs: LossInputs
+
+
+def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
+    """Augmentation randomness of one step on one rank: a pure function of (seed, rank, step), so a resumed
+    run draws exactly what an uninterrupted one would."""
+    words = np.random.SeedSequence([int(seed), int(rank), int(step), 0xC3]).generate_state(2)
+    generator = torch.Generator(device=device)
+    generator.manual_seed((int(words[0]) << 31) ^ int(words[1]))
+    return generator
+
+
+def batch_to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class ContrastiveStep:
+    def __init__(self, ctx: DistContext, *, batch_size: int, num_views: int, resize: int, crop: int,
+                 temperature: float = 0.07, maskfn: MaskFNConfig | None = None):
+        self.ctx = ctx
+        self.batch_size, self.num_views = batch_size, num_views  # per rank
+        self.augment = BatchAugment(AugmentConfig(resize=resize, crop=crop))
+        self.temperature = temperature
+        self.maskfn = maskfn
+        self.cuda = ctx.device.type == "cuda"
+
+    def views(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> Tensor:
+        """(N, 3, crop, crop) network input from a device batch of uint8 faces."""
+        images, landmarks = batch["images"], batch["landmarks"]
+        target = batch["cutmix_target"]
+        rows = (target >= 0).nonzero().squeeze(1)
+        if rows.numel():
+            # CutMix: the positive frame's inner-face box pasted onto another identity's anchor frame.
+            images = images.clone()
+            images[rows] = cutmix_inner_face(images[target[rows]], images[rows], landmarks[rows])
+        x = self.augment(images, landmarks, generator=generator)
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def loss(self, model: nn.Module, x: Tensor, batch: dict[str, Tensor]) -> StepResult:
+        with torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16, enabled=self.cuda):
+            z = model(x)
+        z_all = gather_with_grad(z.float(), self.ctx)
+        video_ids = gather(batch["video_ids"], self.ctx)
+        row_valid = gather(batch["row_valid"].to(torch.uint8), self.ctx).bool()
+        if self.maskfn is not None:
+            descriptors = gather(batch["descriptors"], self.ctx)
+            has_descriptor = gather(batch["has_descriptor"].to(torch.uint8), self.ctx).bool()
+        else:
+            descriptors = has_descriptor = None
+        inputs = build_loss_inputs(video_ids, row_valid, descriptors, has_descriptor, self.batch_size,
+                                   self.num_views, self.ctx.world_size, self.maskfn)
+        loss = multi_positive_nt_xent(z_all, inputs.positive_index, inputs.positive_weight, self.temperature,
+                                      inputs.exclude, inputs.row_valid)
+        return StepResult(loss, z_all, inputs)

@@ -1,0 +1,63 @@
+"""Start-up checks of the shard folder: manifest present and verified (quick by default, every byte with
+--verify), and the shards able to serve the requested ablation. Each failure is one ShardSetError line."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable
+
+from data_manifest.manifest import MANIFEST_NAME, ManifestError, find_shard_files, load_manifest, shard_paths
+from data_manifest.verify import ERROR, verify_shards
+from sslfer_core.shard_format import ShardFormatError
+from train.shard_index import ShardIndex, build_shard_index
+
+
+class ShardSetError(ValueError):
+    """The shard folder cannot be trained on; the message says why in one line."""
+
+
+def open_shard_set(root: Path, *, full_verify: bool = False,
+                   warn: Callable[[str], None] = lambda text: None) -> tuple[ShardIndex, str]:
+    """(index of the manifest's shards, sha256 of manifest.json)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ShardSetError(f"{root}: no such shard folder")
+    if not (root / MANIFEST_NAME).is_file():
+        if not find_shard_files(root):
+            raise ShardSetError(f"{root}: no shards here (no {MANIFEST_NAME} and no *.h5 files); run sslfer-prep first")
+        raise ShardSetError(f"{root}: shards but no {MANIFEST_NAME}; run `sslfer-manifest build {root}`")
+    try:
+        manifest = load_manifest(root)
+        if not manifest.shards:
+            raise ShardSetError(f"{root}: {MANIFEST_NAME} lists no shards")
+        problems = verify_shards(root, quick=not full_verify)
+        paths = shard_paths(root, manifest)
+    except ManifestError as error:
+        raise ShardSetError(str(error)) from None
+    errors = [p for p in problems if p.severity == ERROR]
+    for problem in problems:
+        if problem.severity != ERROR:
+            warn(f"warning: {problem.file}: {problem.reason}")
+    if errors:
+        first = errors[0]
+        raise ShardSetError(f"{root}: {len(errors)} of {len(manifest.shards)} shards fail verification "
+                            f"(first: {first.file}: {first.reason}); see `sslfer-manifest verify {root}`")
+    digest = hashlib.sha256((root / MANIFEST_NAME).read_bytes()).hexdigest()
+    try:
+        index = build_shard_index(paths)
+    except (ShardFormatError, ValueError) as error:
+        raise ShardSetError(str(error).splitlines()[0]) from None
+    return index, digest
+
+
+def check_ablation(index: ShardIndex, root: Path, *, faceswap: bool, maskfn: bool, global_batch: int) -> None:
+    """Refuse flags that the prepared data cannot serve."""
+    if faceswap and index.swaps_per_frame == 0:
+        raise ShardSetError(f"--faceswap needs stored face swaps, but the shards in {root} hold none "
+                            "(swaps_per_frame 0); prepare them with sslfer-prep --swaps 1")
+    if maskfn and index.descriptor_dim == 0:
+        raise ShardSetError(f"--maskfn needs eye+mouth descriptors, but the shards in {root} hold none "
+                            "(descriptor_dim 0); prepare them with sslfer-prep --descriptor auto (not none)")
+    if index.num_frames < global_batch:
+        raise ShardSetError(f"{root} holds {index.num_frames} frames, fewer than one batch of {global_batch} "
+                            "anchors; lower --batch-size")
