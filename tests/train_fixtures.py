@@ -1,0 +1,34 @@
+"""Small synthetic shard sets (with manifest.json) for the trainer tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from data_manifest.manifest import build_manifest, save_manifest
+from shard_fixtures import make_header, make_video
+from sslfer_core.shard_format import write_shard
+
+TINY_TRAIN = ["--arch", "resnet18", "--resize", "36", "--crop", "32", "--batch-size", "6", "--workers", "0",
+              "--log-every", "1"]
+
+
+def make_train_shards(root: Path, *, shards: int = 2, videos: int = 3, frames: int = 40, fps: float = 5.0,
+                      codec: str = "raw", swaps: int = 1, descriptor_dim: int = 8, identities: int = 2,
+                      seed: int = 0, swap_ok: bool | None = None) -> Path:
+    """`shards` shards of `videos` videos with `frames` frames each at `fps` (40 frames at 5 fps = 8 s),
+    video ids s{shard}v{video}, identities id{video % identities}; a manifest is written beside them."""
+    rng = np.random.default_rng(seed)
+    header = make_header(codec=codec, swaps=swaps, descriptor_dim=descriptor_dim)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in range(shards):
+        batch = []
+        for v in range(videos):
+            video = make_video(rng, header, frames, video_id=f"s{s}v{v}", identity=f"id{v % identities}", fps=fps)
+            if swaps and swap_ok is not None:
+                video.swap_ok = np.full_like(video.swap_ok, swap_ok)
+            batch.append(video)
+        paths.append(write_shard(root / f"shard-{s:05d}.h5", header, batch))
+    save_manifest(root, build_manifest(root, paths))
+    return root
