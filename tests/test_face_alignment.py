@@ -5,7 +5,6 @@ import pytest
 from face_clip_frames import clip_rows, dlib_models_or_skip, read_frames
 from sslfer_core.face_alignment import (
     EYES,
-    JAW,
     MOUTH,
     RIGID_POINTS,
     TEMPLATE_EYE_LINE,
@@ -143,4 +142,3 @@ def test_eye_and_mouth_patches_cover_their_landmarks():
 
 def test_interocular_distance_of_the_template():
     assert interocular_distance(template_landmarks(100)) == pytest.approx(TEMPLATE_IOD_FRACTION * 100)
-    assert JAW.tolist() == list(range(17))
