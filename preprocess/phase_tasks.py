@@ -21,7 +21,8 @@ _pool_cache: dict[tuple, DonorIndex] = {}
 
 
 def model_spec(config: PrepConfig) -> ModelSpec:
-    return ModelSpec(config.model_dir, config.min_face_px, config.cnn_fallback, config.descriptor)
+    return ModelSpec(config.model_dir, config.min_face_px, config.cnn_fallback, config.descriptor,
+                     config.descriptor_device)
 
 
 def extract_task(source: VideoSource, config: PrepConfig, out: str) -> dict:

@@ -27,6 +27,7 @@ class PrepConfig:
     codec: str = "jpeg:90"
     descriptor: str = "landmark-geometry"  # the resolved kind, never "auto"
     descriptor_requested: str = "auto"
+    descriptor_device: str | None = None  # for weighted descriptors: precision (bf16/fp16/fp32) follows the device
     descriptor_dim: int = 0
     descriptor_weights_sha256: str | None = None
     dlib_model_sha256: dict = field(default_factory=dict, hash=False, compare=True)

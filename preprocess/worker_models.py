@@ -26,17 +26,16 @@ def single_thread_env() -> None:
 
 
 def pin_threads() -> None:
-    """Once per process: one OpenCV thread, one torch thread (only if torch is already imported)."""
+    """One OpenCV thread (set once per process) and one torch thread (whenever torch has been imported)."""
     global _pinned_pid
-    if _pinned_pid == os.getpid():
-        return
-    import cv2
+    if _pinned_pid != os.getpid():
+        import cv2
 
-    cv2.setNumThreads(1)
+        cv2.setNumThreads(1)
+        _pinned_pid = os.getpid()
     torch = sys.modules.get("torch")
-    if torch is not None:
+    if torch is not None and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-    _pinned_pid = os.getpid()
 
 
 def worker_init() -> None:
@@ -52,6 +51,7 @@ class ModelSpec:
     min_face_px: int
     cnn_fallback: bool
     descriptor: str  # resolved kind or "none"
+    device: str | None = None  # torch device of a weighted descriptor
 
 
 class FaceModels:
@@ -67,8 +67,8 @@ class FaceModels:
         if spec.descriptor != "none":
             from sslfer_core.descriptors import make_descriptor
 
-            self.descriptor = make_descriptor(spec.descriptor, device="cpu")
-            pin_threads_after_import()
+            self.descriptor = make_descriptor(spec.descriptor, device=spec.device)
+            pin_threads()  # the descriptor may have imported torch
 
     def small_face_detector(self):
         if self._small_detector is None:
@@ -76,13 +76,6 @@ class FaceModels:
 
             self._small_detector = FaceDetector(self.files, min_face_px=SMALL_FACE_PROBE_PX)
         return self._small_detector
-
-
-def pin_threads_after_import() -> None:
-    # A descriptor may import torch after pin_threads() ran.
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
 
 
 def face_models(spec: ModelSpec) -> FaceModels:
