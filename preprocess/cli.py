@@ -112,7 +112,7 @@ def frames_fps_option(func):
                         help="Frame rate of frame-image folders (timestamps = frame number / rate).")(func)
 
 
-@click.group(help=__doc__, epilog=EPILOG)
+@click.group(help=__doc__.split("\n\n")[0], epilog=EPILOG)
 def main():
     pass
 
