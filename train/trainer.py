@@ -83,7 +83,10 @@ def _workers_for(cfg: RunConfig, num_videos: int, world: int) -> int:
 def train(cfg: RunConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
           progress: bool | None = None) -> TrainSummary:
     """Run (or continue) training as configured; raises TrainingError / ShardSetError with a one-line reason."""
-    ctx = init_distributed(cfg.device)
+    try:
+        ctx = init_distributed(cfg.device)
+    except ValueError as error:
+        raise TrainingError(str(error)) from None
     try:
         return _train(cfg, ctx, resume, echo if ctx.is_main else (lambda text: None), progress)
     finally:

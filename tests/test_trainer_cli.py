@@ -1,0 +1,109 @@
+"""sslfer-train through its command line: a short run writes what it promises, and every bad input gives
+one error line (never a traceback)."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from train.cli import main
+from train.metrics_log import read_metrics
+from train_fixtures import TINY_TRAIN, make_train_shards
+
+
+def _run(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _assert_one_line_error(result, *fragments, code=1):
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit)  # a handled error, not a crash
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
+
+
+def test_short_run_writes_config_metrics_and_checkpoints(shards, tmp_path):
+    run = tmp_path / "run"
+    result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--timeaug", "--hardneg", "--faceswap", "--maskfn",
+                   "--maskfn-mode", "mask", "--steps", "3", "--ckpt-every", "2", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == "resnet18" and config["seed"] == 5 and config["maskfn_mode"] == "mask"
+    assert config["ablation"] == "TimeAug+HardNeg+FaceSwap+MaskFN"
+    assert len(config["manifest_sha256"]) == 64 and config["code_version"].startswith("0.1.0")
+    assert config["total_steps"] == 3 and config["steps_per_epoch"] == (6 * 40) // 6
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["ckpt-step00000002.pt", "ckpt-step00000003.pt"]
+    state = torch.load(run / "checkpoints" / names[-1], weights_only=True)
+    assert {"model", "optimizer", "scheduler", "sampler", "rng", "config", "step", "epoch",
+            "code_version"} <= set(state)
+    assert state["step"] == 3 and state["sampler"]["batch_in_epoch"] == 3
+    assert all(k.startswith(("backbone.", "projector.")) for k in state["model"])
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert r["loss"] > 0 and r["images_per_s"] > 0 and -1 <= r["pos_cos"] <= 1 and -1 <= r["neg_cos"] <= 1
+        assert set(r["fallbacks"]) == {"timeaug", "hardneg", "faceswap", "cutmix"}
+    assert records[0]["lr"] < records[1]["lr"] or records[1]["lr"] > records[2]["lr"]  # warm-up, then cosine
+
+
+def test_empty_shard_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _assert_one_line_error(_run(["--shards", tmp_path / "empty", "--out", tmp_path / "run", *TINY_TRAIN]),
+                           "no shards here")
+
+
+def test_manifest_that_fails_verification(tmp_path):
+    root = make_train_shards(tmp_path / "shards", shards=2, videos=2, frames=20)
+    shard = root / "shard-00001.h5"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    result = _run(["--shards", root, "--out", tmp_path / "run", *TINY_TRAIN, "--steps", "1"])
+    _assert_one_line_error(result, "1 of 2 shards fail verification", "shard-00001.h5", "truncated")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_faceswap_on_shards_without_swaps(tmp_path):
+    root = make_train_shards(tmp_path / "shards", shards=1, videos=2, frames=20, swaps=0)
+    result = _run(["--shards", root, "--out", tmp_path / "run", *TINY_TRAIN, "--timeaug", "--faceswap", "--steps", "1"])
+    _assert_one_line_error(result, "--faceswap", "swaps_per_frame 0")
+
+
+def test_maskfn_on_shards_without_descriptors(tmp_path):
+    root = make_train_shards(tmp_path / "shards", shards=1, videos=2, frames=20, descriptor_dim=0)
+    result = _run(["--shards", root, "--out", tmp_path / "run", *TINY_TRAIN, "--maskfn", "--steps", "1"])
+    _assert_one_line_error(result, "--maskfn", "descriptor_dim 0")
+
+
+def test_videos_too_short_for_hardneg_fall_back_and_are_counted(tmp_path):
+    root = make_train_shards(tmp_path / "shards", shards=1, videos=3, frames=10)  # 1.8 s clips
+    run = tmp_path / "run"
+    result = _run(["--shards", root, "--out", run, *TINY_TRAIN, "--timeaug", "--hardneg", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "hardneg 12" in result.output  # every sample of both steps (2 x 6) fell back
+    assert read_metrics(run / "metrics.jsonl")[-1]["fallbacks"]["hardneg"] == 12
+
+
+def test_conflicting_and_missing_options(shards, tmp_path):
+    _assert_one_line_error(_run(["--shards", shards, "--out", tmp_path / "r", *TINY_TRAIN, "--faceswap", "--cutmix"]),
+                           "--faceswap and --cutmix", code=2)
+    _assert_one_line_error(_run(["--out", tmp_path / "r", *TINY_TRAIN]), "--shards is required", code=2)
+    _assert_one_line_error(_run(["--out", tmp_path / "nothing", "--resume"]), "cannot resume", code=2)
+    if not torch.cuda.is_available():
+        _assert_one_line_error(_run(["--shards", shards, "--out", tmp_path / "r", *TINY_TRAIN, "--steps", "1",
+                                     "--device", "cuda"]), "no CUDA device")
+
+
+def test_existing_run_needs_resume_and_resume_keeps_settings(shards, tmp_path):
+    run = tmp_path / "run"
+    assert _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"]).exit_code == 0
+    _assert_one_line_error(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"]),
+                           "already holds a run", "--resume")
+    _assert_one_line_error(_run(["--out", run, "--resume", "--arch", "resnet50"]), "--arch", code=2)

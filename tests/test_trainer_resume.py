@@ -1,0 +1,81 @@
+"""A run interrupted and resumed lands on the same weights as an uninterrupted one; a non-finite loss stops
+the run with a clear message and leaves the last good checkpoint in place."""
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train.contrastive_step
+import train.trainer
+from train.checkpoints import list_checkpoints
+from train.cli import main
+from train.metrics_log import read_metrics
+from train_fixtures import TINY_TRAIN, make_train_shards
+
+ABLATION = ["--timeaug", "--hardneg", "--faceswap", "--maskfn"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
+
+
+def _train(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_interrupted_and_resumed_run_matches_straight_run(shards, tmp_path, monkeypatch):
+    common = ["--shards", shards, *TINY_TRAIN, *ABLATION, "--steps", "4", "--ckpt-every", "2", "--warmup-steps", "1"]
+    straight = _train([*common, "--out", tmp_path / "straight"])
+    assert straight.exit_code == 0, straight.output
+
+    real_save = train.trainer.save_checkpoint
+
+    def save_then_interrupt(run_dir, step, state, keep):
+        path = real_save(run_dir, step, state, keep)
+        if step == 2:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(train.trainer, "save_checkpoint", save_then_interrupt)
+    first = _train([*common, "--out", tmp_path / "split"])
+    assert first.exit_code == 130 and "--resume" in first.output
+    monkeypatch.setattr(train.trainer, "save_checkpoint", real_save)
+    torch.manual_seed(1234)  # a different process state must not matter: the checkpoint restores it
+    second = _train(["--out", tmp_path / "split", "--resume"])
+    assert second.exit_code == 0, second.output
+
+    a = torch.load(list_checkpoints(tmp_path / "straight")[-1], weights_only=True)
+    b = torch.load(list_checkpoints(tmp_path / "split")[-1], weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    assert a["sampler"] == b["sampler"]
+    # metrics of the resumed run continue where the checkpoint was, without duplicated steps
+    ra, rb = read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in rb] == [1, 2, 3, 4]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    real_loss = train.contrastive_step.multi_positive_nt_xent
+    calls = []
+
+    def loss_turning_nan(*args, **kwargs):
+        calls.append(1)
+        value = real_loss(*args, **kwargs)
+        return value * float("nan") if len(calls) == 3 else value
+
+    monkeypatch.setattr(train.contrastive_step, "multi_positive_nt_xent", loss_turning_nan)
+    run = tmp_path / "run"
+    result = _train(["--shards", shards, "--out", run, *TINY_TRAIN, "--timeaug", "--steps", "5", "--ckpt-every", "2"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "loss became nan at step 3" in result.output and "ckpt-step00000002.pt" in result.output
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-step00000002.pt"]
+    state = torch.load(list_checkpoints(run)[0], weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(run / "metrics.jsonl"))
