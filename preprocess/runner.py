@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from preprocess.donor_pool import build_pool, load_pool, save_pool
-from preprocess.failures import FAILURES_NAME, write_failures
+from preprocess.failures import FAILURES_NAME, read_failures, write_failures
 from preprocess.phase_tasks import extract_task, shard_task, swap_task
 from preprocess.prep_config import PrepConfig, config_differences
 from preprocess.progress import PhaseProgress
@@ -141,6 +141,36 @@ def check_ownership(work: WorkDir, config: PrepConfig, part: tuple[int, int] | N
     return wanted
 
 
+def adopt_finished_out(work: WorkDir) -> None:
+    """An OUT whose .work/ was deleted after a finished run: rebuild the shard plan and the per-clip records
+    from manifest.json, the shards and failures.jsonl, so that a rerun redoes nothing. The donor pool is then
+    rebuilt from the shards' (decoded) faces when clips are added."""
+    from data_manifest.manifest import MANIFEST_NAME, load_manifest, shard_paths
+    from sslfer_core.shard_format import ShardReader
+
+    if work.plan_file.is_file() or work.read_records() or not (work.out / MANIFEST_NAME).is_file():
+        return
+    manifest = load_manifest(work.out)
+    lost = {r["video_id"]: r for r in read_failures(work.out)}
+    records: dict[str, dict] = {}
+    for path in shard_paths(work.out, manifest):
+        with ShardReader(path) as reader:
+            swap_ok = reader.read_array("swap_ok", slice(None)) if reader.has_field("swap_ok") else None
+            table = reader.videos
+            for v, video_id in enumerate(table.video_id):
+                rows = reader.video_rows(v)
+                count = rows.stop - rows.start
+                record = {"video_id": video_id, "identity": table.identity[v], "path": table.source_path[v],
+                          "skipped": False, "frames_kept": count, "frames_sampled": count,
+                          "swaps_failed": int((~swap_ok[rows]).sum()) if swap_ok is not None else 0}
+                dropped = lost.get(video_id, {}).get("dropped", {})
+                record["frames_sampled"] += sum(dropped.values())
+                records[video_id] = {**lost.get(video_id, {}), **record}
+    records.update({vid: r for vid, r in lost.items() if r.get("skipped")})
+    work.fold_records(records)
+    work.write_plan([{"file": e.file, "video_ids": list(e.video_ids)} for e in manifest.shards])
+
+
 # ----------------------------------------------------------------------------- parallel execution
 
 @contextlib.contextmanager
@@ -208,6 +238,7 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         run_description = check_ownership(work, config, options.part)
         work.create()
         work.remove_stale_temporaries()
+        adopt_finished_out(work)
 
         records = work.read_records()
         pending = [s for s in selected if s.video_id not in records]
@@ -267,7 +298,7 @@ def _pool_and_plan(work: WorkDir, records: dict[str, dict], selected: list[Video
     plan = work.read_plan()
     planned = {v for shard in plan for v in shard["video_ids"]}
     kept = [r for vid, r in records.items() if not r["skipped"] and (vid in wanted or vid in planned)]
-    if config.swaps > 0 and kept and _update_pool(work, kept, config) < 2:
+    if config.swaps > 0 and kept and _update_pool(work, kept, config, plan) < 2:
         echo("warning: the donor pool holds fewer than 2 identities, so no swap can use another identity's "
              "head; those swaps are stored as failed (swap_ok false)")
     sizes = [(r["video_id"], int(r["frames_kept"] * shard_bytes_per_frame(config))) for r in kept
@@ -280,16 +311,33 @@ def _pool_and_plan(work: WorkDir, records: dict[str, dict], selected: list[Video
     return plan
 
 
-def _update_pool(work: WorkDir, kept: list[dict], config: PrepConfig) -> int:
+def _update_pool(work: WorkDir, kept: list[dict], config: PrepConfig, plan: list[dict]) -> int:
     """Build or extend the donor pool; returns how many identities it holds."""
     existing = load_pool(work.pool_file) if work.pool_file.is_file() else None
     known = set(existing.identity.tolist()) if existing is not None else set()
-    if existing is not None and all(r["identity"] in known for r in kept):
+    kept = [r for r in kept if r["identity"] not in known]
+    if not kept:
         return len(known)  # a resumed run: the saved pool already covers every identity
-    pool = build_pool(kept, lambda vid: load_npz(work.frames_path(vid)), config.pool_per_identity, config.size,
-                      existing)
+    pool = build_pool(kept, _frames_loader(work, plan), config.pool_per_identity, config.size, existing)
     save_pool(work.pool_file, pool)
     return len(pool.identities())
+
+
+def _frames_loader(work: WorkDir, plan: list[dict]) -> Callable[[str], dict]:
+    """Faces and landmarks of a clip: from its work file, or (when .work was lost) from the shard holding it."""
+    from sslfer_core.shard_format import ShardReader
+
+    shard_of = {v: shard["file"] for shard in plan for v in shard["video_ids"]}
+
+    def load(video_id: str) -> dict:
+        path = work.frames_path(video_id)
+        if path.is_file() or video_id not in shard_of:
+            return load_npz(path)
+        with ShardReader(work.out / shard_of[video_id]) as reader:
+            rows = reader.video_rows(list(reader.videos.video_id).index(video_id))
+            return {"faces": reader.read_images("face", rows), "landmarks": reader.read_array("landmarks", rows)}
+
+    return load
 
 
 def shard_header(config: PrepConfig):

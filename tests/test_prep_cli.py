@@ -176,3 +176,24 @@ def test_voxceleb_root_from_the_environment(tmp_path):
     stored = clips.shard_contents(tmp_path / "out")
     assert sorted(stored) == ["id00001/yt_A-1/00001", "id00002/yt_A-1/00001"]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.h5")) == ["shard-00000.h5", "shard-00001.h5"]
+
+
+def test_out_without_its_work_folder_resumes_from_the_manifest(mixed_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(mixed_run.out, out)
+    shutil.rmtree(out / ".work")
+    shard = out / "shard-00000.h5"
+    before = (shard.stat().st_mtime_ns, (out / "failures.jsonl").read_text(encoding="utf-8"))
+    result = prep("videos", mixed_run.root, "--out", out, *FAST)
+    assert result.exit_code == 0 and "resumed (already done)  11" in result.stdout, result.output
+    assert (shard.stat().st_mtime_ns, (out / "failures.jsonl").read_text(encoding="utf-8")) == before
+    extra = tmp_path / "more"
+    shutil.copytree(mixed_run.root, extra)
+    clips.face_clip(extra / "id00001" / "new.mp4", "id00001", drift=2.5)
+    result = prep("videos", extra, "--out", out, *FAST)
+    assert result.exit_code == 0 and "resumed (already done)  11" in result.stdout, result.output
+    assert sorted(p.name for p in out.glob("*.h5")) == ["shard-00000.h5", "shard-00001.h5"]
+    new = clips.shard_contents(out)["id00001/new"]
+    assert shard.stat().st_mtime_ns == before[0] and new["swap_ok"].all()  # donors from the adopted shards
