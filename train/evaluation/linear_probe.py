@@ -30,7 +30,7 @@ LOSSES = ("ce", "balanced-softmax")
 @dataclass
 class LinearProbeConfig:
     weight_decays: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
-    max_iterations: int = 200  # L-BFGS iterations per weight decay
+    max_iterations: int = 300  # L-BFGS iterations per weight decay
     eval_every: int = 10  # validation check interval (iterations); the best checkpoint is kept
     loss: str = "ce"
     select_metric: str = "macro_f1"

@@ -81,7 +81,9 @@ def overlay(image_rgb: np.ndarray, cam: np.ndarray) -> np.ndarray:
 def _caption(tile_bgr: np.ndarray, text: str) -> None:
     if not text:
         return
-    scale = max(tile_bgr.shape[0] / 280.0, 0.3)
+    scale = tile_bgr.shape[0] / 280.0
+    width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    scale *= min(1.0, (tile_bgr.shape[1] - 6) / max(width, 1))  # shrink long captions to fit the tile
     origin = (3, tile_bgr.shape[0] - 5)
     cv2.putText(tile_bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
     cv2.putText(tile_bgr, text, origin, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
@@ -97,7 +99,7 @@ def saliency_grid(images_rgb: np.ndarray, cams: np.ndarray, *, tile: int = 160, 
     grid = np.full((rows * (tile + GRID_GAP_PX) + GRID_GAP_PX, columns * (cell_w + GRID_GAP_PX) + GRID_GAP_PX, 3),
                    255, dtype=np.uint8)
     for i in range(count):
-        image = cv2.resize(images_rgb[i], (tile, tile), interpolation=cv2.INTER_CUBIC)
+        image = cv2.resize(images_rgb[i], (tile, tile), interpolation=cv2.INTER_LINEAR)
         cam = cv2.resize(cams[i].astype(np.float32), (tile, tile), interpolation=cv2.INTER_LINEAR)
         left_tile = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         right_tile = overlay(image, cam)
