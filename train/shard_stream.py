@@ -9,6 +9,7 @@ A batch is a dict of CPU tensors; images are uint8 (N, H, W, 3) with rows laid o
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 
@@ -45,14 +46,24 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.num_slots = max(1, num_workers)
         self.with_descriptors = with_descriptors and index.descriptor_dim > 0
-        self.epoch, self.skip = 0, 0
+        # Shared with persistent DataLoader workers: set_epoch() in the main process reaches them.
+        self._position = multiprocessing.RawArray("q", 2)
         self.steps = steps_per_epoch(index.num_frames, world_size, config.batch_size)
         self._readers: dict[int, ShardReader] = {}
         self._readers_pid: int | None = None
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Plan epoch `epoch` and leave out its first `skip_batches` batches (a resumed run)."""
-        self.epoch, self.skip = int(epoch), int(skip_batches)
+        """Plan epoch `epoch` and leave out its first `skip_batches` batches (a resumed run). Call it
+        before iterating; workers read it when their iteration starts."""
+        self._position[0], self._position[1] = int(epoch), int(skip_batches)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def skip(self) -> int:
+        return int(self._position[1])
 
     def __len__(self) -> int:
         return max(0, self.steps - self.skip)
@@ -65,18 +76,20 @@ class ShardStream(IterableDataset):
         return (worker + self.skip) % self.num_slots
 
     def plans(self, slot: int):
+        epoch = self.epoch
         units = self.world_size * self.num_slots
-        owned = assign_videos(self.index, units, self.config.seed, self.epoch)
+        owned = assign_videos(self.index, units, self.config.seed, epoch)
         unit = self.rank * self.num_slots + slot
         numbers = unit_batches(self.steps, self.num_slots, slot)
-        return plan_unit(self.index, owned[unit], self.config, self.epoch, unit, numbers)
+        return plan_unit(self.index, owned[unit], self.config, epoch, unit, numbers)
 
     def __iter__(self):
         cv2.setNumThreads(1)  # decoding is parallel across workers already
         cache: dict[int, _Video] = {}
+        skip = self.skip
         try:
             for plan in self.plans(self._slot()):
-                if plan.index >= self.skip:
+                if plan.index >= skip:
                     yield self._materialise(plan, cache)
                 for video in plan.release:
                     cache.pop(video, None)
@@ -118,7 +131,11 @@ class ShardStream(IterableDataset):
         views, b = plan.rows.shape
         n = views * b
         size = index.image_size
-        images = np.empty((n, size, size, 3), np.uint8)
+        images_t = torch.empty((n, size, size, 3), dtype=torch.uint8)
+        if get_worker_info() is not None:
+            # Fill the shared-memory block the batch travels in, instead of copying into it afterwards.
+            images_t.share_memory_()
+        images = images_t.numpy()
         landmarks = np.empty((n, 68, 2), np.float32)
         dim = index.descriptor_dim if self.with_descriptors else 0
         descriptors = np.zeros((n, dim), np.float32)
@@ -163,7 +180,7 @@ class ShardStream(IterableDataset):
             has_descriptor &= ~masked
         video_ids = np.tile(plan.video, views)
         return {
-            "images": torch.from_numpy(images),
+            "images": images_t,
             "landmarks": torch.from_numpy(landmarks),
             "descriptors": torch.from_numpy(descriptors),
             "has_descriptor": torch.from_numpy(has_descriptor),
@@ -186,6 +203,7 @@ class ShardStream(IterableDataset):
 
 
 def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool) -> DataLoader:
-    """One batch per item (batch_size=None); pin only when batches go to a CUDA device."""
+    """One batch per item (batch_size=None); pin only when batches go to a CUDA device. Workers persist
+    across epochs (iterate the same loader again after set_epoch) and keep their shard readers open."""
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      prefetch_factor=4 if num_workers else None, persistent_workers=False)
+                      prefetch_factor=4 if num_workers else None, persistent_workers=num_workers > 0)

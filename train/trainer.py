@@ -180,10 +180,11 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
             last_checkpoint = save_checkpoint(run_dir, step, state, cfg.keep_checkpoints)
         barrier(ctx)
 
+    loader = make_loader(stream, workers, pin_memory=ctx.device.type == "cuda")
     try:
         while step < total:
             stream.set_epoch(epoch, batch_in_epoch)
-            for batch in make_loader(stream, workers, pin_memory=ctx.device.type == "cuda"):
+            for batch in loader:
                 if int(batch["batch_index"]) != batch_in_epoch:
                     raise TrainingError(f"data order broke: got batch {int(batch['batch_index'])}, "
                                         f"expected {batch_in_epoch} of epoch {epoch}")

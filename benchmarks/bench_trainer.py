@@ -1,0 +1,160 @@
+"""Trainer throughput, measured (not a test).
+
+(a) Loader only: training images per second out of ShardStream + DataLoader (every view of every sample
+    counted, JPEG decoding included) for a raw-codec and a JPEG shard set.
+(b) Step efficiency: images/s of full training steps fed by the real loader, divided by images/s of the
+    same steps on one pre-made in-memory batch of the same shape (1.0 = the loader costs nothing).
+    ResNet-18 on CPU; ResNet-50 at 112 px with bf16 autocast on CUDA when a GPU is present.
+
+    python benchmarks/bench_trainer.py --raw RAW_SHARDS --jpeg JPEG_SHARDS
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from sslfer_core.models import ContrastiveModel
+from train.batch_builder import MaskFNConfig
+from train.contrastive_step import ContrastiveStep, batch_to_device, step_generator
+from train.distributed import DistContext
+from train.epoch_plan import PlanConfig
+from train.shard_set import open_shard_set
+from train.shard_stream import ShardStream, make_loader
+
+ABLATION = dict(timeaug=True, hardneg=True, faceswap=True)  # the heaviest input: 4 views, swaps read
+
+
+def _stream(root: Path, batch: int, workers: int, maskfn: bool = True) -> ShardStream:
+    index, _ = open_shard_set(root)
+    return ShardStream(index, PlanConfig(seed=0, batch_size=batch, **ABLATION), num_workers=workers,
+                       with_descriptors=maskfn)
+
+
+def _batches(stream: ShardStream, workers: int, pin: bool):
+    """Endless batches, epoch after epoch."""
+    loader = make_loader(stream, workers, pin_memory=pin)
+    epoch = 0
+    while True:
+        stream.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def loader_throughput(root: Path, batch: int, workers: int, seconds: float) -> tuple[float, int]:
+    stream = _stream(root, batch, workers)
+    batches = _batches(stream, workers, pin=False)
+    images = next(batches)["images"].shape[0]  # first batch: worker start-up, not counted
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        next(batches)
+        count += 1
+    return count * images / (time.perf_counter() - start), images
+
+
+def step_throughput(source, step: ContrastiveStep, model, optimizer, device, steps: int, warmup: int = 2) -> float:
+    """images/s of `steps` optimiser steps after `warmup` untimed ones; `source` yields CPU batches."""
+    rows = 0
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        batch = batch_to_device(next(source), device)
+        x = step.views(batch, step_generator(0, 0, i, device))
+        loss = step.loss(model, x, batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            rows += x.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return rows / (time.perf_counter() - start)
+
+
+def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, resize: int, crop: int,
+                    workers: int, steps: int, rounds: int) -> list[tuple[float, float]]:
+    """(real-loader images/s, in-memory images/s) per round; the two alternate so that changing load from
+    other processes hits both alike."""
+    torch.manual_seed(0)
+    model = ContrastiveModel(arch).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4)
+    ctx = DistContext(device=device)
+    step = ContrastiveStep(ctx, batch_size=batch, num_views=4, resize=resize, crop=crop, maskfn=MaskFNConfig())
+    pinned = device.type == "cuda"
+    real_source = _batches(_stream(root, batch, workers), workers, pinned)
+    fixed = next(_batches(_stream(root, batch, 0), 0, False))
+    if pinned:
+        fixed = {k: v.pin_memory() for k, v in fixed.items()}
+
+    def same_batch():
+        while True:
+            yield fixed
+
+    memory_source = same_batch()
+    results = []
+    for _ in range(rounds):
+        real = step_throughput(real_source, step, model, optimizer, device, steps)
+        memory = step_throughput(memory_source, step, model, optimizer, device, steps)
+        results.append((real, memory))
+    return results
+
+
+def _spread(values: list[float]) -> str:
+    values = sorted(values)
+    return f"median {statistics.median(values):,.3f} (min {values[0]:,.3f}, max {values[-1]:,.3f}, n={len(values)})"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raw", type=Path, required=True, help="shard folder written with --codec raw")
+    parser.add_argument("--jpeg", type=Path, required=True, help="shard folder written with --codec jpeg")
+    parser.add_argument("--workers", type=int, default=2, help="loader workers for (a)")
+    parser.add_argument("--batch", type=int, default=64, help="anchors per batch in (a)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per loader measurement")
+    parser.add_argument("--cpu-batch", type=int, default=16, help="anchors per step for ResNet-18 on CPU")
+    parser.add_argument("--cpu-size", type=int, default=64, help="crop side for ResNet-18 on CPU (resize +8)")
+    parser.add_argument("--cpu-steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating repetitions of each measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for (b)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads; load average {os.getloadavg()[0]:.1f} at start")
+
+    print(f"(a) loader only, TimeAug+HardNeg+FaceSwap+MaskFN inputs, {args.batch} anchors x 4 views, "
+          f"{args.workers} workers; {args.rounds} alternating rounds of {args.seconds:g} s")
+    rates = {"raw": [], "jpeg": []}
+    for _ in range(args.rounds):
+        for name, root in (("raw", args.raw), ("jpeg", args.jpeg)):
+            rates[name].append(loader_throughput(root, args.batch, args.workers, args.seconds)[0])
+    for name in rates:
+        print(f"    {name:5s} training images/s: {_spread(rates[name])}")
+
+    print("(b) step efficiency = real-loader throughput / in-memory-batch throughput (same steps, same shape), "
+          "per round, alternating")
+    cases = [("resnet18 cpu fp32", torch.device("cpu"), "resnet18", args.cpu_batch, args.cpu_size, 1, args.cpu_steps)]
+    if torch.cuda.is_available():
+        cases.append(("resnet50 cuda bf16", torch.device("cuda"), "resnet50", 64, 112,
+                      max(1, (os.cpu_count() or 2) - 2), 20))
+    for name, device, arch, batch, size, workers, steps in cases:
+        pairs = step_efficiency(args.jpeg, arch, device, batch, size + 16 if device.type == "cuda" else size + 8,
+                                size, workers, steps, args.rounds)
+        print(f"    {name:18s} {size}px, {batch} anchors x 4 views, {workers} loader worker(s)")
+        print(f"        real      img/s: {_spread([r for r, _ in pairs])}")
+        print(f"        in-memory img/s: {_spread([m for _, m in pairs])}")
+        print(f"        efficiency     : {_spread([r / m for r, m in pairs])}")
+    if not torch.cuda.is_available():
+        print("    resnet50 cuda bf16 112px: no CUDA")
+
+
+if __name__ == "__main__":
+    main()
