@@ -108,9 +108,11 @@ def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, res
     return results
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: list[float], digits: int = 0) -> str:
     values = sorted(values)
-    return f"median {statistics.median(values):,.3f} (min {values[0]:,.3f}, max {values[-1]:,.3f}, n={len(values)})"
+    fmt = f",.{digits}f"
+    return (f"median {statistics.median(values):{fmt}} (min {values[0]:{fmt}}, max {values[-1]:{fmt}}, "
+            f"n={len(values)})")
 
 
 def main():
@@ -149,9 +151,9 @@ def main():
         pairs = step_efficiency(args.jpeg, arch, device, batch, size + 16 if device.type == "cuda" else size + 8,
                                 size, workers, steps, args.rounds)
         print(f"    {name:18s} {size}px, {batch} anchors x 4 views, {workers} loader worker(s)")
-        print(f"        real      img/s: {_spread([r for r, _ in pairs])}")
-        print(f"        in-memory img/s: {_spread([m for _, m in pairs])}")
-        print(f"        efficiency     : {_spread([r / m for r, m in pairs])}")
+        print(f"        real      img/s: {_spread([r for r, _ in pairs], 1)}")
+        print(f"        in-memory img/s: {_spread([m for _, m in pairs], 1)}")
+        print(f"        efficiency     : {_spread([r / m for r, m in pairs], 3)}")
     if not torch.cuda.is_available():
         print("    resnet50 cuda bf16 112px: no CUDA")
 

@@ -112,11 +112,22 @@ def test_batches_mix_videos_from_several_shards(shard_root):
     index = build_shard_index(sorted(shard_root.glob("*.h5")))
     stream = ShardStream(index, PlanConfig(seed=0, batch_size=8, timeaug=True))
     stream.set_epoch(0)
-    for i, batch in enumerate(stream):
+    for batch in stream:  # to the end of the epoch: every anchor from a different video, several shards
         anchors = batch["video_ids"][:8].numpy()
-        if i < stream.steps // 2:  # while the pool is full, every anchor comes from a different video
-            assert len(set(anchors)) == 8
-            assert len(set(index.video_shard[anchors])) >= 2
+        assert len(set(anchors)) == 8
+        assert len(set(index.video_shard[anchors])) >= 2
+
+
+def test_a_long_clip_never_fills_batches_alone(tmp_path):
+    root = make_train_shards(tmp_path / "a", shards=1, videos=5, frames=20)
+    make_train_shards(tmp_path / "b", shards=1, videos=1, frames=300, seed=1)
+    (tmp_path / "b" / "shard-00000.h5").rename(tmp_path / "long.h5")
+    index = build_shard_index([root / "shard-00000.h5", tmp_path / "long.h5"])
+    stream = ShardStream(index, PlanConfig(seed=0, batch_size=4, timeaug=True))
+    stream.set_epoch(0)
+    batches = list(stream)
+    assert len(batches) == (5 * 20 + 300) // 4
+    assert all(len(set(b["video_ids"][:4].tolist())) == 4 for b in batches)
 
 
 def test_ranks_and_workers_own_disjoint_videos_and_equal_step_counts(shard_root):

@@ -1,12 +1,15 @@
 """Index-level plan of one epoch: which videos each data-loading unit owns, and which frames fill each batch.
 
 A unit is one (rank, worker slot). It keeps a pool of up to `pool_videos` videos (drawn from all of its
-shards) and fills every batch with anchors from as many different pool videos as it can, drawing videos
-in proportion to the anchors they have left so that long videos do not linger alone at the end. Planning
-touches no image data, so a resumed run re-plans the epoch and skips consumed batches for free.
+shards) and fills every batch with anchors from distinct pool videos (whenever it owns at least a batch's
+worth of videos), drawing videos in proportion to the anchors they have left. When its remaining videos
+can no longer fill a batch from distinct videos it starts the next cycle over its videos (fresh draws),
+so a long clip never ends up filling batches alone. Planning touches no image data, so a resumed run
+re-plans the epoch and skips consumed batches for free.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -101,7 +104,8 @@ def plan_unit(index: ShardIndex, videos: np.ndarray, config: PlanConfig, epoch: 
         raise ValueError(f"data unit {unit_id} owns no videos but must fill {len(batch_numbers)} batches")
     rng = np.random.default_rng(np.random.SeedSequence([int(config.seed), int(epoch), int(unit_id), 0xB0]))
     b = config.batch_size
-    queue: list[tuple[int, int]] = []  # (video, cycle) not yet in the pool
+    distinct_needed = min(b, len(videos))
+    queue: deque[tuple[int, int]] = deque()  # (video, cycle) not yet in the pool
     cycle = -1
     pool: list[_PoolEntry] = []
     active: dict[int, int] = {}  # video -> entries in the pool
@@ -113,14 +117,28 @@ def plan_unit(index: ShardIndex, videos: np.ndarray, config: PlanConfig, epoch: 
         pool.append(_PoolEntry(video, draws, vrng.random((len(draws), 2, 2))))
         active[video] = active.get(video, 0) + 1
 
+    def next_inactive() -> int | None:
+        for position, (video, _) in enumerate(queue):
+            if video not in active:
+                return position
+        return None
+
     for number in batch_numbers:
         while True:
-            short = sum(e.remaining for e in pool) < b
-            if queue and (len(pool) < config.pool_videos or short):
-                enter(*queue.pop())
-            elif short:  # a new cycle only when this one cannot fill the batch: every video again, fresh draws
+            enough = len(active) >= distinct_needed and sum(e.remaining for e in pool) >= b
+            if enough and len(pool) >= config.pool_videos:
+                break
+            position = next_inactive()
+            if position is not None:
+                queue.rotate(-position)
+                enter(*queue.popleft())
+                queue.rotate(position)
+            elif not enough and (len(active) < distinct_needed or not queue):
+                # This cycle cannot fill a batch from distinct videos: every video again, fresh draws.
                 cycle += 1
-                queue = [(int(v), cycle) for v in rng.permutation(videos)][::-1]
+                queue.extend((int(v), cycle) for v in rng.permutation(videos))
+            elif not enough:  # fewer videos than anchors per batch: a video may repeat
+                enter(*queue.popleft())
             else:
                 break
         picks = _pick_entries(pool, b, rng)

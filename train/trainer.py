@@ -98,7 +98,8 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
     run_dir = Path(cfg.out)
     resume_from = _check_run_dir(run_dir, resume)
     barrier(ctx)  # every rank has looked before rank 0 writes config.json
-    index, manifest_sha256 = open_shard_set(Path(cfg.shards), full_verify=cfg.verify, warn=echo)
+    # Hashing every byte once is enough: the other ranks check sizes and headers only.
+    index, manifest_sha256 = open_shard_set(Path(cfg.shards), full_verify=cfg.verify and ctx.is_main, warn=echo)
     world = ctx.world_size
     if cfg.batch_size % world:
         raise TrainingError(f"--batch-size {cfg.batch_size} is not divisible by the {world} ranks")
@@ -162,7 +163,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
                                 maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda)
                                 if cfg.maskfn else None)
     metrics = MetricsLog(run_dir / METRICS_NAME, resume_step=step if resume_from else None) if ctx.is_main else None
-    bar = TrainProgress(total, step, enabled=progress)
+    bar = TrainProgress(total, step, enabled=progress if ctx.is_main else False)
     rows_per_step = cfg.batch_size * plan.num_views
     last_checkpoint = resume_from
     interval_losses: list[float] = []
