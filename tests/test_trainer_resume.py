@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 import train.contrastive_step
-import train.trainer
+import train.run_state
 from train.checkpoints import list_checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
@@ -30,7 +30,7 @@ def test_interrupted_and_resumed_run_matches_straight_run(shards, tmp_path, monk
     straight = _train([*common, "--out", tmp_path / "straight"])
     assert straight.exit_code == 0, straight.output
 
-    real_save = train.trainer.save_checkpoint
+    real_save = train.run_state.save_checkpoint
 
     def save_then_interrupt(run_dir, step, state, keep):
         path = real_save(run_dir, step, state, keep)
@@ -38,10 +38,10 @@ def test_interrupted_and_resumed_run_matches_straight_run(shards, tmp_path, monk
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(train.trainer, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(train.run_state, "save_checkpoint", save_then_interrupt)
     first = _train([*common, "--out", tmp_path / "split"])
     assert first.exit_code == 130 and "--resume" in first.output
-    monkeypatch.setattr(train.trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(train.run_state, "save_checkpoint", real_save)
     torch.manual_seed(1234)  # a different process state must not matter: the checkpoint restores it
     second = _train(["--out", tmp_path / "split", "--resume"])
     assert second.exit_code == 0, second.output

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 from sslfer_core.atomic_files import write_bytes_atomic
@@ -34,3 +35,25 @@ class MetricsLog:
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class IntervalMeter:
+    """Mean loss and images/s since the previous take()."""
+
+    def __init__(self, rows_per_step: int):
+        self.rows_per_step = rows_per_step
+        self.losses: list[float] = []
+        self.last = float("nan")
+        self._start = time.monotonic()
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+        self.last = loss
+
+    def take(self) -> tuple[float, float]:
+        now = time.monotonic()
+        steps = len(self.losses)
+        result = (sum(self.losses) / steps if steps else float("nan"),
+                  self.rows_per_step * steps / max(now - self._start, 1e-9))
+        self.losses, self._start = [], now
+        return result
