@@ -70,6 +70,15 @@ def test_random_is_fixed_and_leaves_global_rng_alone():
     assert torch.equal(first.model.conv1.weight, second.model.conv1.weight)
 
 
+def test_random_with_seed_is_another_fixed_initialisation():
+    default, seeded, again = load_backbone("random"), load_backbone("random:3"), load_backbone("random:3")
+    assert seeded.name == "random3-resnet18" and seeded.sha256 == again.sha256
+    assert seeded.sha256 != default.sha256
+    assert not torch.equal(seeded.model.conv1.weight, default.model.conv1.weight)
+    with pytest.raises(click.ClickException, match="not a file, a run folder"):
+        load_backbone("random:x")
+
+
 def test_imagenet_requires_cached_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(click.ClickException) as error:

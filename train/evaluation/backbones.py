@@ -115,12 +115,23 @@ def load_run(run_dir: Path) -> LoadedBackbone:
     return LoadedBackbone(f"{run_dir.name}@step{step}", arch, model, file_sha256(path), str(path))
 
 
-def load_random(arch: str) -> LoadedBackbone:
+def load_random(arch: str, seed: int = RANDOM_SEED) -> LoadedBackbone:
     # Fork the RNG so the fixed seed does not disturb the caller's random stream.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_SEED)
+        torch.manual_seed(seed)
         model = build_backbone(arch)
-    return LoadedBackbone(f"random-{arch}", arch, model, state_dict_sha256(model.state_dict()), f"random (seed {RANDOM_SEED})")
+    name = f"random-{arch}" if seed == RANDOM_SEED else f"random{seed}-{arch}"
+    return LoadedBackbone(name, arch, model, state_dict_sha256(model.state_dict()), f"random (seed {seed})")
+
+
+def _random_seed(spec: str) -> int | None:
+    """'random' -> the fixed seed, 'random:N' -> N (several random initialisations give a seed spread)."""
+    if spec == "random":
+        return RANDOM_SEED
+    head, _, tail = spec.partition(":")
+    if head == "random" and tail.isdigit():
+        return int(tail)
+    return None
 
 
 def imagenet_weights_path(arch: str) -> Path:
@@ -138,11 +149,12 @@ def load_imagenet(arch: str) -> LoadedBackbone:
 
 
 def load_backbone(spec: str, arch: str = "resnet18") -> LoadedBackbone:
-    """`spec`: a backbone .pt file, a run folder, 'random' or 'imagenet' (the latter two use `arch`)."""
+    """`spec`: a backbone .pt file, a run folder, 'random[:SEED]' or 'imagenet' (the latter two use `arch`)."""
     if arch not in ARCHS:
         raise click.ClickException(f"unknown --arch {arch!r}; use one of {', '.join(ARCHS)}")
-    if spec == "random":
-        backbone = load_random(arch)
+    random_seed = _random_seed(spec)
+    if random_seed is not None:
+        backbone = load_random(arch, random_seed)
     elif spec == "imagenet":
         backbone = load_imagenet(arch)
     else:
@@ -152,7 +164,7 @@ def load_backbone(spec: str, arch: str = "resnet18") -> LoadedBackbone:
         elif path.is_file():
             backbone = load_exported(path)
         else:
-            raise click.ClickException(f"--backbone {spec!r}: not a file, a run folder, 'random' or 'imagenet'")
+            raise click.ClickException(f"--backbone {spec!r}: not a file, a run folder, 'random[:SEED]' or 'imagenet'")
     backbone.model.eval()
     return backbone
 

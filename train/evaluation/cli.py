@@ -53,7 +53,8 @@ def _options(*decorators):
 
 backbone_options = _options(
     click.option("--backbone", "backbones", multiple=True, required=True,
-                 help="Exported backbone .pt, training run folder, 'random' or 'imagenet'. Repeat for more rows."),
+                 help="Exported backbone .pt, training run folder, 'random' ('random:N' for init seed N) or 'imagenet'. "
+                      "Repeat for more rows."),
     click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True,
                  help="Architecture for 'random' and 'imagenet' (files and runs carry their own)."),
 )
