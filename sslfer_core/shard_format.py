@@ -364,6 +364,7 @@ class ShardReader:
         self.path = Path(path)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
+        self._datasets: dict[str, h5py.Dataset] = {}  # frames/ datasets of the current handle
         try:
             with h5py.File(self.path, "r") as h5:
                 self.header = ShardHeader.from_attrs(h5.attrs, source=str(self.path))
@@ -390,15 +391,28 @@ class ShardReader:
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
-            # A handle inherited through fork must not be used: open a fresh one in this process.
+            # A handle inherited through fork must not be used: open a fresh one in this process, and
+            # forget the datasets of the old handle.
+            self._datasets = {}
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
         return self._h5
+
+    def _dataset(self, name: str) -> h5py.Dataset:
+        # Looking a dataset up by name costs ~80 us per call; the objects are cached per handle.
+        h5 = self._file()
+        dataset = self._datasets.get(name)
+        if dataset is None:
+            if name not in self.fields:
+                raise KeyError(f"{self.path}: shard has no field {name!r} (fields: {', '.join(self.fields)})")
+            dataset = self._datasets[name] = h5["frames"][name]
+        return dataset
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
         self._h5 = None
+        self._datasets = {}
 
     def __enter__(self) -> "ShardReader":
         return self
@@ -410,6 +424,7 @@ class ShardReader:
         state = self.__dict__.copy()
         state["_h5"] = None
         state["_pid"] = None
+        state["_datasets"] = {}
         return state
 
     # -- queries
@@ -429,8 +444,9 @@ class ShardReader:
         return name in self.fields
 
     def read_array(self, name: str, rows) -> np.ndarray:
-        """Read a non-image field for a slice or an array of row indices (any order, repeats allowed)."""
-        return _read_rows(self._file()["frames"][name], rows)
+        """A field's rows, as numpy would index the whole array: `rows` is a slice or an integer sequence
+        (any order, repeats and negative indices allowed). JPEG image fields come back encoded (use read_images)."""
+        return _read_rows(self._dataset(name), rows)
 
     def read_images(self, name: str, rows) -> np.ndarray:
         """Decoded uint8 RGB images of an image field ('face', 'eyes', 'mouth', 'swaps')."""
@@ -453,18 +469,45 @@ class ShardReader:
 
 
 def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:
+    """dataset[rows] with numpy semantics, read with contiguous h5py slices only.
+
+    h5py's own fancy indexing of scattered rows is far slower than plain slices (docs/shard-format.md,
+    "Row reads"), so rows are read as runs of consecutive rows and reordered in memory.
+    """
+    n = dataset.shape[0]
     if isinstance(rows, slice):
-        return dataset[rows]
-    rows = np.asarray(rows, dtype=np.int64)
+        if rows.step in (None, 1):
+            return dataset[rows]
+        rows = np.arange(*rows.indices(n))  # h5py refuses negative steps
+    rows = np.asarray(rows)
     if rows.size == 0:
-        return dataset[0:0]
-    # h5py wants strictly increasing indices: read the unique sorted rows, then put them back in order.
-    unique, inverse = np.unique(rows, return_inverse=True)
-    if unique[-1] - unique[0] + 1 <= 2 * unique.size:
-        # Dense enough: one contiguous read beats many small ones.
-        block = dataset[int(unique[0]): int(unique[-1]) + 1]
-        return block[rows - unique[0]]
-    return dataset[unique][inverse]
+        return np.empty(rows.shape + dataset.shape[1:], dataset.dtype)
+    if rows.dtype.kind not in "iu":
+        raise TypeError(f"row indices must be integers or a slice, got dtype {rows.dtype}")
+    flat = rows.astype(np.int64).reshape(-1)
+    if flat.min() < -n or flat.max() >= n:
+        bad = int(flat.min()) if flat.min() < -n else int(flat.max())
+        raise IndexError(f"row {bad} is out of range for a field of {n} rows")
+    flat = np.where(flat < 0, flat + n, flat)
+    if flat.size == 1:
+        row = int(flat[0])
+        block = dataset[row: row + 1]
+        return block[0] if rows.ndim == 0 else block.reshape(rows.shape + dataset.shape[1:])
+    unique, inverse = np.unique(flat, return_inverse=True)
+    first, last = int(unique[0]), int(unique[-1])
+    if last - first + 1 <= 2 * unique.size:
+        # Dense enough: one read of the whole span beats many small ones.
+        return dataset[first: last + 1][flat - first].reshape(rows.shape + dataset.shape[1:])
+    # One slice per run of consecutive rows, then back to the requested order.
+    breaks = np.flatnonzero(np.diff(unique) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [unique.size]))
+    block = np.empty((unique.size,) + dataset.shape[1:], dataset.dtype)
+    for start, stop in zip(starts.tolist(), stops.tolist()):
+        block[start:stop] = dataset[int(unique[start]): int(unique[stop - 1]) + 1]
+    if unique.size == flat.size and np.array_equal(unique, flat):
+        return block.reshape(rows.shape + dataset.shape[1:])
+    return block[inverse.reshape(-1)].reshape(rows.shape + dataset.shape[1:])
 
 
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:

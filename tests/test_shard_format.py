@@ -1,3 +1,6 @@
+import os
+import pickle
+
 import h5py
 import numpy as np
 import pytest
@@ -154,3 +157,120 @@ def test_no_pickled_objects_in_a_shard(tmp_path):
         h5.visititems(check)
         for value in h5.attrs.values():
             assert isinstance(value, (str, bytes, int, np.integer)), type(value)
+
+
+# ----------------------------------------------------------------------------- row reads
+
+ROW_REQUESTS = [
+    [19, 0, 5, 13, 2],  # scattered, unsorted: several runs
+    [7, 7, 3, 7],  # repeats
+    [0, 1, 2, 10, 11, 18],  # sorted runs: no reordering needed
+    [4, 6, 5, 5],  # dense: one read of the span
+    [-1, 0, -20],  # negative indices count from the end, as in numpy
+    np.array([12, 9], np.int32),
+    [[3, 15], [0, 19]],  # any index shape
+    [],
+    np.array([], np.int64),
+    [11],
+    11,
+    slice(2, 9), slice(None), slice(5, 5), slice(0, 20, 3), slice(None, None, -2), slice(-3, None), slice(15, 99),
+]
+
+
+class _RecordingDataset:
+    """Stands in for an h5py Dataset and records every key it is read with."""
+
+    def __init__(self, dataset):
+        self.dataset, self.keys = dataset, []
+        self.shape, self.dtype = dataset.shape, dataset.dtype
+
+    def __getitem__(self, key):
+        self.keys.append(key)
+        return self.dataset[key]
+
+
+@pytest.mark.parametrize("codec", ["raw", "jpeg"])
+def test_row_reads_match_numpy_indexing_of_the_full_array(tmp_path, codec):
+    rng = np.random.default_rng(8)
+    _write_three_videos(tmp_path / "a.h5", make_header(swaps=2, codec=codec), rng)
+    reader = ShardReader(tmp_path / "a.h5")
+    with h5py.File(tmp_path / "a.h5", "r") as h5:
+        full = {name: h5["frames"][name][()] for name in ("face", "swaps", "swap_ok", "landmarks", "timestamp")}
+    for name, array in full.items():
+        for rows in ROW_REQUESTS:
+            got, expected = reader.read_array(name, rows), array[rows]
+            assert got.shape == expected.shape and got.dtype == expected.dtype, (name, rows)
+            if array.dtype.kind == "O":  # JPEG payloads: compare every buffer
+                assert all(np.array_equal(g, e) for g, e in zip(got.reshape(-1), expected.reshape(-1))), (name, rows)
+            else:
+                np.testing.assert_array_equal(got, expected, err_msg=f"{name} {rows}")
+    if codec == "raw":
+        np.testing.assert_array_equal(reader.read_images("face", [19, 0, 19]), full["face"][[19, 0, 19]])
+
+
+def test_scattered_rows_are_read_as_one_slice_per_run(tmp_path):
+    rng = np.random.default_rng(9)
+    _write_three_videos(tmp_path / "a.h5", make_header(), rng)
+    reader = ShardReader(tmp_path / "a.h5")
+    recorder = _RecordingDataset(reader._dataset("face"))
+    reader._datasets["face"] = recorder
+    reader.read_images("face", [17, 3, 4, 16, 5, 3, 9])
+    assert recorder.keys == [slice(3, 6), slice(9, 10), slice(16, 18)]
+
+
+def test_bad_row_requests_are_clear_errors(tmp_path):
+    rng = np.random.default_rng(10)
+    _write_three_videos(tmp_path / "a.h5", make_header(), rng)
+    reader = ShardReader(tmp_path / "a.h5")
+    with pytest.raises(IndexError, match="row 20 is out of range for a field of 20 rows"):
+        reader.read_array("timestamp", [0, 20])
+    with pytest.raises(IndexError, match="row -21"):
+        reader.read_array("timestamp", [-21])
+    with pytest.raises(TypeError, match="integers"):
+        reader.read_array("timestamp", [0.5, 1.0])
+    with pytest.raises(KeyError, match="no field 'nonsense'"):
+        reader.read_array("nonsense", [0])
+
+
+def test_datasets_are_cached_per_handle_and_dropped_on_close_and_pickle(tmp_path):
+    rng = np.random.default_rng(11)
+    videos = _write_three_videos(tmp_path / "a.h5", make_header(), rng)
+    faces = np.concatenate([v.faces for v in videos])
+    reader = ShardReader(tmp_path / "a.h5")
+    reader.read_images("face", [1])
+    cached = reader._dataset("face")
+    assert reader._dataset("face") is cached
+    clone = pickle.loads(pickle.dumps(reader))  # h5py objects cannot be pickled: the cache must not travel
+    assert clone._datasets == {}
+    np.testing.assert_array_equal(clone.read_images("face", [4, 2]), faces[[4, 2]])
+    reader.close()
+    assert reader._datasets == {}
+    np.testing.assert_array_equal(reader.read_images("face", [2]), faces[[2]])
+    assert reader._dataset("face") is not cached
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_reads_through_its_own_handle_and_datasets(tmp_path):
+    rng = np.random.default_rng(12)
+    videos = _write_three_videos(tmp_path / "a.h5", make_header(), rng)
+    faces = np.concatenate([v.faces for v in videos])
+    reader = ShardReader(tmp_path / "a.h5")
+    reader.read_images("face", [0])
+    inherited_file, inherited_face = reader._h5, reader._dataset("face")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report whether it used fresh objects and read the right pixels, then leave at once
+        try:
+            images = reader.read_images("face", [13, 6, 13])
+            ok = (reader._h5 is not inherited_file and reader._dataset("face") is not inherited_face
+                  and np.array_equal(images, faces[[13, 6, 13]]))
+            os.write(write_end, b"ok" if ok else b"bad")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    answer = os.read(read_end, 16)
+    os.waitpid(pid, 0)
+    os.close(read_end)
+    assert answer == b"ok"
+    assert reader._dataset("face") is inherited_face  # the parent keeps its own
+    np.testing.assert_array_equal(reader.read_images("face", [6]), faces[[6]])
