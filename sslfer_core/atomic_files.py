@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +20,20 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _create_temp_file(final_path: Path) -> Path:
+    """A new empty file beside final_path. Mode 0o666 filtered by the umask (and default ACLs), like a
+    plain open(): shards and manifests are shared, and mkstemp's 0o600 would make them private."""
+    for _ in range(100):
+        candidate = final_path.parent / f"{TEMP_PREFIX}{final_path.name}.{secrets.token_hex(6)}"
+        try:
+            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return candidate
+    raise FileExistsError(f"{final_path.parent}: could not create a unique temporary file for {final_path.name}")
+
+
 @contextlib.contextmanager
 def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final_path`; on success fsync it and rename it into place.
@@ -29,9 +43,7 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + final_path.name + ".", dir=final_path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp_name)
+    tmp_path = _create_temp_file(final_path)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:

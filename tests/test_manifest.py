@@ -1,6 +1,8 @@
 """Manifest data model: build, save/load round trip, validation and path safety."""
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,19 @@ def test_save_is_atomic_when_serialisation_fails(tmp_path):
         save_manifest(root, manifest)
     assert (root / MANIFEST_NAME).read_bytes() == before
     assert sorted(p.name for p in root.iterdir()) == [MANIFEST_NAME, "shard-00000.h5"]
+
+
+def test_saved_manifest_gets_the_umask_mode_and_replaces_a_private_one(tmp_path):
+    root = make_shard_set(tmp_path / "set", shards=1)
+    manifest = load_manifest(root)
+    (root / MANIFEST_NAME).chmod(0o600)
+    previous = os.umask(0o027)
+    try:
+        save_manifest(root, manifest)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((root / MANIFEST_NAME).stat().st_mode) == 0o640
+    assert load_manifest(root) == manifest
 
 
 UNPICKLING = (r"import (c?pickle|dill|shelve)|from (c?pickle|dill|shelve) import|allow_pickle\s*=\s*True"

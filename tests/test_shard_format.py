@@ -1,5 +1,6 @@
 import os
 import pickle
+import stat
 
 import h5py
 import numpy as np
@@ -274,3 +275,14 @@ def test_a_forked_child_reads_through_its_own_handle_and_datasets(tmp_path):
     assert answer == b"ok"
     assert reader._dataset("face") is inherited_face  # the parent keeps its own
     np.testing.assert_array_equal(reader.read_images("face", [6]), faces[[6]])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_shards_get_the_umask_mode_not_a_private_one(tmp_path, umask):
+    rng = np.random.default_rng(13)
+    previous = os.umask(umask)
+    try:
+        _write_three_videos(tmp_path / "a.h5", make_header(), rng)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "a.h5").stat().st_mode) == 0o666 & ~umask
