@@ -124,6 +124,16 @@ def test_saved_manifest_gets_the_umask_mode_and_replaces_a_private_one(tmp_path)
     assert load_manifest(root) == manifest
 
 
+def test_compat_config_ignores_run_only_keys_such_as_part(tmp_path):
+    manifest = load_manifest(make_shard_set(tmp_path / "set", shards=1))
+    other = load_manifest(tmp_path / "set")
+    manifest.prep_config.update(part=[0, 2], seed=1)
+    other.prep_config.update(part=[1, 2], seed=2)
+    assert manifest.compat_config() == other.compat_config()
+    other.prep_config["fps"] = 10.0  # a content setting still counts
+    assert manifest.compat_config() != other.compat_config()
+
+
 UNPICKLING = (r"import (c?pickle|dill|shelve)|from (c?pickle|dill|shelve) import|allow_pickle\s*=\s*True"
               r"|np\.load\(|joblib\.load|torch\.load")
 

@@ -98,7 +98,7 @@ def test_merge_ignores_run_only_prep_keys(tmp_path):
     a = make_shard_set(tmp_path / "a", prefix="a", shards=1)
     b = make_shard_set(tmp_path / "b", prefix="b", shards=1, seed=1)
     obj = json.loads((b / MANIFEST_NAME).read_text())
-    obj["prep_config"].update(seed=7, source="frames", jobs=16)
+    obj["prep_config"].update(seed=7, source="frames", jobs=16, part=[1, 2])  # part: a --part 1/2 run
     (b / MANIFEST_NAME).write_text(json.dumps(obj))
     result = _invoke("merge", tmp_path / "out", a, b)
     assert result.exit_code == 0, result.output
