@@ -1,13 +1,17 @@
-"""What a shard set (or one shard) holds: counts, config, per-identity and per-video totals, storage per field."""
+"""What a shard set (or one shard) holds: counts, config, per-identity and per-video totals, storage per field,
+and the fraction of sampled frames that preprocessing kept."""
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from data_manifest.manifest import Manifest, load_manifest, shard_paths
+from data_manifest.manifest import (
+    FAILURES_NAME, Manifest, ManifestError, check_relative_path, load_manifest, shard_paths,
+)
 from sslfer_core.shard_format import ShardReader
 
 JPEG_SAMPLE_ROWS = 256  # JPEG payload sizes are estimated from this many evenly spaced rows per shard
@@ -22,8 +26,54 @@ def inspect_path(path: Path, progress=None) -> dict:
     if path.is_dir():
         manifest = load_manifest(path)
         files = [(e.file, p) for e, p in zip(manifest.shards, shard_paths(path, manifest))]
-        return _report(files, manifest, progress)
+        report = _report(files, manifest, progress)
+        report["kept"] = kept_frames(path, manifest, report["totals"]["frames"])
+        return report
     return _report([(path.name, path)], None, progress)
+
+
+def kept_frames(root: Path, manifest: Manifest, frames_in_shards: int) -> dict:
+    """Frames kept (in the shards) against frames sampled by sslfer-prep, from failures.jsonl beside the
+    manifest. Records of kept videos carry frames_sampled and frames_kept; a skipped video lost all of
+    its frames_sampled. Without the file the number of sampled frames is unknown (None)."""
+    name = manifest.failures_file or FAILURES_NAME
+    path = Path(root).joinpath(*check_relative_path(name, "failures file").parts)
+    out = {"frames_kept": frames_in_shards, "frames_attempted": None, "fraction": None, "failures_file": None,
+           "frames_dropped_in_kept_videos": 0, "frames_in_skipped_videos": 0, "videos_skipped": 0,
+           "records_without_counts": 0}
+    if not path.is_file():
+        return out
+    out["failures_file"] = name
+    for record in _failure_records(path):
+        sampled = record.get("frames_sampled")
+        if record.get("skipped"):
+            out["videos_skipped"] += 1
+        if not isinstance(sampled, int):
+            out["records_without_counts"] += 1
+        elif record.get("skipped"):
+            out["frames_in_skipped_videos"] += sampled
+        else:
+            out["frames_dropped_in_kept_videos"] += max(0, sampled - int(record.get("frames_kept", sampled)))
+    attempted = frames_in_shards + out["frames_dropped_in_kept_videos"] + out["frames_in_skipped_videos"]
+    out["frames_attempted"] = attempted
+    out["fraction"] = round(frames_in_shards / attempted, 4) if attempted else None
+    return out
+
+
+def _failure_records(path: Path) -> list[dict]:
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise ManifestError(f"{path}:{number}: a failure record must be a JSON object")
+            records.append(record)
+    return records
 
 
 def _report(files: list[tuple[str, Path]], manifest: Manifest | None, progress) -> dict:
@@ -177,6 +227,8 @@ def format_report(report: dict, *, show_videos: bool = False) -> str:
     if "failures" in report:
         f = report["failures"]
         lines.append(f"failures {f['count']}" + (f" (see {f['file']})" if f["file"] else ""))
+    if "kept" in report:
+        lines.append(_kept_line(report["kept"]))
     lines.append("fields:")
     for name, info in sorted(report["fields"].items()):
         codec = f" {info['codec']}" if info["codec"] else ""
@@ -194,6 +246,17 @@ def format_report(report: dict, *, show_videos: bool = False) -> str:
             lines.append(f"{v['video_id']:28s} {v['identity']:14s} {v['frames']:7d} {v['duration_s']:8.1f} "
                          f"{_pct(v['swap_success_rate']):>8s} {_pct(v['descriptor_coverage']):>6s} {v['status']}")
     return "\n".join(lines)
+
+
+def _kept_line(kept: dict) -> str:
+    if kept["frames_attempted"] is None:
+        return f"kept frames {kept['frames_kept']:,} of an unknown number sampled (no {FAILURES_NAME})"
+    line = (f"kept frames {kept['frames_kept']:,} of {kept['frames_attempted']:,} sampled ({_pct(kept['fraction'])}): "
+            f"{kept['frames_dropped_in_kept_videos']:,} dropped from kept videos, "
+            f"{kept['frames_in_skipped_videos']:,} in {kept['videos_skipped']} skipped videos")
+    if kept["records_without_counts"]:
+        line += f"; {kept['records_without_counts']} failure records without frame counts not included"
+    return line
 
 
 def _pct(rate) -> str:

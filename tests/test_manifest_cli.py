@@ -12,6 +12,7 @@ from data_manifest.cli import main
 from data_manifest.manifest import MANIFEST_NAME, load_manifest, shard_paths
 from data_manifest.verify import verify_shards
 from manifest_fixtures import make_shard_set
+from preprocess.failures import write_failures
 from sslfer_core.shard_format import ShardReader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +74,44 @@ def test_inspect_one_jpeg_shard_and_a_newer_major_version(tmp_path):
     result = _invoke("inspect", shard)
     assert result.exit_code == 1 and "2.0" in result.output and "1.x" in result.output
     assert result.output.count("\n") == 1
+
+
+def test_inspect_reports_kept_fraction_from_prep_failures(tmp_path):
+    root = make_shard_set(tmp_path / "set")  # 14 frames in the shards
+    per_video = [  # as sslfer-prep records videos; only losses reach failures.jsonl
+        {"video_id": "v0", "path": "a.mp4", "identity": "vid0", "skipped": False, "frames_sampled": 5,
+         "frames_kept": 3, "dropped": {"no_face": 2}, "ranges": []},
+        {"video_id": "v1", "path": "b.mp4", "identity": "vid1", "skipped": False, "frames_sampled": 4,
+         "frames_kept": 4, "swaps_failed": 2},
+        {"video_id": "v2", "path": "c.mp4", "identity": "vid0", "skipped": False, "frames_sampled": 3,
+         "frames_kept": 3},
+        {"video_id": "z1", "path": "d.mp4", "identity": "zid", "skipped": True, "reason": "too_few_frames",
+         "detail": "", "frames_sampled": 6, "frames_kept": 2, "dropped": {"no_face": 4}, "ranges": []},
+        {"video_id": "z2", "path": "e.mp4", "identity": "zid", "skipped": True, "reason": "unreadable",
+         "detail": "", "frames_sampled": 0, "frames_kept": 0},
+    ]
+    write_failures(root, per_video)
+    kept = json.loads(_invoke("inspect", root, "--json").output)["kept"]
+    attempted = 14 + (5 - 3) + 6
+    assert kept == {"frames_kept": 14, "frames_attempted": attempted, "fraction": round(14 / attempted, 4),
+                    "failures_file": "failures.jsonl", "frames_dropped_in_kept_videos": 2,
+                    "frames_in_skipped_videos": 6, "videos_skipped": 2, "records_without_counts": 0}
+    text = _invoke("inspect", root).output
+    assert f"kept frames 14 of {attempted} sampled ({100 * 14 / attempted:.1f}%)" in text
+    assert "2 dropped from kept videos, 6 in 2 skipped videos" in text
+    (root / "failures.jsonl").write_text('{"video_id": "v0"}\nnot json\n')
+    result = _invoke("inspect", root)
+    assert result.exit_code == 1 and "failures.jsonl:2: not valid JSON" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_inspect_without_failures_file_does_not_guess_the_kept_fraction(tmp_path):
+    root = make_shard_set(tmp_path / "set")
+    kept = json.loads(_invoke("inspect", root, "--json").output)["kept"]
+    assert kept["frames_kept"] == 14 and kept["frames_attempted"] is None and kept["fraction"] is None
+    assert "kept frames 14 of an unknown number sampled" in _invoke("inspect", root).output
+    shard = json.loads(_invoke("inspect", root / "shard-00000.h5", "--json").output)
+    assert "kept" not in shard  # one shard has no run-wide failure log
 
 
 def test_merge_compatible_parts(tmp_path):
