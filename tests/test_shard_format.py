@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
+from sslfer_core import shard_format
 from sslfer_core.shard_format import (
     ShardFormatError, ShardReader, ShardVersionError, ShardWriter, decode_jpeg, encode_jpeg, write_shard,
 )
@@ -190,8 +191,10 @@ class _RecordingDataset:
         return self.dataset[key]
 
 
+@pytest.mark.parametrize("span_bytes", [0, shard_format.SPAN_READ_BYTES])  # 0: runs even for small fields
 @pytest.mark.parametrize("codec", ["raw", "jpeg"])
-def test_row_reads_match_numpy_indexing_of_the_full_array(tmp_path, codec):
+def test_row_reads_match_numpy_indexing_of_the_full_array(tmp_path, monkeypatch, codec, span_bytes):
+    monkeypatch.setattr(shard_format, "SPAN_READ_BYTES", span_bytes)
     rng = np.random.default_rng(8)
     _write_three_videos(tmp_path / "a.h5", make_header(swaps=2, codec=codec), rng)
     reader = ShardReader(tmp_path / "a.h5")
@@ -209,14 +212,24 @@ def test_row_reads_match_numpy_indexing_of_the_full_array(tmp_path, codec):
         np.testing.assert_array_equal(reader.read_images("face", [19, 0, 19]), full["face"][[19, 0, 19]])
 
 
-def test_scattered_rows_are_read_as_one_slice_per_run(tmp_path):
+def _recorded_keys(reader, name, rows):
+    recorder = reader._datasets[name] = _RecordingDataset(reader._dataset(name))
+    reader.read_array(name, rows)
+    return recorder.keys
+
+
+def test_scattered_rows_are_read_as_one_slice_per_run_or_span(tmp_path, monkeypatch):
     rng = np.random.default_rng(9)
-    _write_three_videos(tmp_path / "a.h5", make_header(), rng)
-    reader = ShardReader(tmp_path / "a.h5")
-    recorder = _RecordingDataset(reader._dataset("face"))
-    reader._datasets["face"] = recorder
-    reader.read_images("face", [17, 3, 4, 16, 5, 3, 9])
-    assert recorder.keys == [slice(3, 6), slice(9, 10), slice(16, 18)]
+    _write_three_videos(tmp_path / "a.h5", make_header(size=64), rng)  # 12 KiB per face
+    _write_three_videos(tmp_path / "j.h5", make_header(codec="jpeg"), rng)
+    reader, jpeg = ShardReader(tmp_path / "a.h5"), ShardReader(tmp_path / "j.h5")
+    scattered = [17, 3, 4, 16, 5, 3, 9]
+    monkeypatch.setattr(shard_format, "SPAN_READ_BYTES", 64 << 10)
+    assert _recorded_keys(reader, "face", scattered) == [slice(3, 6), slice(9, 10), slice(16, 18)]
+    assert _recorded_keys(reader, "timestamp", scattered) == [slice(3, 18)]  # small rows: one span
+    assert _recorded_keys(reader, "face", [6, 4, 5, 8]) == [slice(4, 9)]  # dense: one span
+    keys = _recorded_keys(jpeg, "face", scattered)  # variable-length rows: one point selection
+    assert len(keys) == 1 and list(keys[0]) == [3, 4, 5, 9, 16, 17]
 
 
 def test_bad_row_requests_are_clear_errors(tmp_path):
