@@ -17,6 +17,10 @@ Each variant is timed in several interleaved rounds and its best round kept (oth
 CPU). Rows with chunk "N*" use ShardWriter's own default chunking. Files sit in the page cache (just
 written), so this measures HDF5 + decode cost, not the disk. A second table gives the time to open a
 10,000-frame shard for several rows-per-chunk of the small per-frame fields.
+
+--compare-readers (quick) skips both tables and times the row reads of the current ShardReader against
+the previous one (a dataset lookup per call, h5py fancy indexing for scattered rows) on the default
+raw and JPEG shards, interleaved in the same rounds.
 """
 from __future__ import annotations
 
@@ -226,9 +230,10 @@ def face_bytes_per_frame(path: Path) -> float:
         return ds.id.get_storage_size() / ds.shape[0]
 
 
-def measure(path: Path, pattern: str, seconds: float, rng: np.random.Generator) -> float:
+def measure(path: Path, pattern: str, seconds: float, rng: np.random.Generator,
+            reader_class: type[ShardReader] = ShardReader) -> float:
     """Images per second for one access pattern over at least `seconds` (and at least one call)."""
-    reader = ShardReader(path)
+    reader = reader_class(path)
     reader.read_images("face", slice(0, 1))  # open the handle outside the timed loop
     n = reader.num_frames
     starts, counts = reader.videos.first_row, reader.videos.row_count
@@ -256,6 +261,50 @@ def measure(path: Path, pattern: str, seconds: float, rng: np.random.Generator) 
     elapsed = time.perf_counter() - begin
     reader.close()
     return images / elapsed
+
+
+# ----------------------------------------------------------------------------- previous reader
+
+class PreviousReader(ShardReader):
+    """ShardReader's row reads before the run-slice change, kept only to compare against: the dataset is
+    looked up by name on every call and scattered rows go through h5py's fancy indexing."""
+
+    def read_array(self, name: str, rows) -> np.ndarray:
+        dataset = self._file()["frames"][name]
+        if isinstance(rows, slice):
+            return dataset[rows]
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return dataset[0:0]
+        unique, inverse = np.unique(rows, return_inverse=True)
+        if unique[-1] - unique[0] + 1 <= 2 * unique.size:
+            return dataset[int(unique[0]): int(unique[-1]) + 1][rows - unique[0]]
+        return dataset[unique][inverse]
+
+
+READERS = {"previous": PreviousReader, "current": ShardReader}
+READER_PATTERNS = ("random-frame", "random-window", "random-batch")
+
+
+def compare_readers(workdir: Path, clips: list[Clip], sizes: list[int], rounds: int, seconds: float,
+                    rng: np.random.Generator) -> list[dict]:
+    """Images/s of both readers on ShardWriter's default raw and JPEG shards, best of interleaved rounds."""
+    rows = []
+    for size in sizes:
+        for codec in ("raw", "jpeg:90"):
+            row = make_row(workdir, resized(clips, size), size, codec, None, None)
+            for reader in READERS:
+                rows.append({**row, "reader": reader})
+    for _ in range(rounds):
+        for index in rng.permutation(len(rows)):
+            row = rows[index]
+            for pattern in READER_PATTERNS:
+                speed = round(measure(row["path"], pattern, seconds, rng, READERS[row["reader"]]))
+                row[pattern] = max(row.get(pattern, 0), speed)
+    for row in rows:
+        row["path"].unlink(missing_ok=True)
+        row.pop("path")
+    return rows
 
 
 # ----------------------------------------------------------------------------- main
@@ -294,6 +343,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--open-frames", type=int, default=10000, help="shard size for the open-time table")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--compare-readers", action="store_true",
+                        help="only compare the current and the previous reader's row reads (quick)")
     args = parser.parse_args(argv)
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
@@ -306,6 +357,8 @@ def main(argv=None) -> int:
     clips = clips or synthetic_clips(top, args.clips, args.frames_per_clip)
     info["frames_per_shard"] = int(sum(len(c.faces) for c in clips))
     print(f"# {info}", file=sys.stderr)
+    if args.compare_readers:
+        return reader_comparison(args, info, clips, rng)
 
     print(f"{'size':>4} {'codec':8} {'filter':6} {'chunk':>6} {'face B/frame':>12} "
           f"{'sequential':>10} {'rand-frame':>10} {'rand-window':>11} {'rand-batch':>10} {'by-row':>7}  "
@@ -341,6 +394,25 @@ def main(argv=None) -> int:
           file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": results, "open": opens}, indent=2) + "\n")
+    return 0
+
+
+def reader_comparison(args, info: dict, clips: list[Clip], rng: np.random.Generator) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-readers-"))
+    try:
+        rows = compare_readers(workdir, clips, args.sizes, args.rounds, args.seconds, rng)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{'size':>4} {'codec':8} {'chunk':>6} {'reader':9} {'rand-frame':>10} {'us/call':>8} "
+          f"{'rand-window':>11} {'rand-batch':>10}  (images/s, best of {args.rounds})")
+    for row in rows:
+        print(f"{row['size']:>4} {row['codec']:8} {row['chunk']:>6} {row['reader']:9} {row['random-frame']:>10,} "
+              f"{1e6 / row['random-frame']:>8.0f} {row['random-window']:>11,} {row['random-batch']:>10,}")
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"# load average start {info['loadavg_start']} end {info['loadavg_end']} on {info['cores']} cores",
+          file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "readers": rows}, indent=2) + "\n")
     return 0
 
 
