@@ -1,0 +1,265 @@
+"""The paper's ablation table at small scale: prep -> train every row with equal step budgets and several
+seeds -> export -> FER2013 linear probe (selection on validation, test once) -> Markdown table.
+
+    python benchmarks/ablation.py --budget small            # ResNet-18, 2-core CPU
+    python benchmarks/ablation.py --budget full --parallel 1 # ResNet-50 at 112 px, for a GPU
+
+Everything goes through the user-facing tools (sslfer-prep, sslfer-train, sslfer-eval) as subprocesses.
+Rerunning the same command skips finished prep, training runs and evaluations, so a killed run resumes.
+Data: --data (VoxCeleb layout; default $SSLFER_DATA/voxceleb_mini) and --fer (default $SSLFER_DATA/fer2013),
+with $SSLFER_DATA defaulting to ../shared/data beside the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STRATEGIES = ("timeaug", "hardneg", "faceswap", "maskfn", "cutmix")
+
+# The rows of the paper's table (Shu et al., BMVC 2022), in its order.
+ROWS: dict[str, tuple[str, ...]] = {
+    "SimCLR": (),
+    "TimeAug": ("timeaug",),
+    "TimeAug+HardNeg": ("timeaug", "hardneg"),
+    "TimeAug+HardNeg+CutMix": ("timeaug", "hardneg", "cutmix"),
+    "TimeAug+FaceSwap+MaskFN": ("timeaug", "faceswap", "maskfn"),
+    "TimeAug+HardNeg+FaceSwap": ("timeaug", "hardneg", "faceswap"),
+    "TimeAug+HardNeg+MaskFN": ("timeaug", "hardneg", "maskfn"),
+    "all four": ("timeaug", "hardneg", "faceswap", "maskfn"),
+}
+RANDOM_ROW = "random"
+
+
+@dataclass(frozen=True)
+class Budget:
+    arch: str
+    steps: int
+    batch_size: int
+    resize: int
+    crop: int
+    eval_size: int
+    max_per_split: int | None  # per FER2013 split; None = all images
+    threads: int  # torch threads per process (runs go side by side with --parallel)
+
+
+BUDGETS = {
+    # 2-core CPU: two single-threaded processes side by side; 48 px = FER2013's native size.
+    "small": Budget("resnet18", steps=200, batch_size=32, resize=56, crop=48, eval_size=48, max_per_split=4000,
+                    threads=1),
+    # A GPU: the paper's network and input size.
+    "full": Budget("resnet50", steps=20000, batch_size=256, resize=128, crop=112, eval_size=112, max_per_split=None,
+                   threads=0),
+}
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("SSLFER_DATA", REPO.parent / "shared" / "data"))
+
+
+def tool(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+def run_logged(command: list[str], log: Path, threads: int) -> float:
+    """Run one tool with its output in `log`; a failure stops the benchmark naming the log."""
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log, "w") as handle:
+        handle.write(" ".join(command) + "\n")
+        handle.flush()
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"failed (exit {done.returncode}): {' '.join(command)}\n  see {log}")
+    return time.perf_counter() - start
+
+
+def prep(data: Path, out: Path, jobs: int) -> Path:
+    shards = out / "shards"
+    if not (shards / "manifest.json").is_file():
+        took = run_logged(tool("preprocess.cli") + ["voxceleb", str(data), "--out", str(shards), "--jobs", str(jobs)],
+                          out / "logs" / "prep.log", threads=0)
+        print(f"prep: {took:.0f} s -> {shards}", flush=True)
+    return shards
+
+
+def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budget) -> tuple[Path, float]:
+    name = f"{slug(row)}-s{seed}"
+    run, backbone = out / "runs" / name, out / "backbones" / f"{name}.pt"
+    if backbone.is_file():
+        return backbone, 0.0
+    flags = [f"--{s}" for s in ROWS[row]]
+    command = tool("train.cli") + [
+        "train", "--shards", str(shards), "--out", str(run), "--arch", budget.arch, *flags,
+        "--steps", str(budget.steps), "--batch-size", str(budget.batch_size), "--resize", str(budget.resize),
+        "--crop", str(budget.crop), "--seed", str(seed), "--log-every", "10", "--ckpt-every", "100"]
+    if budget.threads:
+        command += ["--workers", "0"]  # a core per run: loading in-process beats a competing worker
+    if (run / "checkpoints").is_dir():
+        command = tool("train.cli") + ["train", "--out", str(run), "--resume"]
+    elif run.exists():
+        subprocess.run(["rm", "-rf", str(run)], check=True)  # started but no checkpoint yet: start again
+    took = run_logged(command, out / "logs" / f"train-{name}.log", budget.threads)
+    run_logged(tool("train.cli") + ["export", str(run), "-o", str(backbone)], out / "logs" / f"export-{name}.log", 0)
+    return backbone, took
+
+
+def evaluate(spec: str, name: str, fer: Path, out: Path, budget: Budget) -> dict:
+    folder = out / "eval" / name
+    results = folder / "results.json"
+    if not results.is_file():
+        command = tool("train.evaluation.cli") + [
+            "linear", "--backbone", spec, "--arch", budget.arch, "--data", str(fer), "--image-size",
+            str(budget.eval_size), "--out", str(folder), "--cache-dir", str(out / "feature_cache")]
+        if budget.max_per_split:
+            command += ["--max-per-split", str(budget.max_per_split)]
+        if budget.threads:
+            command += ["--threads", str(budget.threads), "--workers", "0"]
+        run_logged(command, out / "logs" / f"eval-{name}.log", budget.threads)
+    payload = json.loads(results.read_text())
+    return payload["backbones"][0]["summary"]
+
+
+def loss_curve(run: Path) -> list[tuple[int, float]]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [(line["step"], line["loss"]) for line in map(json.loads, path.read_text().splitlines())]
+
+
+def slug(row: str) -> str:
+    return row.lower().replace(" ", "-").replace("+", "-")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    head = ["row", "TimeAug", "HardNeg", "FaceSwap", "MaskFN", "CutMix", "macro F1 (%)", "accuracy (%)", "seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + ":---:|" * 5 + "---:|---:|---:|"]
+    for row, entry in results.items():
+        marks = ["✓" if s in ROWS.get(row, ()) else "" for s in STRATEGIES[:4]] + [
+            "✓" if "cutmix" in ROWS.get(row, ()) else ""]
+        f1, acc = entry["macro_f1"], entry["accuracy"]
+        cells = [row, *marks, f"{100 * f1[0]:.2f} ± {100 * f1[1]:.2f}", f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}",
+                 str(entry["seeds"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def differences(results: dict[str, dict], against: str) -> list[str]:
+    """Each row's macro-F1 difference to `against`, flagged when it exceeds 2 pooled seed standard deviations."""
+    if against not in results:
+        return []
+    base_mean, base_std = results[against]["macro_f1"]
+    lines = []
+    for row, entry in results.items():
+        if row == against:
+            continue
+        mean, std = entry["macro_f1"]
+        spread = math.sqrt((std ** 2 + base_std ** 2) / 2)
+        verdict = "exceeds" if spread > 0 and abs(mean - base_mean) > 2 * spread else "within"
+        lines.append(f"{row} vs {against}: {100 * (mean - base_mean):+.2f} F1 points; 2 pooled std = "
+                     f"{200 * spread:.2f}: {verdict} the seed spread")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
+    parser.add_argument("--data", type=Path, default=None, help="VoxCeleb-layout videos [default: voxceleb_mini]")
+    parser.add_argument("--fer", type=Path, default=None, help="FER2013 folder [default: fer2013 in shared data]")
+    parser.add_argument("--out", type=Path, default=Path("ablation_out"))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=None, help="Override the budget's training steps.")
+    parser.add_argument("--rows", nargs="*", default=None, help=f"Subset of rows: {', '.join(ROWS)}, {RANDOM_ROW}")
+    parser.add_argument("--parallel", type=int, default=None, help="Processes side by side [default: cores / threads]")
+    args = parser.parse_args()
+
+    budget = BUDGETS[args.budget]
+    if args.steps:
+        budget = Budget(**{**budget.__dict__, "steps": args.steps})
+    data = args.data or shared_data() / "voxceleb_mini"
+    fer = args.fer or shared_data() / "fer2013"
+    for path, what in ((data, "--data"), (fer, "--fer")):
+        if not path.is_dir():
+            raise SystemExit(f"{what} {path}: no such folder (set SSLFER_DATA or pass {what})")
+    rows = args.rows or [*ROWS, RANDOM_ROW]
+    unknown = [r for r in rows if r not in ROWS and r != RANDOM_ROW]
+    if unknown:
+        raise SystemExit(f"unknown rows: {', '.join(unknown)}; choose from {', '.join([*ROWS, RANDOM_ROW])}")
+    cores = os.cpu_count() or 1
+    parallel = args.parallel or max(1, cores // budget.threads if budget.threads else 1)
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    print(f"ablation, budget {args.budget}: {budget}; {args.seeds} seeds; {parallel} side by side; out {out}",
+          flush=True)
+
+    shards = prep(data, out, jobs=cores)
+    jobs = [(row, seed) for row in rows if row != RANDOM_ROW for seed in range(args.seeds)]
+    train_seconds: dict[str, list[float]] = {}
+
+    def train_one(job):
+        row, seed = job
+        backbone, took = train_and_export(shards, out, row, seed, budget)
+        if took:
+            train_seconds.setdefault(row, []).append(took)
+            print(f"trained {row} seed {seed}: {took:.0f} s", flush=True)
+        return job, backbone
+
+    with ThreadPoolExecutor(parallel) as pool:
+        backbones = dict(pool.map(train_one, jobs))
+
+    evals = [(row, seed, str(backbones[(row, seed)]) if row != RANDOM_ROW else f"random:{seed}")
+             for row in rows for seed in range(args.seeds)]
+
+    def eval_one(job):
+        row, seed, spec = job
+        return row, evaluate(spec, f"{slug(row)}-s{seed}", fer, out, budget)
+
+    with ThreadPoolExecutor(parallel) as pool:
+        summaries = list(pool.map(eval_one, evals))
+
+    results: dict[str, dict] = {}
+    for row in rows:
+        mine = [s for r, s in summaries if r == row]
+        results[row] = {key: mean_std([s[key]["mean"] for s in mine]) for key in ("macro_f1", "accuracy")}
+        results[row]["seeds"] = len(mine)
+        results[row]["values_macro_f1"] = [s["macro_f1"]["mean"] for s in mine]
+
+    table = markdown_table(results)
+    notes = differences(results, "SimCLR") + differences(results, RANDOM_ROW)
+    elapsed = time.perf_counter() - started
+    record = {
+        "budget": args.budget, "config": budget.__dict__, "seeds": args.seeds, "rows": results,
+        "train_seconds": train_seconds, "elapsed_s": elapsed, "data": str(data), "fer": str(fer),
+        "machine": f"{platform.processor() or platform.machine()}, {cores} cores", "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loss_curves": {f"{slug(r)}-s{s}": loss_curve(out / "runs" / f"{slug(r)}-s{s}") for r, s in jobs},
+    }
+    (out / "ablation.json").write_text(json.dumps(record, indent=1))
+    (out / "table.md").write_text(table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    print(f"\nFER2013 test, linear probe ({budget.arch}, {budget.steps} steps, {args.seeds} seeds; "
+          f"mean ± std over seeds):\n\n{table}\n")
+    print("\n".join(notes))
+    print(f"\nwall time {elapsed / 60:.1f} min; table in {out / 'table.md'}, everything in {out / 'ablation.json'}")
+
+
+if __name__ == "__main__":
+    main()
