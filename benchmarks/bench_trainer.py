@@ -6,13 +6,17 @@
     same steps on one pre-made in-memory batch of the same shape (1.0 = the loader costs nothing).
     ResNet-18 on CPU; ResNet-50 at 112 px with bf16 autocast on CUDA when a GPU is present.
 
-    python benchmarks/bench_trainer.py --raw RAW_SHARDS --jpeg JPEG_SHARDS
+    python benchmarks/bench_trainer.py --raw RAW_SHARDS --jpeg JPEG_SHARDS [--only loader|step]
+
+(a) also reports images per CPU-second of the loader processes, which changes less than images/s when other
+jobs share the cores. Results: docs/training.md, "Measurements".
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import multiprocessing
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -46,15 +50,30 @@ def _batches(stream: ShardStream, workers: int, pin: bool):
         epoch += 1
 
 
-def loader_throughput(root: Path, batch: int, workers: int, seconds: float) -> tuple[float, int]:
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of this process and of `pids` (its loader workers), from /proc."""
+    total = time.process_time()
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
+def loader_throughput(root: Path, batch: int, workers: int, seconds: float) -> tuple[float, float]:
+    """(training images/s, images per CPU-second of main process + workers) over `seconds` of batches."""
+    before = {p.pid for p in multiprocessing.active_children()}
     stream = _stream(root, batch, workers)
     batches = _batches(stream, workers, pin=False)
     images = next(batches)["images"].shape[0]  # first batch: worker start-up, not counted
-    count, start = 0, time.perf_counter()
+    pids = [p.pid for p in multiprocessing.active_children() if p.pid not in before]
+    count, cpu, start = 0, _cpu_seconds(pids), time.perf_counter()
     while time.perf_counter() - start < seconds:
         next(batches)
         count += 1
-    return count * images / (time.perf_counter() - start), images
+    wall, cpu = time.perf_counter() - start, _cpu_seconds(pids) - cpu
+    batches.close()  # shuts the workers down before the next measurement starts
+    return count * images / wall, count * images / cpu
 
 
 def step_throughput(source, step: ContrastiveStep, model, optimizer, device, steps: int, warmup: int = 2) -> float:
@@ -81,7 +100,8 @@ def step_throughput(source, step: ContrastiveStep, model, optimizer, device, ste
 def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, resize: int, crop: int,
                     workers: int, steps: int, rounds: int) -> list[tuple[float, float]]:
     """(real-loader images/s, in-memory images/s) per round; the two alternate so that changing load from
-    other processes hits both alike."""
+    other processes hits both alike. Between blocks the loader's queue is full, as in steady training, and
+    it refills that queue during the real block."""
     torch.manual_seed(0)
     model = ContrastiveModel(arch).to(device)
     if device.type == "cuda":
@@ -91,7 +111,9 @@ def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, res
     step = ContrastiveStep(ctx, batch_size=batch, num_views=4, resize=resize, crop=crop, maskfn=MaskFNConfig())
     pinned = device.type == "cuda"
     real_source = _batches(_stream(root, batch, workers), workers, pinned)
-    fixed = next(_batches(_stream(root, batch, 0), 0, False))
+    first = _batches(_stream(root, batch, 0), 0, False)
+    fixed = next(first)
+    first.close()
     if pinned:
         fixed = {k: v.pin_memory() for k, v in fixed.items()}
 
@@ -100,11 +122,19 @@ def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, res
             yield fixed
 
     memory_source = same_batch()
+    for source in (real_source, memory_source):  # warm both once (allocator, first worker batches)
+        step_throughput(source, step, model, optimizer, device, steps=1, warmup=1)
     results = []
-    for _ in range(rounds):
-        real = step_throughput(real_source, step, model, optimizer, device, steps)
-        memory = step_throughput(memory_source, step, model, optimizer, device, steps)
+    for r in range(rounds):
+        # ABBA order: a load that drifts during a round hits both sources alike.
+        if r % 2 == 0:
+            real = step_throughput(real_source, step, model, optimizer, device, steps, warmup=0)
+            memory = step_throughput(memory_source, step, model, optimizer, device, steps, warmup=0)
+        else:
+            memory = step_throughput(memory_source, step, model, optimizer, device, steps, warmup=0)
+            real = step_throughput(real_source, step, model, optimizer, device, steps, warmup=0)
         results.append((real, memory))
+    real_source.close()
     return results
 
 
@@ -115,32 +145,60 @@ def _spread(values: list[float], digits: int = 0) -> str:
             f"n={len(values)})")
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw", type=Path, required=True, help="shard folder written with --codec raw")
     parser.add_argument("--jpeg", type=Path, required=True, help="shard folder written with --codec jpeg")
     parser.add_argument("--workers", type=int, default=2, help="loader workers for (a)")
     parser.add_argument("--batch", type=int, default=64, help="anchors per batch in (a)")
-    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per loader measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader measurement")
     parser.add_argument("--cpu-batch", type=int, default=16, help="anchors per step for ResNet-18 on CPU")
     parser.add_argument("--cpu-size", type=int, default=64, help="crop side for ResNet-18 on CPU (resize +8)")
-    parser.add_argument("--cpu-steps", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating repetitions of each measurement")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads for (b)")
+    parser.add_argument("--cpu-steps", type=int, default=3, help="timed steps per source and round on CPU")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating repetitions of each measurement")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                        help="torch threads for (b) (default: cores minus the one loader worker of the CPU case)")
+    parser.add_argument("--only", choices=["loader", "step"], help="run only (a) or only (b)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {_cpu_model()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} torch threads; "
+          f"load average (1 min) {os.getloadavg()[0]:.1f} at start")
 
+    if args.only != "step":
+        loader_rounds(args)
+    if args.only != "loader":
+        step_rounds(args)
+    print(f"load average (1 min) {os.getloadavg()[0]:.1f} at the end")
+
+
+def loader_rounds(args) -> None:
     print(f"(a) loader only, TimeAug+HardNeg+FaceSwap+MaskFN inputs, {args.batch} anchors x 4 views, "
           f"{args.workers} workers; {args.rounds} alternating rounds of {args.seconds:g} s")
-    rates = {"raw": [], "jpeg": []}
+    rates, per_cpu = {"raw": [], "jpeg": []}, {"raw": [], "jpeg": []}
     for _ in range(args.rounds):
         for name, root in (("raw", args.raw), ("jpeg", args.jpeg)):
-            rates[name].append(loader_throughput(root, args.batch, args.workers, args.seconds)[0])
+            rate, cpu_rate = loader_throughput(root, args.batch, args.workers, args.seconds)
+            rates[name].append(rate)
+            per_cpu[name].append(cpu_rate)
     for name in rates:
         print(f"    {name:5s} training images/s: {_spread(rates[name])}")
+        print(f"    {name:5s} images per CPU-second (main + workers): {_spread(per_cpu[name])}")
+    print(f"    load average (1 min) {os.getloadavg()[0]:.1f} after (a)")
 
+
+def step_rounds(args) -> None:
     print("(b) step efficiency = real-loader throughput / in-memory-batch throughput (same steps, same shape), "
           "per round, alternating")
     cases = [("resnet18 cpu fp32", torch.device("cpu"), "resnet18", args.cpu_batch, args.cpu_size, 1, args.cpu_steps)]
