@@ -49,6 +49,7 @@ class Budget:
     batch_size: int
     resize: int
     crop: int
+    face_crop: float  # central fraction of the aligned face: FER2013's tight crops
     eval_size: int
     max_per_split: int | None  # per FER2013 split; None = all images
     threads: int  # torch threads per process (runs go side by side with --parallel)
@@ -56,10 +57,10 @@ class Budget:
 
 BUDGETS = {
     # 2-core CPU: two single-threaded processes side by side; 48 px = FER2013's native size.
-    "small": Budget("resnet18", steps=200, batch_size=32, resize=56, crop=48, eval_size=48, max_per_split=4000,
+    "small": Budget("resnet18", steps=200, batch_size=32, resize=56, crop=48, face_crop=0.72, eval_size=48, max_per_split=4000,
                     threads=1),
     # A GPU: the paper's network and input size.
-    "full": Budget("resnet50", steps=20000, batch_size=256, resize=128, crop=112, eval_size=112, max_per_split=None,
+    "full": Budget("resnet50", steps=20000, batch_size=256, resize=128, crop=112, face_crop=0.72, eval_size=112, max_per_split=None,
                    threads=0),
 }
 
@@ -106,7 +107,7 @@ def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budge
     command = tool("train.cli") + [
         "train", "--shards", str(shards), "--out", str(run), "--arch", budget.arch, *flags,
         "--steps", str(budget.steps), "--batch-size", str(budget.batch_size), "--resize", str(budget.resize),
-        "--crop", str(budget.crop), "--seed", str(seed), "--log-every", "10", "--ckpt-every", "100"]
+        "--crop", str(budget.crop), "--face-crop", str(budget.face_crop), "--seed", str(seed), "--log-every", "10", "--ckpt-every", "100"]
     if budget.threads:
         command += ["--workers", "0"]  # a core per run: loading in-process beats a competing worker
     if (run / "checkpoints").is_dir():

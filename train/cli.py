@@ -71,6 +71,9 @@ def _default_workers() -> int:
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--resize", type=click.IntRange(min=8), default=128, show_default=True, help="Faces are resized to this first.")
 @click.option("--crop", type=click.IntRange(min=8), default=112, show_default=True, help="Random crop side (network input).")
+@click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Central fraction of the stored aligned face kept before --resize (e.g. 0.72 for tight crops "
+                   "like FER2013's).")
 @click.option("--swap-p", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="Probability that a positive is its FaceSwap (or CutMix) version.")
 @click.option("--pool-videos", type=click.IntRange(min=1), default=64, show_default=True,

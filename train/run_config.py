@@ -36,6 +36,7 @@ class RunConfig:
     weight_decay: float = 1e-4
     resize: int = 128
     crop: int = 112
+    face_crop: float = 1.0  # central fraction of the stored aligned face kept before --resize
     swap_p: float = 0.8
     pool_videos: int = 64
     workers: int = 1
@@ -59,6 +60,8 @@ class RunConfig:
             raise ValueError("give --steps or --epochs")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
+        if not 0 < self.face_crop <= 1:
+            raise ValueError(f"--face-crop must be in (0, 1], got {self.face_crop}")
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"need 0 < --crop <= --resize, got {self.crop} and {self.resize}")
 

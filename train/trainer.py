@@ -192,6 +192,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
          f"{data.total_steps} steps")
     objective = ContrastiveStep(ctx, batch_size=cfg.batch_size // ctx.world_size, num_views=views,
                                 resize=cfg.resize, crop=cfg.crop, temperature=cfg.temperature,
+                                face_crop=cfg.face_crop,
                                 maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda)
                                 if cfg.maskfn else None)
     metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None)

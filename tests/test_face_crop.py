@@ -1,0 +1,24 @@
+"""--face-crop: the central part of the aligned face, with landmarks that still point at the same pixels."""
+import pytest
+import torch
+
+from train.contrastive_step import centre_crop
+from train.run_config import RunConfig
+
+
+def test_centre_crop_keeps_pixels_under_landmarks():
+    images = torch.randint(0, 256, (3, 128, 128, 3), dtype=torch.uint8)
+    landmarks = torch.tensor([[[40.0, 50.0], [90.0, 100.0]]]).repeat(3, 1, 1)
+    cropped, moved = centre_crop(images, landmarks, 0.72)
+    margin = 18  # round(128 * 0.28 / 2)
+    assert cropped.shape == (3, 128 - 2 * margin, 128 - 2 * margin, 3)
+    for (x, y), (cx, cy) in zip(landmarks[0].long().tolist(), moved[0].long().tolist()):
+        assert torch.equal(images[:, y, x], cropped[:, cy, cx])
+    same, unmoved = centre_crop(images, landmarks, 1.0)
+    assert same is images and unmoved is landmarks
+
+
+def test_face_crop_is_validated():
+    with pytest.raises(ValueError, match="face-crop"):
+        RunConfig(shards="s", out="o", steps=1, face_crop=0.0)
+    assert RunConfig.from_json({"shards": "s", "out": "o", "steps": 1}).face_crop == 1.0  # older runs
