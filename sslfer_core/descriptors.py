@@ -42,12 +42,30 @@ def _imagenet_weights():
     return ResNet18_Weights.IMAGENET1K_V1
 
 
+RESNET18_FILE = "resnet18-f37072fd.pth"  # ResNet18_Weights.IMAGENET1K_V1's file name (a test checks it)
+
+
+def torch_hub_dir() -> Path:
+    """torch.hub.get_dir() without importing torch, which costs seconds per process: deciding `auto` must
+    not pay for torch when the weights are absent. Same rules: $TORCH_HOME/hub, else
+    $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub; torch's own answer once it is loaded."""
+    import sys
+
+    if "torch.hub" in sys.modules:
+        return Path(sys.modules["torch.hub"].get_dir())
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.environ.get("TORCH_HOME", os.path.join(cache, "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
 def resnet18_weights_path() -> Path:
     """Where torchvision's weights API caches the checkpoint: $TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth."""
-    import torch
+    return torch_hub_dir() / "checkpoints" / RESNET18_FILE
 
-    file_name = os.path.basename(urlparse(_imagenet_weights().url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
+
+def imagenet_weights_file_name() -> str:
+    """The file name torchvision's weights API uses (imports torchvision)."""
+    return os.path.basename(urlparse(_imagenet_weights().url).path)
 
 
 def download_resnet18_weights() -> Path:

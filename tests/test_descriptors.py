@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,24 @@ def test_patch_arrays_are_validated(fp32_descriptor):
         descriptor.describe(np.zeros((2, 64, 64, 3), np.float32), np.zeros((2, 64, 64, 3), np.float32))
     with pytest.raises(ValueError):
         descriptor.describe(np.zeros((2, 64, 64, 3), np.uint8), np.zeros((3, 64, 64, 3), np.uint8))
+
+
+def test_weights_path_without_torch_matches_torch_hub(tmp_path, monkeypatch):
+    """`auto` decides from the path without importing torch; the path must be the one torch would use."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from sslfer_core.descriptors import RESNET18_FILE, imagenet_weights_file_name
+
+    assert imagenet_weights_file_name() == RESNET18_FILE
+    probe = ("import sys; from sslfer_core.descriptors import resnet18_weights_path; "
+             "print(resnet18_weights_path()); print('torch' in sys.modules)")
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "xdg")}, {}):
+        for name in ("TORCH_HOME", "XDG_CACHE_HOME"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+        assert out == [str(Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE), "False"]
