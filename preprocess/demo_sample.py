@@ -79,13 +79,19 @@ def write_clip(path: Path, portrait: Portrait, schedule: np.ndarray) -> list[np.
 
 
 def write_demo_sample(out: Path, detector, *, clips_per_identity: int = 4, seconds: float = 12.0,
-                      probe_clips_per_identity: int = 2, probe_every: int = 2, seed: int = 0) -> dict:
-    """Write training clips (VoxCeleb2 layout) and a labelled probe set into `out`. Returns counts."""
+                      probe_clips_per_identity: int = 2, probe_seconds: float | None = None, probe_every: int = 2,
+                      seed: int = 0) -> dict:
+    """Write training clips (VoxCeleb2 layout) and a labelled probe set into `out`. Returns counts.
+
+    `probe_seconds` (default: `seconds`) lets short training clips keep a full-length probe; zero clips of
+    either kind are allowed (probe only, or training clips with an empty probe.csv).
+    """
     from sslfer_core.face_alignment import align_face
 
     out = Path(out)
     portraits = load_portraits(detector)
     num_frames = int(seconds * CLIP_FPS)
+    probe_frames = int((seconds if probe_seconds is None else probe_seconds) * CLIP_FPS)
     counts = {"train_clips": 0, "probe_images": 0}
     for portrait in portraits:
         for clip in range(clips_per_identity):
@@ -100,8 +106,8 @@ def write_demo_sample(out: Path, detector, *, clips_per_identity: int = 4, secon
         for clip in range(probe_clips_per_identity):
             # Probe clips use their own seeds: no probe frame appears in the training clips.
             rng = np.random.default_rng([seed + 1000, zlib.crc32(portrait.identity.encode()), clip])
-            schedule = smooth_schedule(rng, num_frames, CLIP_FPS)
-            for t in range(0, num_frames, probe_every):
+            schedule = smooth_schedule(rng, probe_frames, CLIP_FPS)
+            for t in range(0, probe_frames, probe_every):
                 params = ExpressionParams.from_array(schedule[t])
                 frame, lms = render_expression(portrait.image, portrait.landmarks, params)
                 aligned = align_face(frame, lms, 128)

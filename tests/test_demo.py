@@ -1,0 +1,125 @@
+"""`python -m train.demo` end to end with a tiny budget (one ~1 min run shared by the checks), plus its
+refusals and the one-line verdict when a stage fails."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+
+from data_manifest.verify import ERROR, verify_shards
+from train.demo import OWNED_NAMES, SUMMARY_NAME, main, prepare_out
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# 1 clip of 4 s per identity (2 identities -> 40 frames at 5 fps), 3 steps of 4 anchors at 32 px.
+TINY = ["--clips", "1", "--seconds", "4", "--steps", "3", "--batch-size", "4", "--resize", "40", "--crop", "32"]
+STAGES = ["sample", "prep", "verify", "train", "export", "eval"]
+
+
+def run_demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train.demo", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = run_demo("--out", str(out), *TINY)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out, result.stdout
+
+
+def test_demo_shards_verify_and_hold_both_identities(demo_out):
+    out, _ = demo_out
+    assert [p for p in verify_shards(out / "shards") if p.severity == ERROR] == []
+    totals = json.loads((out / "shards" / "manifest.json").read_text())["totals"]
+    assert totals["identities"] == 2 and totals["videos"] == 2 and totals["frames"] == 40
+
+
+def test_demo_trains_the_requested_steps_with_all_four_strategies(demo_out):
+    out, _ = demo_out
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["total_steps"] == 3 and config["arch"] == "resnet18"
+    assert all(config[flag] for flag in ("timeaug", "hardneg", "faceswap", "maskfn"))
+    steps = [json.loads(line)["step"] for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 3
+
+
+def test_demo_backbone_loads_into_torchvision_resnet18_with_only_fc_missing(demo_out):
+    out, _ = demo_out
+    state = torch.load(out / "backbone.pt", weights_only=True)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+
+
+def test_demo_results_compare_the_pretrained_and_random_backbones(demo_out):
+    out, stdout = demo_out
+    results = json.loads((out / "eval" / "results.json").read_text())
+    rows = results["backbones"]
+    assert [row["backbone"]["name"] for row in rows] == ["backbone", "random-resnet18"]
+    assert rows[0]["backbone"]["source"] == str(out / "backbone.pt")
+    for row in rows:
+        test = row["runs"][0]["test"]
+        assert 0.0 <= test["macro_f1"] <= 1.0 and test["count"] > 0
+    # The printed report: every stage with its time, the table's two rows, and the output paths.
+    report = stdout.split("=== sslfer demo finished in", 1)[1]
+    for stage in STAGES:
+        assert f"\n  {stage}" in report
+    assert "\nbackbone " in report and "\nrandom-resnet18 " in report
+    for path in (out / "shards" / "manifest.json", out / "run" / "metrics.jsonl", out / "backbone.pt",
+                 out / "eval" / "results.json"):
+        assert str(path) in report
+
+
+def test_demo_summary_records_every_stage(demo_out):
+    out, _ = demo_out
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    assert summary["status"] == "ok"
+    assert [stage["name"] for stage in summary["stages"]] == STAGES
+    assert all(stage["seconds"] > 0 for stage in summary["stages"])
+    assert summary["stages"][1]["command"].startswith("sslfer-prep voxceleb ")
+
+
+def test_failing_stage_exits_nonzero_naming_it(tmp_path):
+    # --data without clips: sslfer-prep finds nothing and exits 1; with --eval-data there is no sample stage.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    probe = tmp_path / "probe.csv"
+    probe.write_text("path,label\n")
+    result = run_demo("--out", str(tmp_path / "out"), "--data", str(empty), "--eval-data", str(probe))
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "demo failed at stage 'prep'" in last_line and "sslfer-prep exited with status 1" in last_line
+    assert "[1/5] prep" in result.stdout and f"sslfer-prep voxceleb {empty}" in result.stdout
+    assert not (tmp_path / "out" / "sample").exists()
+    assert json.loads((tmp_path / "out" / SUMMARY_NAME).read_text())["status"] == "failed at prep"
+
+
+def test_refuses_a_foreign_nonempty_out(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(main, ["--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_rerun_replaces_only_the_demos_own_outputs(tmp_path):
+    for name in OWNED_NAMES:
+        (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("old")
+    (tmp_path / "shards" / "stale.h5").write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    prepare_out(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--crop", "80"], "larger than --resize"),
+    (["--limit", "3"], "--limit applies to --data only"),
+    (["--eval-max", "3"], "--eval-max applies to --eval-data only"),
+])
+def test_bad_option_combinations_are_usage_errors(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "out").exists()
