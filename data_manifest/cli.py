@@ -119,3 +119,7 @@ def merge(out: Path, parts: tuple[Path, ...], allow_mixed: bool, link: bool):
     note = " (MIXED settings: see parts in the manifest)" if merged.mixed else ""
     click.echo(f"merged {len(parts)} parts into {out}: {t['shards']} shards, {t['videos']} videos, "
                f"{t['frames']} frames, {t['failures']} failures{note}")
+
+
+if __name__ == "__main__":
+    main()

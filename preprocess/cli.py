@@ -260,3 +260,7 @@ def videos(params):
 def frames(params):
     """Folders of frame images under ROOT, one folder per clip (sorted numerically); identity = parent folder."""
     _run("frames", lambda: discover_frame_folders(params["root"], params["frames_fps"]), params)
+
+
+if __name__ == "__main__":
+    main()
