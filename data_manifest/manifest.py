@@ -5,7 +5,6 @@ relative POSIX paths; loading refuses absolute paths and paths that climb out of
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, write_json_atomic
+from sslfer_core.file_hash import file_sha256
 from sslfer_core.shard_format import SCHEMA_VERSION as SHARD_SCHEMA_VERSION
 from sslfer_core.shard_format import ShardHeader, ShardReader
 
@@ -22,7 +22,6 @@ FAILURES_NAME = "failures.jsonl"
 MANIFEST_SCHEMA = "sslfer.manifest"
 MANIFEST_VERSION = (1, 0)
 SHARD_SUFFIX = ".h5"
-HASH_BLOCK = 4 << 20
 
 # Header fields that change what a training sample is; shards that differ in any of them are not one dataset.
 HEADER_COMPAT_KEYS = (
@@ -116,17 +115,6 @@ def now_utc() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else datetime.now(timezone.utc)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def file_sha256(path: Path, progress=None) -> str:
-    """Hex sha256 of a file; `progress(nbytes)` is called after each block."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-            if progress:
-                progress(len(block))
-    return digest.hexdigest()
 
 
 def header_compat(header: ShardHeader) -> dict:

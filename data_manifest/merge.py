@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from data_manifest.manifest import (
-    FAILURES_NAME, HASH_BLOCK, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, load_manifest, now_utc,
+    FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, load_manifest, now_utc,
     save_manifest, shard_paths,
 )
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, fsync_directory
+from sslfer_core.file_hash import HASH_BLOCK
 
 MAX_LISTED = 5
 

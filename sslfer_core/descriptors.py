@@ -6,7 +6,6 @@ torch is imported inside the ResNet code only, so the landmark kind works withou
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Protocol
@@ -14,6 +13,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from sslfer_core.file_hash import file_sha256
 from sslfer_core.face_alignment import BROWS, EYES, MEAN_SHAPE, MOUTH, RIGID_POINTS, similarity_matrix, transform_points
 
 RESNET18_KIND = "resnet18-imagenet"
@@ -74,14 +74,6 @@ def download_resnet18_weights() -> Path:
     return resnet18_weights_path()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cpu_has_native_bf16() -> bool:
     # bf16 convolutions only pay off with hardware bf16 dot products (AVX512-BF16 or AMX); emulated they are slower.
     try:
@@ -130,7 +122,7 @@ class ResNet18PatchDescriptor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.weights_path = path
-        self.weights_sha256 = _sha256(path)
+        self.weights_sha256 = file_sha256(path)
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         on_cpu = self.device.type == "cpu"

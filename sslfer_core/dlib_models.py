@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sslfer_core.file_hash import file_sha256
 
 SHAPE_PREDICTOR_NAME = "shape_predictor_68_face_landmarks.dat"
 CNN_DETECTOR_NAME = "mmod_human_face_detector.dat"
@@ -36,11 +37,7 @@ def _file_sha256(path: Path) -> str:
 @functools.lru_cache(maxsize=16)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     # Keyed on size and mtime so a replaced file is hashed again; the 100 MB predictor takes ~0.3 s.
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 def package_model_dir() -> Path | None:

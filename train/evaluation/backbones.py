@@ -15,6 +15,7 @@ import click
 import torch
 from torch import nn
 
+from sslfer_core.file_hash import file_sha256
 from sslfer_core.models import ARCHS, build_backbone, infer_arch
 
 RANDOM_SEED = 0  # `random` is the same network every time
@@ -38,14 +39,6 @@ class LoadedBackbone:
     def describe(self) -> dict:
         return {"name": self.name, "arch": self.arch, "sha256": self.sha256, "source": self.source,
                 "feature_dim": self.feature_dim}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
