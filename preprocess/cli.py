@@ -7,7 +7,6 @@ Exit codes: 0 at least one clip was stored; 1 none was (or the input is empty, o
 from __future__ import annotations
 
 import functools
-import os
 import re
 from pathlib import Path
 
@@ -20,17 +19,11 @@ from preprocess.sources import (
     SourceError, discover_frame_folders, discover_video_folder, discover_video_list, discover_voxceleb,
 )
 from preprocess.space_estimate import human_bytes
+from sslfer_core.cpu_cores import available_cores
 
 EPILOG = ("Exit codes: 0 at least one clip stored; 1 none stored, empty input or run refused; 2 usage error; "
           "130 interrupted (rerun the same command to resume).")
 DESCRIPTOR_CHOICES = ("auto", "resnet18-imagenet", "landmark-geometry", "none")
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _parse_part(ctx, param, value):
@@ -88,7 +81,7 @@ def common_options(func):
                           "face_recognition_models, /usr/share/dlib)."),
         click.option("--shard-size", default=256.0, show_default=True, type=click.FloatRange(min=0.01),
                      help="Approximate shard size in MB (whole videos, never split)."),
-        click.option("--jobs", "-j", default=_cores(), show_default="all cores", type=click.IntRange(min=1),
+        click.option("--jobs", "-j", default=available_cores(), show_default="all cores", type=click.IntRange(min=1),
                      help="Worker processes."),
         click.option("--part", callback=_parse_part, default=None, metavar="I/N",
                      help="Process only slice I of N (by a hash of the video id); "

@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import click
 
 from sslfer_core import __version__
+from train.distributed import cores_per_local_rank
 from train.export import ExportError, export_backbone
 from train.run_config import ARCHS, MASKFN_MODES, RUNTIME_KEYS, RunConfig
 from train.shard_set import ShardSetError
@@ -40,8 +40,7 @@ def main():
 
 def _default_workers() -> int:
     # Leave a core for the training process itself; per rank when torchrun starts several.
-    per_rank = (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(8, per_rank - 1))
+    return max(1, min(8, cores_per_local_rank() - 1))
 
 
 @main.command("train")

@@ -13,6 +13,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from sslfer_core.cpu_cores import available_cores
+
+
+def cores_per_local_rank() -> int:
+    """This process's share of the cores when torchrun starts LOCAL_WORLD_SIZE ranks on the machine."""
+    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
 
 @dataclass
 class DistContext:

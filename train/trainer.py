@@ -24,7 +24,7 @@ from sslfer_core.models import ContrastiveModel
 from train.batch_builder import MaskFNConfig, similarity_stats
 from train.checkpoints import latest_checkpoint
 from train.contrastive_step import ContrastiveStep, StepResult, batch_to_device, step_generator
-from train.distributed import DistContext, barrier, init_distributed, shutdown, sum_across
+from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
 from train.epoch_plan import PlanConfig
 from train.lr_schedule import default_warmup, make_scheduler
 from train.metrics_log import IntervalMeter, MetricsLog
@@ -115,9 +115,7 @@ def _cpu_threads(ctx: DistContext, workers: int) -> int:
     slower per step here. An explicit OMP_NUM_THREADS wins."""
     if ctx.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    torch.set_num_threads(max(1, per_rank - workers))
+    torch.set_num_threads(max(1, cores_per_local_rank() - workers))
     return torch.get_num_threads()
 
 

@@ -2,7 +2,6 @@
 split plans, and the features of one backbone with undecodable / unaligned images accounted for."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,17 +9,11 @@ import click
 import numpy as np
 import torch
 
+from sslfer_core.cpu_cores import available_cores
 from train.evaluation.datasets import LabelledDataset, load_dataset
 from train.evaluation.features import FeatureTable, default_cache_dir, extract_features
 from train.evaluation.images import Preprocessing
 from train.evaluation.splits import SplitPlan, make_plans, require_nonempty, subsample_per_split
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def configure_torch(threads: int | None, device: str) -> torch.device:
