@@ -16,6 +16,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budge
     if (run / "checkpoints").is_dir():
         command = tool("train.cli") + ["train", "--out", str(run), "--resume"]
     elif run.exists():
-        subprocess.run(["rm", "-rf", str(run)], check=True)  # started but no checkpoint yet: start again
+        shutil.rmtree(run)  # started but no checkpoint yet: start again
     took = run_logged(command, out / "logs" / f"train-{name}.log", budget.threads)
     run_logged(tool("train.cli") + ["export", str(run), "-o", str(backbone)], out / "logs" / f"export-{name}.log", 0)
     return backbone, took

@@ -7,6 +7,7 @@ torch is imported inside the ResNet code only, so the landmark kind works withou
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
@@ -49,8 +50,6 @@ def torch_hub_dir() -> Path:
     """torch.hub.get_dir() without importing torch, which costs seconds per process: deciding `auto` must
     not pay for torch when the weights are absent. Same rules: $TORCH_HOME/hub, else
     $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub; torch's own answer once it is loaded."""
-    import sys
-
     if "torch.hub" in sys.modules:
         return Path(sys.modules["torch.hub"].get_dir())
     cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))

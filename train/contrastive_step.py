@@ -39,8 +39,6 @@ def centre_crop(images: Tensor, landmarks: Tensor, fraction: float) -> tuple[Ten
     """Keep the central `fraction` of each (N, S, S, 3) aligned face, landmarks shifted to match. The aligned
     crops keep hair and background for FaceSwap; datasets with tight face crops (FER2013) match better
     when pretraining sees the face at their scale."""
-    if fraction >= 1:
-        return images, landmarks
     side = images.shape[1]
     margin = int(round(side * (1 - fraction) / 2))
     if margin == 0:
