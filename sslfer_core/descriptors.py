@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from sslfer_core.cpu_cores import cpu_has_native_bf16
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.face_alignment import BROWS, EYES, MEAN_SHAPE, MOUTH, RIGID_POINTS, similarity_matrix, transform_points
 
@@ -73,16 +74,6 @@ def download_resnet18_weights() -> Path:
     return resnet18_weights_path()
 
 
-def _cpu_has_native_bf16() -> bool:
-    # bf16 convolutions only pay off with hardware bf16 dot products (AVX512-BF16 or AMX); emulated they are slower.
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            flags = handle.read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def _l2_normalise(rows: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -126,7 +117,7 @@ class ResNet18PatchDescriptor:
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         on_cpu = self.device.type == "cpu"
         if quantized is None:
-            quantized = on_cpu and _cpu_has_native_bf16()
+            quantized = on_cpu and cpu_has_native_bf16()
         self.precision = ("bf16" if on_cpu else "fp16") if quantized else "fp32"
 
         model = torchvision.models.resnet18(weights=None)

@@ -107,3 +107,36 @@ def test_existing_run_needs_resume_and_resume_keeps_settings(shards, tmp_path):
     _assert_one_line_error(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"]),
                            "already holds a run", "--resume")
     _assert_one_line_error(_run(["--out", run, "--resume", "--arch", "resnet50"]), "--arch", code=2)
+
+
+def test_bf16_on_cpu_trains_and_is_recorded(shards, tmp_path):
+    run = tmp_path / "run"
+    result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--timeaug", "--steps", "2", "--precision", "bf16",
+                   "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["precision"] == "bf16" and config["bf16_used"] is True
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) and r["loss"] > 0 for r in records)
+    default = tmp_path / "default"
+    assert _run(["--shards", shards, "--out", default, *TINY_TRAIN, "--steps", "1", "--device", "cpu"]).exit_code == 0
+    assert json.loads((default / "config.json").read_text())["bf16_used"] is False  # auto: fp32 on CPU
+
+
+def test_bf16_autocast_changes_the_forward_pass_on_cpu():
+    from train.contrastive_step import ContrastiveStep
+    from train.distributed import DistContext
+    from sslfer_core.models import ContrastiveModel
+
+    torch.manual_seed(0)
+    model = ContrastiveModel("resnet18", 16).eval()
+    x = torch.randn(4, 3, 32, 32)
+    batch = {"video_ids": torch.arange(8), "row_valid": torch.ones(8, dtype=torch.bool)}
+    outputs = {}
+    for bf16 in (False, True):
+        step = ContrastiveStep(DistContext(), batch_size=4, num_views=2, resize=32, crop=32, bf16=bf16)
+        with torch.no_grad():
+            outputs[bf16] = step.loss(model, torch.cat([x, x]), batch).embeddings
+    difference = (outputs[True] - outputs[False]).abs().max().item()
+    assert 0 < difference < 0.1  # bf16 rounding is visible but small

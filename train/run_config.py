@@ -11,6 +11,7 @@ from sslfer_core import __version__
 RUNTIME_KEYS = frozenset({"shards", "out", "device", "workers", "verify", "log_every", "keep_checkpoints", "compile"})
 MASKFN_MODES = ("positive", "mask")
 ARCHS = ("resnet50", "resnet18")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -45,6 +46,7 @@ class RunConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     device: str = "auto"
+    precision: str = "auto"  # bf16 autocast: auto = on CUDA only
     compile: bool = False
     sync_bn: bool = False
     verify: bool = False
@@ -52,6 +54,8 @@ class RunConfig:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"unknown --arch {self.arch!r}; use {' or '.join(ARCHS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.maskfn_mode not in MASKFN_MODES:
             raise ValueError(f"unknown --maskfn-mode {self.maskfn_mode!r}; use {' or '.join(MASKFN_MODES)}")
         if self.faceswap and self.cutmix:
