@@ -1,0 +1,47 @@
+"""benchmarks/ablation.py without running it: the budgets it would train with and its guard against
+mixing two budgets in one output folder."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_resuming_with_another_budget_is_refused(ablation, tmp_path):
+    small = ablation.BUDGETS["small"]
+    record = tmp_path / "budget.json"
+    ablation.require_same_budget(record, small)  # first use writes the record
+    ablation.require_same_budget(record, small)  # same budget: accepted
+    changed = ablation.Budget(**{**small.__dict__, "lr": small.lr * 3})
+    with pytest.raises(SystemExit, match=r"another budget \(lr: 0\.001 -> 0\.003"):
+        ablation.require_same_budget(record, changed)
+
+
+def test_every_row_trains_with_the_same_budget_and_its_own_flags(ablation):
+    assert len(ablation.ROWS) == 8 and ablation.ROWS["SimCLR"] == ()
+    assert ablation.ROWS["all four"] == ("timeaug", "hardneg", "faceswap", "maskfn")
+    slugs = {ablation.slug(row) for row in ablation.ROWS}
+    assert len(slugs) == 8  # run folders never collide
+    for budget in ablation.BUDGETS.values():
+        assert budget.precision in ("auto", "fp32", "bf16") and budget.lr > 0
+
+
+def test_differences_flag_only_gaps_beyond_two_pooled_std(ablation):
+    results = {"SimCLR": {"macro_f1": (0.25, 0.01)}, "A": {"macro_f1": (0.28, 0.01)},
+               "B": {"macro_f1": (0.26, 0.01)}, "random": {"macro_f1": (0.20, 0.0)}}
+    lines = ablation.differences(results, "SimCLR")
+    assert lines[0].startswith("A vs SimCLR: +3.00") and lines[0].endswith("exceeds the seed spread")
+    assert lines[1].startswith("B vs SimCLR: +1.00") and lines[1].endswith("within the seed spread")
+    assert len(lines) == 2  # random is compared with separately
