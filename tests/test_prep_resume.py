@@ -68,6 +68,8 @@ def test_ctrl_c_exits_130_cleanly_and_the_rerun_completes(clip_root, reference, 
     deadline = time.monotonic() + 60
     while not list((out / ".work" / "videos").glob("*.json")) and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.02)  # wait until the workers are busy with phase 1
+    # Tells the two failure modes apart: the run ended before the signal, or it ignored the signal.
+    assert run.poll() is None, f"prep ended (exit {run.returncode}) before it could be interrupted"
     os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
