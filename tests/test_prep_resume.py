@@ -61,10 +61,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(clip_root, reference, tm
     assert not list(out.rglob(".partial-*"))
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and children inherit that
+    # (a CI runner launched with `&` did); a prep started from a terminal has the default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_cleanly_and_the_rerun_completes(clip_root, reference, tmp_path):
     out = tmp_path / "out"
     run = prep_process("videos", clip_root, "--out", out, "--jobs", "2", "--descriptor", "landmark-geometry",
-                       start_new_session=True)
+                       start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
     deadline = time.monotonic() + 60
     while not list((out / ".work" / "videos").glob("*.json")) and time.monotonic() < deadline and run.poll() is None:
         time.sleep(0.02)  # wait until the workers are busy with phase 1
