@@ -135,7 +135,9 @@ def test_bf16_autocast_changes_the_forward_pass_on_cpu():
     batch = {"video_ids": torch.arange(8), "row_valid": torch.ones(8, dtype=torch.bool)}
     outputs = {}
     for bf16 in (False, True):
-        step = ContrastiveStep(DistContext(), batch_size=4, num_views=2, resize=32, crop=32, bf16=bf16)
+        step = ContrastiveStep(DistContext(), batch_size=4, num_views=2, resize=32, crop=32,
+                               precision="bf16" if bf16 else "fp32")
+        assert step.bf16 is bf16 and step.channels_last is bf16  # CPU: channels_last only with bf16
         with torch.no_grad():
             outputs[bf16] = step.loss(model, torch.cat([x, x]), batch).embeddings
     difference = (outputs[True] - outputs[False]).abs().max().item()

@@ -46,10 +46,15 @@ def centre_crop(images: Tensor, landmarks: Tensor, fraction: float) -> tuple[Ten
     return images[:, margin:side - margin, margin:side - margin], landmarks - margin
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """bf16 autocast for the network (--precision): auto = on CUDA only; bf16 anywhere when asked for."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 class ContrastiveStep:
     def __init__(self, ctx: DistContext, *, batch_size: int, num_views: int, resize: int, crop: int,
                  temperature: float = 0.07, maskfn: MaskFNConfig | None = None, face_crop: float = 1.0,
-                 bf16: bool | None = None):
+                 precision: str = "auto"):
         if not 0 < face_crop <= 1:
             raise ValueError(f"face_crop must be in (0, 1], got {face_crop}")
         self.ctx = ctx
@@ -58,8 +63,9 @@ class ContrastiveStep:
         self.augment = BatchAugment(AugmentConfig(resize=resize, crop=crop))
         self.temperature = temperature
         self.maskfn = maskfn
-        self.bf16 = ctx.device.type == "cuda" if bf16 is None else bf16
-        # channels_last pays off on CUDA and with bf16 kernels; in fp32 on CPU it was slower.
+        self.bf16 = uses_bf16(precision, ctx.device)
+        # channels_last pays off on CUDA and with bf16 kernels; in fp32 on CPU it was slower. The trainer lays
+        # the model out to match.
         self.channels_last = ctx.device.type == "cuda" or self.bf16
 
     def views(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> Tensor:

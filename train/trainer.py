@@ -119,12 +119,8 @@ def _cpu_threads(ctx: DistContext, workers: int) -> int:
     return torch.get_num_threads()
 
 
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast for the network: always on CUDA under auto; on CPU only when asked for."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
-def _record_config(cfg: RunConfig, ctx: DistContext, data: _Data, run_dir: Path, resuming: bool) -> None:
+def _record_config(cfg: RunConfig, ctx: DistContext, data: _Data, run_dir: Path, resuming: bool,
+                   bf16: bool) -> None:
     """Write config.json for a new run; for a resumed one, refuse different shards."""
     if resuming:
         if read_run_config(run_dir).get("manifest_sha256") != data.manifest_sha256:
@@ -135,18 +131,18 @@ def _record_config(cfg: RunConfig, ctx: DistContext, data: _Data, run_dir: Path,
         write_json_atomic(run_dir / CONFIG_NAME, dict(
             cfg.to_json(), ablation=cfg.ablation, code_version=code_version(), manifest_sha256=data.manifest_sha256,
             world_size=ctx.world_size, workers_used=data.workers, device_used=str(ctx.device),
-            bf16_used=uses_bf16(cfg.precision, ctx.device),
+            bf16_used=bf16,
             steps_per_epoch=data.steps_per_epoch, total_steps=data.total_steps,
             warmup_steps_used=data.warmup_steps, frames=data.index.num_frames, videos=data.index.num_videos,
             torch_version=torch.__version__))
 
 
-def _build_state(cfg: RunConfig, ctx: DistContext, data: _Data) -> RunState:
+def _build_state(cfg: RunConfig, ctx: DistContext, data: _Data, channels_last: bool) -> RunState:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = ContrastiveModel(cfg.arch, cfg.proj_dim).to(ctx.device)
-    if ctx.device.type == "cuda" or uses_bf16(cfg.precision, ctx.device):
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -183,22 +179,23 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
     barrier(ctx)  # every rank has looked before rank 0 writes config.json
     data = _prepare_data(cfg, ctx, echo)
     threads = _cpu_threads(ctx, data.workers)
-    _record_config(cfg, ctx, data, run_dir, resume_from is not None)
-    state = _build_state(cfg, ctx, data)
+    views = data.stream.config.num_views
+    objective = ContrastiveStep(ctx, batch_size=cfg.batch_size // ctx.world_size, num_views=views,
+                                resize=cfg.resize, crop=cfg.crop, temperature=cfg.temperature,
+                                face_crop=cfg.face_crop, precision=cfg.precision,
+                                maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda)
+                                if cfg.maskfn else None)
+    _record_config(cfg, ctx, data, run_dir, resume_from is not None, objective.bf16)
+    state = _build_state(cfg, ctx, data, objective.channels_last)
     if resume_from is not None:
         state.restore(resume_from)
         echo(f"resuming {run_dir} from {resume_from.name} (step {state.step}, epoch {state.epoch})")
     net = _wrap(state.model, cfg, ctx)
-    views = data.stream.config.num_views
     echo(f"{cfg.ablation}, {cfg.arch}, seed {cfg.seed}: {data.index.num_videos} videos / {data.index.num_frames} "
          f"frames in {len(data.index.paths)} shards; {ctx.world_size} rank(s) x {data.workers} loader worker(s) "
-         f"on {ctx.device} ({threads} torch threads{', bf16' if uses_bf16(cfg.precision, ctx.device) else ''}); {cfg.batch_size} anchors x {views} views per step; {data.steps_per_epoch} steps/epoch, "
+         f"on {ctx.device} ({threads} torch threads{', bf16' if objective.bf16 else ''}); "
+         f"{cfg.batch_size} anchors x {views} views per step; {data.steps_per_epoch} steps/epoch, "
          f"{data.total_steps} steps")
-    objective = ContrastiveStep(ctx, batch_size=cfg.batch_size // ctx.world_size, num_views=views,
-                                resize=cfg.resize, crop=cfg.crop, temperature=cfg.temperature,
-                                face_crop=cfg.face_crop, bf16=uses_bf16(cfg.precision, ctx.device),
-                                maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda)
-                                if cfg.maskfn else None)
     metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None)
                if ctx.is_main else None)
     bar = TrainProgress(data.total_steps, state.step, enabled=progress if ctx.is_main else False)
