@@ -2,7 +2,8 @@
 no per-image Python loop; runs on whatever device the images are on (CPU included).
 
 Pipeline (docs/method.md has the definitions and the reasons for each choice):
-resize -> random crop + horizontal flip -> landmark-region mask -> colour jitter (random order)
+resize -> random crop (fixed size, or a random-resized box when crop_area is set) + horizontal flip
+-> landmark-region mask -> colour jitter (random order)
 -> grayscale -> Gaussian blur -> ImageNet normalisation.
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ class AugmentConfig:
     landmark_mask_p: float = 0.8
     normalize: bool = True
     mask_fill: str = "mean"  # "mean": the image's mean colour; "zero": black
+    # None: a crop x crop window of the resized face. (lo, hi): SimCLR's random-resized crop, a box of
+    # lo..hi of the resized face's area, aspect 3/4..4/3, resampled to crop x crop.
+    crop_area: tuple | None = None
 
     def __post_init__(self):
         if not 0 < self.crop <= self.resize:
@@ -52,6 +56,9 @@ class AugmentConfig:
             raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma must be 0 < low <= high, got {self.blur_sigma}")
+        if self.crop_area is not None and not (len(self.crop_area) == 2
+                                               and 0 < self.crop_area[0] <= self.crop_area[1] <= 1):
+            raise ValueError(f"crop_area must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_area}")
         if self.mask_fill not in MASK_FILLS:
             raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {self.mask_fill!r}")
 
@@ -168,6 +175,12 @@ class BatchAugment:
             "gray": uniform(n) < cfg.gray_p,
             "blur": uniform(n) < cfg.blur_p,
             "sigma": lo + (hi - lo) * uniform(n),
+            # random-resized crop: area fraction, log aspect ratio, box position (drawn last, so the
+            # draws above keep their values whether or not crop_area is set)
+            "box_area": uniform(n),
+            "box_log_aspect": uniform(n),
+            "box_x": uniform(n),
+            "box_y": uniform(n),
         }
         return {k: v.to(device) for k, v in params.items()}
 
@@ -184,7 +197,10 @@ class BatchAugment:
             raise ValueError(f"landmarks must be ({images.shape[0]}, 68, 2), got {tuple(landmarks.shape)}")
         cfg = self.config
         x, lm = self._resize(images, landmarks)
-        x, lm = self._crop_and_flip(x, lm, params["crop_x"], params["crop_y"], params["flip"])
+        if cfg.crop_area is None:
+            x, lm = self._crop_and_flip(x, lm, params["crop_x"], params["crop_y"], params["flip"])
+        else:
+            x, lm = self._resized_crop_and_flip(x, lm, params)
         if lm is not None:
             self._mask_(x, lm, params["mask"], params["mask_region"])
         self._jitter_(x, params)
@@ -230,6 +246,36 @@ class BatchAugment:
             lm = landmarks.to(x.device).float() - torch.stack([cx, cy], dim=1)[:, None].float()
             mirrored_x = torch.where(flip[:, None], c - 1 - lm[..., 0], lm[..., 0])
             landmarks = torch.stack([mirrored_x, lm[..., 1]], dim=-1)
+        return out, landmarks
+
+    def _resized_crop_and_flip(self, x: Tensor, landmarks: Tensor | None,
+                               params: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Per-sample box of random area and aspect, resampled (bilinear) to crop x crop and mirrored for
+        flipped samples, as one affine grid_sample; returns (N,3,c,c) float in [0,1] and the landmarks
+        moved into the output's pixel frame."""
+        n, size = x.shape[0], x.shape[1]
+        c = self.config.crop
+        lo, hi = self.config.crop_area
+        area = (lo + (hi - lo) * params["box_area"].float()) * size * size
+        aspect = torch.exp(math.log(3 / 4) + math.log(16 / 9) * params["box_log_aspect"].float())
+        w = (area * aspect).sqrt().clamp(max=size)
+        h = (area / aspect).sqrt().clamp(max=size)
+        left, top = params["box_x"].float() * (size - w), params["box_y"].float() * (size - h)
+        # Normalised coordinates (align_corners=False): -1 and 1 are the outer pixel edges.
+        centre = torch.stack([2 * (left + w / 2) / size - 1, 2 * (top + h / 2) / size - 1], dim=1)
+        half = torch.stack([w / size, h / size], dim=1)
+        sign = torch.where(params["flip"], -1.0, 1.0).to(half)
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0], theta[:, 1, 1] = half[:, 0] * sign, half[:, 1]
+        theta[:, :, 2] = centre
+        grid = F.affine_grid(theta, [n, 3, c, c], align_corners=False)
+        source = x.permute(0, 3, 1, 2).float().div(255.0)
+        out = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = out.clamp_(0.0, 1.0).contiguous()
+        if landmarks is not None:
+            normalised = 2 * (landmarks.to(x.device).float() + 0.5) / size - 1
+            u = (normalised - centre[:, None]) / (half * torch.stack([sign, torch.ones_like(sign)], 1))[:, None]
+            landmarks = (u + 1) * c / 2 - 0.5
         return out, landmarks
 
     def _mask_(self, x: Tensor, landmarks: Tensor, mask: Tensor, region: Tensor) -> None:

@@ -22,3 +22,12 @@ def test_face_crop_is_validated():
     with pytest.raises(ValueError, match="face-crop"):
         RunConfig(shards="s", out="o", steps=1, face_crop=0.0)
     assert RunConfig.from_json({"shards": "s", "out": "o", "steps": 1}).face_crop == 1.0  # older runs
+
+
+def test_crop_area_is_validated_and_survives_config_json():
+    with pytest.raises(ValueError, match="crop-area"):
+        RunConfig(shards="s", out="o", steps=1, crop_area=(0.9, 0.2))
+    cfg = RunConfig(shards="s", out="o", steps=1, crop_area=[0.25, 1])  # as read back from config.json
+    assert cfg.crop_area == (0.25, 1.0)
+    assert RunConfig.from_json(cfg.to_json()).differences(cfg) == []
+    assert RunConfig.from_json({"shards": "s", "out": "o", "steps": 1}).crop_area is None  # older runs

@@ -251,3 +251,50 @@ def test_cutmix_pastes_the_inner_face_box_and_nothing_else():
     nan_landmarks = landmarks.clone()
     nan_landmarks[0, 30] = float("nan")
     assert torch.equal(cutmix_inner_face(target, source, nan_landmarks)[0], target[0])
+
+
+def test_resized_crop_of_the_whole_square_face_is_the_face_and_its_mirror():
+    aug = BatchAugment(AugmentConfig(resize=40, crop=40, crop_area=(1.0, 1.0), normalize=False))
+    images = random_images(2, 40, seed=5)
+    params = plain_params(aug, 2, flip=[False, True], box_log_aspect=[0.5, 0.5])  # aspect exactly 1
+    out = aug.apply_params(images, None, params)
+    assert torch.allclose(out[0], as_float(images)[0], atol=1e-5)
+    assert torch.allclose(out[1], as_float(images)[1].flip(-1), atol=1e-5)
+
+
+def test_resized_crop_boxes_cover_the_asked_area_and_landmarks_follow_the_pixels():
+    size, crop, n = 56, 48, 48
+    aug = BatchAugment(AugmentConfig(resize=size, crop=crop, crop_area=(0.4, 0.9), normalize=False))
+    points = torch.randint(10, 46, (n, 2), generator=torch.Generator().manual_seed(2))
+    images = torch.zeros(n, size, size, 3, dtype=torch.uint8)
+    images[torch.arange(n), points[:, 1], points[:, 0]] = 255  # one bright pixel per image
+    landmarks = points[:, None].float().expand(n, 68, 2)
+    params = plain_params(aug, n, flip=torch.arange(n) % 2 == 1)
+    for key in ("box_area", "box_log_aspect", "box_x", "box_y"):
+        params[key] = torch.rand(n, generator=torch.Generator().manual_seed(len(key)))
+    out, moved = aug._resized_crop_and_flip(images, landmarks, params)
+    assert out.shape == (n, 3, crop, crop)
+    grid = torch.arange(crop, dtype=torch.float32)
+    seen = 0
+    for i in range(n):
+        weight = out[i, 0]
+        if weight.sum() < 0.05 or weight[0].any() or weight[-1].any() or weight[:, 0].any() or weight[:, -1].any():
+            continue  # the dot fell outside the box or on its border
+        centroid = torch.stack([(weight.sum(0) * grid).sum(), (weight.sum(1) * grid).sum()]) / weight.sum()
+        assert torch.allclose(centroid, moved[i, 0], atol=0.3), (i, centroid, moved[i, 0])
+        seen += 1
+    assert seen >= n // 3
+    # The landmark map's zoom gives each box's side: area within the asked fraction, aspect within 3/4..4/3.
+    probe = torch.tensor([[0.0, 0.0], [10.0, 10.0]]).expand(n, 2, 2)
+    _, mapped = aug._resized_crop_and_flip(images, torch.cat([probe, landmarks[:, 2:]], 1), params)
+    zoom = (mapped[:, 1] - mapped[:, 0]).abs() / 10.0
+    width, height = crop / zoom[:, 0], crop / zoom[:, 1]
+    area = width * height / size ** 2
+    assert area.min() >= 0.4 - 1e-3 and area.max() <= 0.9 + 1e-3 and area.max() - area.min() > 0.3
+    assert (width / height).min() >= 0.75 - 1e-3 and (width / height).max() <= 4 / 3 + 1e-3
+
+
+@pytest.mark.parametrize("bad", [(0.0, 1.0), (0.8, 0.5), (0.5, 1.2), (0.5,)])
+def test_bad_crop_areas_are_refused(bad):
+    with pytest.raises(ValueError, match="crop_area"):
+        AugmentConfig(crop_area=bad)

@@ -109,6 +109,17 @@ def test_existing_run_needs_resume_and_resume_keeps_settings(shards, tmp_path):
     _assert_one_line_error(_run(["--out", run, "--resume", "--arch", "resnet50"]), "--arch", code=2)
 
 
+def test_crop_area_trains_is_recorded_and_kept_on_resume(shards, tmp_path):
+    run = tmp_path / "run"
+    result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "2", "--ckpt-every", "1",
+                   "--crop-area", "0.3", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["crop_area"] == [0.3, 1.0]
+    _assert_one_line_error(_run(["--out", run, "--resume", "--crop-area", "0.5", "1"]), "--crop-area", code=2)
+    _assert_one_line_error(_run(["--shards", shards, "--out", tmp_path / "bad", *TINY_TRAIN, "--steps", "1",
+                                 "--crop-area", "0", "1"]), "--crop-area", code=2)
+
+
 def test_bf16_on_cpu_trains_and_is_recorded(shards, tmp_path):
     run = tmp_path / "run"
     result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--timeaug", "--steps", "2", "--precision", "bf16",

@@ -73,6 +73,9 @@ def _default_workers() -> int:
 @click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Central fraction of the stored aligned face kept before --resize (e.g. 0.72 for tight crops "
                    "like FER2013's).")
+@click.option("--crop-area", type=(float, float), default=None, metavar="LO HI",
+              help="Random-resized crop: a box of LO..HI of the face's area (aspect 3/4..4/3) resized to --crop "
+                   "[default: a fixed --crop window of the --resize face].")
 @click.option("--swap-p", type=click.FloatRange(0, 1), default=0.8, show_default=True,
               help="Probability that a positive is its FaceSwap (or CutMix) version.")
 @click.option("--pool-videos", type=click.IntRange(min=1), default=64, show_default=True,

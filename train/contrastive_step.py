@@ -13,6 +13,7 @@ from sslfer_core.gpu_augment import AugmentConfig, BatchAugment, cutmix_inner_fa
 from sslfer_core.losses import multi_positive_nt_xent
 from train.batch_builder import LossInputs, MaskFNConfig, build_loss_inputs
 from train.distributed import DistContext, gather, gather_with_grad
+from train.precision import uses_bf16
 
 
 @dataclass
@@ -46,21 +47,16 @@ def centre_crop(images: Tensor, landmarks: Tensor, fraction: float) -> tuple[Ten
     return images[:, margin:side - margin, margin:side - margin], landmarks - margin
 
 
-def uses_bf16(precision: str, device: torch.device) -> bool:
-    """bf16 autocast for the network (--precision): auto = on CUDA only; bf16 anywhere when asked for."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
 class ContrastiveStep:
     def __init__(self, ctx: DistContext, *, batch_size: int, num_views: int, resize: int, crop: int,
                  temperature: float = 0.07, maskfn: MaskFNConfig | None = None, face_crop: float = 1.0,
-                 precision: str = "auto"):
+                 crop_area: tuple[float, float] | None = None, precision: str = "auto"):
         if not 0 < face_crop <= 1:
             raise ValueError(f"face_crop must be in (0, 1], got {face_crop}")
         self.ctx = ctx
         self.face_crop = face_crop
         self.batch_size, self.num_views = batch_size, num_views  # per rank
-        self.augment = BatchAugment(AugmentConfig(resize=resize, crop=crop))
+        self.augment = BatchAugment(AugmentConfig(resize=resize, crop=crop, crop_area=crop_area))
         self.temperature = temperature
         self.maskfn = maskfn
         self.bf16 = uses_bf16(precision, ctx.device)

@@ -6,12 +6,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sslfer_core import __version__
+from train.precision import PRECISIONS
 
 # May differ when a run is resumed (where the data lives, how it is read, how often to log).
 RUNTIME_KEYS = frozenset({"shards", "out", "device", "workers", "verify", "log_every", "keep_checkpoints", "compile"})
 MASKFN_MODES = ("positive", "mask")
 ARCHS = ("resnet50", "resnet18")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -38,6 +38,7 @@ class RunConfig:
     resize: int = 128
     crop: int = 112
     face_crop: float = 1.0  # central fraction of the stored aligned face kept before --resize
+    crop_area: tuple[float, float] | None = None  # random-resized crop's area range; None = fixed --crop window
     swap_p: float = 0.8
     pool_videos: int = 64
     workers: int = 1
@@ -66,6 +67,10 @@ class RunConfig:
             raise ValueError("give --steps or --epochs, not both")
         if not 0 < self.face_crop <= 1:
             raise ValueError(f"--face-crop must be in (0, 1], got {self.face_crop}")
+        if self.crop_area is not None:
+            self.crop_area = tuple(float(v) for v in self.crop_area)  # config.json gives a list
+            if not (len(self.crop_area) == 2 and 0 < self.crop_area[0] <= self.crop_area[1] <= 1):
+                raise ValueError(f"--crop-area needs 0 < LO <= HI <= 1, got {' '.join(map(str, self.crop_area))}")
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"need 0 < --crop <= --resize, got {self.crop} and {self.resize}")
 

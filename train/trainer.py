@@ -182,7 +182,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
     views = data.stream.config.num_views
     objective = ContrastiveStep(ctx, batch_size=cfg.batch_size // ctx.world_size, num_views=views,
                                 resize=cfg.resize, crop=cfg.crop, temperature=cfg.temperature,
-                                face_crop=cfg.face_crop, precision=cfg.precision,
+                                face_crop=cfg.face_crop, crop_area=cfg.crop_area, precision=cfg.precision,
                                 maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda)
                                 if cfg.maskfn else None)
     _record_config(cfg, ctx, data, run_dir, resume_from is not None, objective.bf16)
