@@ -50,6 +50,25 @@ def test_linear_probe_separates_patterns_and_caches_features(tmp_path):
     assert len(list(cache.glob("*.npz"))) == 2
 
 
+def test_bf16_features_are_close_to_fp32_cached_apart_and_recorded(tmp_path):
+    data = write_pattern_folder(tmp_path / "patterns", {"train": 12, "val": 4, "test": 6})
+    cache = tmp_path / "cache"
+    tables = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        _run(["linear", "--backbone", "random", "--data", str(data), "--out", str(out), "--cache-dir", str(cache),
+              *FAST, "--precision", precision])
+        entry = json.loads((out / "results.json").read_text())["backbones"][0]
+        assert entry["features"]["cache_hit"] is False and entry["features"]["bf16"] is (precision == "bf16")
+        tables[precision] = entry
+    files = sorted(cache.glob("*.npz"), key=lambda p: p.stat().st_mtime)
+    assert len(files) == 2  # bf16 features never stand in for fp32 ones, or the reverse
+    fp32, bf16 = (np.load(f)["features"] for f in files)
+    error = np.linalg.norm(fp32 - bf16) / np.linalg.norm(fp32)
+    assert 0 < error < 0.05, error  # autocast really ran, and only rounding differs
+    assert tables["bf16"]["runs"][0]["test"]["accuracy"] >= 0.9
+
+
 def test_regression_known_answers_end_to_end(tmp_path):
     """Four distinct images, each with its own (valence, arousal); train/val/test hold copies of them.
 

@@ -27,6 +27,7 @@ from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payl
 from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
                                       table_rows, write_results)
 from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
+from train.precision import PRECISIONS, uses_bf16
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -83,6 +84,9 @@ protocol_options = _options(
     click.option("--task", type=click.Choice(TASK_CHOICES), default="auto", show_default=True,
                  help="auto = every task the labels allow (classes and/or valence-arousal)."),
 )
+precision_option = click.option(
+    "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+    help="Feature extraction under bf16 autocast: auto = on CUDA only; bf16 pays on CPUs with AVX512-BF16/AMX.")
 run_options = _options(
     click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
                  help="Write results.json (and predictions) here."),
@@ -126,6 +130,7 @@ def main():
 @input_options
 @protocol_options
 @run_options
+@precision_option
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Feature extraction batch.")
 @click.option("--weight-decays", default="0,1e-4,1e-3,1e-2,1e-1", show_default=True, help="Grid searched on validation.")
 @click.option("--max-iterations", type=click.IntRange(1), default=300, show_default=True,
@@ -146,7 +151,8 @@ def linear(**params):
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
         table, bad, extraction = session.backbone_features(
             backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
-            device=device, dlib_model_dir=params["dlib_models"], reported=reported)
+            device=device, dlib_model_dir=params["dlib_models"], reported=reported,
+            bf16=uses_bf16(params["precision"], device))
         plans = session.usable_plans(setup.plans, bad, dataset.path)
         heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
         fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, preprocessing.image_size)
@@ -202,6 +208,7 @@ def finetune(**params):
 @click.option("--seeds", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
 @run_options
+@precision_option
 def identity(**params):
     device = session.configure_torch(params["threads"], params["device"])
     dataset = load_dataset(params["data"], "folder")
@@ -215,7 +222,8 @@ def identity(**params):
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
         table, bad, extraction = session.backbone_features(
             backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
-            device=device, dlib_model_dir=params["dlib_models"], reported=reported)
+            device=device, dlib_model_dir=params["dlib_models"], reported=reported,
+            bf16=uses_bf16(params["precision"], device))
         good = np.flatnonzero(table.ok)
         runs = []
         for seed in range(params["seeds"]):

@@ -86,26 +86,26 @@ def record_problems(dataset: LabelledDataset, kind: str, indices, reported: set[
 
 def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preprocessing, *, cache_dir: Path | None,
                       batch_size: int, workers: int, device: torch.device, dlib_model_dir: str | None,
-                      reported: set[tuple[str, str]]) -> tuple[FeatureTable, np.ndarray, dict]:
+                      reported: set[tuple[str, str]], bf16: bool = False) -> tuple[FeatureTable, np.ndarray, dict]:
     """Features for every record, the indices of undecodable images, and a JSON-ready summary.
 
     Undecodable images and alignment failures are added to the dataset's problems once (sources in `reported`).
     """
     table = extract_features(backbone.model, backbone.sha256, dataset.records, preprocessing, cache_dir=cache_dir,
                              batch_size=batch_size, workers=workers, device=device, dlib_model_dir=dlib_model_dir,
-                             label=f"features {backbone.name}")
+                             label=f"features {backbone.name}", bf16=bf16)
     bad = np.flatnonzero(~table.ok)
     unaligned = np.flatnonzero(table.ok & ~table.aligned) if preprocessing.align else np.zeros(0, dtype=np.int64)
     record_problems(dataset, "corrupt image", bad, reported)
     record_problems(dataset, "could not be aligned (kept unaligned)", unaligned, reported)
     summary = {"images": len(dataset.records), "cache_hit": table.cache_hit, "seconds": round(table.seconds, 2),
-               "undecodable": int(len(bad))}
+               "undecodable": int(len(bad)), "bf16": bf16}
     if preprocessing.align:
         summary["not_aligned"] = int(len(unaligned))
     if not table.cache_hit:
         rate = len(dataset.records) / max(table.seconds, 1e-9)
         click.echo(f"{backbone.name}: features of {len(dataset.records)} images in {table.seconds:.1f} s "
-                   f"({rate:.0f} images/s, {torch.get_num_threads()} threads, {device})", err=True)
+                   f"({rate:.0f} images/s, {torch.get_num_threads()} threads, {device}{', bf16' if bf16 else ''})", err=True)
     return table, bad, summary
 
 
