@@ -27,6 +27,12 @@ def test_resuming_with_another_budget_is_refused(ablation, tmp_path):
     changed = ablation.Budget(**{**small.__dict__, "lr": small.lr * 3})
     with pytest.raises(SystemExit, match=r"another budget \(lr: 0\.001 -> 0\.003"):
         ablation.require_same_budget(record, changed)
+    cropped = ablation.Budget(**{**small.__dict__, "crop_area": (0.3, 0.9)})
+    other = tmp_path / "other.json"
+    ablation.require_same_budget(other, cropped)
+    ablation.require_same_budget(other, cropped)  # the record's list equals the budget's tuple
+    with pytest.raises(SystemExit, match="crop_area"):
+        ablation.require_same_budget(other, small)
 
 
 def test_every_row_trains_with_the_same_budget_and_its_own_flags(ablation):
