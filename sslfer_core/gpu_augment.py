@@ -26,6 +26,11 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 MASK_FILLS = ("mean", "zero")
 
 
+def valid_crop_area(area) -> bool:
+    """A random-resized crop's area range: (lo, hi) with 0 < lo <= hi <= 1."""
+    return len(area) == 2 and 0 < area[0] <= area[1] <= 1
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     resize: int = 128
@@ -56,8 +61,7 @@ class AugmentConfig:
             raise ValueError(f"blur_kernel must be odd and positive, got {self.blur_kernel}")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma must be 0 < low <= high, got {self.blur_sigma}")
-        if self.crop_area is not None and not (len(self.crop_area) == 2
-                                               and 0 < self.crop_area[0] <= self.crop_area[1] <= 1):
+        if self.crop_area is not None and not valid_crop_area(self.crop_area):
             raise ValueError(f"crop_area must be (lo, hi) with 0 < lo <= hi <= 1, got {self.crop_area}")
         if self.mask_fill not in MASK_FILLS:
             raise ValueError(f"mask_fill must be one of {MASK_FILLS}, got {self.mask_fill!r}")

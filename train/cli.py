@@ -15,6 +15,7 @@ import click
 from sslfer_core import __version__
 from train.distributed import cores_per_local_rank
 from train.export import ExportError, export_backbone
+from train.precision import PRECISIONS
 from train.run_config import ARCHS, MASKFN_MODES, RUNTIME_KEYS, RunConfig
 from train.shard_set import ShardSetError
 from train.trainer import TrainingError, read_run_config, train
@@ -88,7 +89,7 @@ def _default_workers() -> int:
 @click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="bf16 autocast for the network: auto = on CUDA only; bf16 on CPU pays off where the CPU has "
                    "AVX512-BF16 or AMX (1.3-1.5x for ResNet-18 at 48-64 px here).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")

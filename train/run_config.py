@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sslfer_core import __version__
+from sslfer_core.gpu_augment import valid_crop_area
 from train.precision import PRECISIONS
 
 # May differ when a run is resumed (where the data lives, how it is read, how often to log).
@@ -69,7 +70,7 @@ class RunConfig:
             raise ValueError(f"--face-crop must be in (0, 1], got {self.face_crop}")
         if self.crop_area is not None:
             self.crop_area = tuple(float(v) for v in self.crop_area)  # config.json gives a list
-            if not (len(self.crop_area) == 2 and 0 < self.crop_area[0] <= self.crop_area[1] <= 1):
+            if not valid_crop_area(self.crop_area):
                 raise ValueError(f"--crop-area needs 0 < LO <= HI <= 1, got {' '.join(map(str, self.crop_area))}")
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"need 0 < --crop <= --resize, got {self.crop} and {self.resize}")

@@ -146,13 +146,13 @@ def linear(**params):
                                loss=params["loss"], select_metric=params["select_metric"],
                                ridge_alphas=_floats(params["ridge_alphas"]))
     cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
+    bf16 = uses_bf16(params["precision"], device)
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
         table, bad, extraction = session.backbone_features(
             backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
-            device=device, dlib_model_dir=params["dlib_models"], reported=reported,
-            bf16=uses_bf16(params["precision"], device))
+            device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
         plans = session.usable_plans(setup.plans, bad, dataset.path)
         heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
         fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, preprocessing.image_size)
@@ -217,13 +217,13 @@ def identity(**params):
     preprocessing = Preprocessing(params["image_size"], params["align"])
     workers = session.default_workers() if params["workers"] is None else params["workers"]
     cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
+    bf16 = uses_bf16(params["precision"], device)
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
         table, bad, extraction = session.backbone_features(
             backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
-            device=device, dlib_model_dir=params["dlib_models"], reported=reported,
-            bf16=uses_bf16(params["precision"], device))
+            device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
         good = np.flatnonzero(table.ok)
         runs = []
         for seed in range(params["seeds"]):
