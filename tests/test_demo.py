@@ -19,28 +19,54 @@ TINY = ["--clips", "1", "--seconds", "4", "--steps", "3", "--batch-size", "4", "
 STAGES = ["sample", "prep", "verify", "train", "export", "eval"]
 
 
-def run_demo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train.demo", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=900)
+NO_NETWORK = ["unshare", "--user", "--map-root-user", "--net"]  # a namespace with only loopback
+
+
+def network_interfaces(prefix: list) -> list:
+    """Interface names seen by a Python started under `prefix`, or [] when the prefix cannot run here."""
+    probe = "import socket; print(' '.join(name for _, name in socket.if_nameindex()))"
+    try:
+        result = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def run_demo(*args: str, prefix: list = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-m", "train.demo", *args], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
+    """The tiny demo, run with no network where user namespaces allow it (the interfaces it saw are kept)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    result = run_demo("--out", str(out), *TINY)
+    offline = network_interfaces(NO_NETWORK) == ["lo"]
+    result = run_demo("--out", str(out), *TINY, prefix=NO_NETWORK if offline else ())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return out, result.stdout
+    return out, result.stdout, offline
+
+
+def test_demo_runs_with_no_network(demo_out):
+    # The fixture ran the demo in a namespace whose only interface is loopback: nothing downloaded at run time.
+    _, _, offline = demo_out
+    if not offline:
+        pytest.skip("unshare --user --net is not available here, so the demo ran with the network present")
+    probe = ("import errno, socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=5)\n"
+             "except OSError as e:\n    print(e.errno == errno.ENETUNREACH)")
+    result = subprocess.run([*NO_NETWORK, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "True", result.stdout + result.stderr
 
 
 def test_demo_shards_verify_and_hold_both_identities(demo_out):
-    out, _ = demo_out
+    out, _, _ = demo_out
     assert [p for p in verify_shards(out / "shards") if p.severity == ERROR] == []
     totals = json.loads((out / "shards" / "manifest.json").read_text())["totals"]
     assert totals["identities"] == 2 and totals["videos"] == 2 and totals["frames"] == 40
 
 
 def test_demo_trains_the_requested_steps_with_all_four_strategies(demo_out):
-    out, _ = demo_out
+    out, _, _ = demo_out
     config = json.loads((out / "run" / "config.json").read_text())
     assert config["total_steps"] == 3 and config["arch"] == "resnet18"
     assert all(config[flag] for flag in ("timeaug", "hardneg", "faceswap", "maskfn"))
@@ -49,14 +75,14 @@ def test_demo_trains_the_requested_steps_with_all_four_strategies(demo_out):
 
 
 def test_demo_backbone_loads_into_torchvision_resnet18_with_only_fc_missing(demo_out):
-    out, _ = demo_out
+    out, _, _ = demo_out
     state = torch.load(out / "backbone.pt", weights_only=True)
     missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
 
 
 def test_demo_results_compare_the_pretrained_and_random_backbones(demo_out):
-    out, stdout = demo_out
+    out, stdout, _ = demo_out
     results = json.loads((out / "eval" / "results.json").read_text())
     rows = results["backbones"]
     assert [row["backbone"]["name"] for row in rows] == ["backbone", "random-resnet18"]
@@ -75,7 +101,7 @@ def test_demo_results_compare_the_pretrained_and_random_backbones(demo_out):
 
 
 def test_demo_summary_records_every_stage(demo_out):
-    out, _ = demo_out
+    out, _, _ = demo_out
     summary = json.loads((out / SUMMARY_NAME).read_text())
     assert summary["status"] == "ok"
     assert [stage["name"] for stage in summary["stages"]] == STAGES
