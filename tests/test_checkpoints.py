@@ -1,12 +1,16 @@
 """Checkpoint files: atomic names, newest-few retention, ignored partial writes, RNG round trip."""
 import random
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+
+import train.checkpoints
 
 from sslfer_core.atomic_files import TEMP_PREFIX
 from train.checkpoints import (
-    checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_states, rng_states,
+    CheckpointWriteError, checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_states, rng_states,
     save_checkpoint,
 )
 
@@ -51,3 +55,20 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path):
     restore_rng_states(load_checkpoint(latest_checkpoint(tmp_path))["rng"])
     got = (random.random(), np.random.rand(), torch.rand(1))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_full_disk_gives_a_resumable_error_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, 4, {"step": 4}, keep=3)
+
+    def save_half_then_fail(state, path):  # what torch.save does when the disk fills mid-write
+        Path(path).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 97787840 vs 97787732\nmore")
+
+    monkeypatch.setattr(train.checkpoints.torch, "save", save_half_then_fail)
+    with pytest.raises(CheckpointWriteError) as caught:
+        save_checkpoint(tmp_path, 8, {"step": 8}, keep=3)
+    message = str(caught.value)
+    assert "ckpt-step00000008.pt" in message and "unexpected pos" in message and "more" not in message
+    assert "MiB free there" in message and "newest: ckpt-step00000004.pt" in message
+    assert f"sslfer-train --out {tmp_path} --resume" in message
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["ckpt-step00000004.pt"]

@@ -153,3 +153,17 @@ def test_bf16_autocast_changes_the_forward_pass_on_cpu():
             outputs[bf16] = step.loss(model, torch.cat([x, x]), batch).embeddings
     difference = (outputs[True] - outputs[False]).abs().max().item()
     assert 0 < difference < 0.1  # bf16 rounding is visible but small
+
+
+def test_checkpoint_write_failure_is_one_error_line_with_the_resume_command(shards, tmp_path, monkeypatch):
+    import train.checkpoints
+
+    def no_space(state, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.checkpoints.torch, "save", no_space)
+    run = tmp_path / "run"
+    result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "2", "--ckpt-every", "1"])
+    _assert_one_line_error(result, "could not write checkpoint ckpt-step00000001.pt", "No space left on device",
+                           f"sslfer-train --out {run} --resume")
+    assert list((run / "checkpoints").iterdir()) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +36,30 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, most often); the earlier ones are untouched."""
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write atomically, then delete all but the newest `keep` checkpoints."""
     path = checkpoint_path(run_dir, step)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        newest = latest_checkpoint(run_dir)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointWriteError(
+            f"could not write checkpoint {path.name} in {path.parent} ({reason}; {_free_space(path.parent)}). "
+            f"Earlier checkpoints are untouched (newest: {newest.name if newest else 'none'}); "
+            f"free some space, then continue with: sslfer-train --out {run_dir} --resume") from error
     for old in list_checkpoints(run_dir)[:-max(1, keep)]:
         old.unlink(missing_ok=True)
     return path

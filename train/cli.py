@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from sslfer_core import __version__
+from train.checkpoints import CheckpointWriteError
 from train.distributed import cores_per_local_rank
 from train.export import ExportError, export_backbone
 from train.precision import PRECISIONS
@@ -104,7 +105,7 @@ def train_command(ctx: click.Context, resume: bool, compile_: bool, **params):
     cfg = _resumed_config(params, given) if resume else _fresh_config(params)
     try:
         summary = train(cfg, resume=resume, echo=lambda text: click.echo(text, err=True))
-    except (ShardSetError, TrainingError) as error:
+    except (ShardSetError, TrainingError, CheckpointWriteError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; continue with: sslfer-train --out {cfg.out} --resume", err=True)
