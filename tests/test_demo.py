@@ -39,7 +39,7 @@ def run_demo(*args: str, prefix: list = ()) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
-    """The tiny demo, run with no network where user namespaces allow it (the interfaces it saw are kept)."""
+    """The tiny demo, run with no network where user namespaces allow it; returns whether it was."""
     out = tmp_path_factory.mktemp("demo") / "out"
     offline = network_interfaces(NO_NETWORK) == ["lo"]
     result = run_demo("--out", str(out), *TINY, prefix=NO_NETWORK if offline else ())
