@@ -18,7 +18,7 @@ from preprocess.runner import PrepError, PrepUsageError, RunOptions, RunSummary,
 from preprocess.sources import (
     SourceError, discover_frame_folders, discover_video_folder, discover_video_list, discover_voxceleb,
 )
-from preprocess.space_estimate import human_bytes
+from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.cpu_cores import available_cores
 
 EPILOG = ("Exit codes: 0 at least one clip stored; 1 none stored, empty input or run refused; 2 usage error; "

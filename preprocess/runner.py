@@ -27,9 +27,10 @@ from preprocess.prep_config import PrepConfig, config_differences
 from preprocess.progress import PhaseProgress
 from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.sources import VideoSource
-from preprocess.space_estimate import estimate_space, human_bytes, shard_bytes_per_frame
+from preprocess.space_estimate import estimate_space, shard_bytes_per_frame
 from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz
 from preprocess.worker_models import single_thread_env, worker_init
+from sslfer_core.byte_sizes import human_bytes
 
 # Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
 KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"

@@ -10,6 +10,7 @@ import numpy as np
 from preprocess.prep_config import PrepConfig
 from preprocess.sources import VideoSource
 from preprocess.video_decode import probe_duration
+from sslfer_core.byte_sizes import human_bytes
 
 MAX_PROBES = 200  # durations of at most this many inputs are read; the rest is extrapolated
 # JPEG bytes per pixel-channel of aligned faces by quality, measured on voxceleb_mini crops (q75 0.057,
@@ -89,11 +90,3 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000.0
-    return f"{value:.1f} TB"

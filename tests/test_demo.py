@@ -22,11 +22,14 @@ STAGES = ["sample", "prep", "verify", "train", "export", "eval"]
 NO_NETWORK = ["unshare", "--user", "--map-root-user", "--net"]  # a namespace with only loopback
 
 
+def python_under(prefix: list, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
 def network_interfaces(prefix: list) -> list:
     """Interface names seen by a Python started under `prefix`, or [] when the prefix cannot run here."""
-    probe = "import socket; print(' '.join(name for _, name in socket.if_nameindex()))"
     try:
-        result = subprocess.run([*prefix, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        result = python_under(prefix, "import socket; print(' '.join(name for _, name in socket.if_nameindex()))")
     except (OSError, subprocess.TimeoutExpired):
         return []
     return result.stdout.split() if result.returncode == 0 else []
@@ -54,7 +57,7 @@ def test_demo_runs_with_no_network(demo_out):
         pytest.skip("unshare --user --net is not available here, so the demo ran with the network present")
     probe = ("import errno, socket\ntry:\n    socket.create_connection(('192.0.2.1', 80), timeout=5)\n"
              "except OSError as e:\n    print(e.errno == errno.ENETUNREACH)")
-    result = subprocess.run([*NO_NETWORK, sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    result = python_under(NO_NETWORK, probe)
     assert result.stdout.strip() == "True", result.stdout + result.stderr
 
 

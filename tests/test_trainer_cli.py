@@ -6,6 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import train.checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
 from train_fixtures import TINY_TRAIN, make_train_shards
@@ -156,8 +157,6 @@ def test_bf16_autocast_changes_the_forward_pass_on_cpu():
 
 
 def test_checkpoint_write_failure_is_one_error_line_with_the_resume_command(shards, tmp_path, monkeypatch):
-    import train.checkpoints
-
     def no_space(state, path):
         raise OSError(28, "No space left on device")
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from sslfer_core.atomic_files import atomic_path
+from sslfer_core.byte_sizes import human_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-step(\d{8,})\.pt$")
@@ -42,7 +43,7 @@ class CheckpointWriteError(RuntimeError):
 
 def _free_space(folder: Path) -> str:
     try:
-        return f"{shutil.disk_usage(folder).free / 2**20:,.0f} MiB free there"
+        return f"{human_bytes(shutil.disk_usage(folder).free)} free there"
     except OSError:
         return "free space unknown"
 
@@ -55,7 +56,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
             torch.save(state, tmp)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         newest = latest_checkpoint(run_dir)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointWriteError(
             f"could not write checkpoint {path.name} in {path.parent} ({reason}; {_free_space(path.parent)}). "
             f"Earlier checkpoints are untouched (newest: {newest.name if newest else 'none'}); "
