@@ -5,7 +5,9 @@ seeds -> export -> FER2013 linear probe (selection on validation, test once) -> 
     python benchmarks/ablation.py --budget full --parallel 1 # ResNet-50 at 112 px, for a GPU
 
 Everything goes through the user-facing tools (sslfer-prep, sslfer-train, sslfer-eval) as subprocesses.
-Rerunning the same command skips finished prep, training runs and evaluations, so a killed run resumes.
+Each backbone is probed as soon as it is exported, and table.md is rewritten after every probe, so a run
+that stops early leaves a partial table. Rerunning the same command skips finished prep, training runs and
+evaluations, so a killed run resumes; timings.json keeps every run's training and probe seconds.
 Data: --data (VoxCeleb layout; default $SSLFER_DATA/voxceleb_mini) and --fer (default $SSLFER_DATA/fer2013),
 with $SSLFER_DATA defaulting to ../shared/data beside the repository.
 """
@@ -20,12 +22,15 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
+from sslfer_core.atomic_files import write_bytes_atomic, write_json_atomic
 from sslfer_core.cpu_cores import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,11 +117,13 @@ def prep(data: Path, out: Path, jobs: int) -> Path:
     return shards
 
 
-def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budget) -> tuple[Path, float]:
+def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budget) -> tuple[Path, float, bool]:
+    """The exported backbone, the seconds this call trained (0 when it was already there) and whether the
+    training resumed a run that an earlier invocation had started (its seconds then miss that part)."""
     name = f"{slug(row)}-s{seed}"
     run, backbone = out / "runs" / name, out / "backbones" / f"{name}.pt"
     if backbone.is_file():
-        return backbone, 0.0
+        return backbone, 0.0, False
     flags = [f"--{s}" for s in ROWS[row]]
     command = tool("train.cli") + [
         "train", "--shards", str(shards), "--out", str(run), "--arch", budget.arch, *flags,
@@ -126,18 +133,21 @@ def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budge
         "--precision", budget.precision, "--seed", str(seed), "--log-every", "10", "--ckpt-every", "100"]
     if budget.threads:
         command += ["--workers", "0"]  # a core per run: loading in-process beats a competing worker
-    if (run / "checkpoints").is_dir():
+    resumed = (run / "checkpoints").is_dir()
+    if resumed:
         command = tool("train.cli") + ["train", "--out", str(run), "--resume"]
     elif run.exists():
         shutil.rmtree(run)  # started but no checkpoint yet: start again
     took = run_logged(command, out / "logs" / f"train-{name}.log", budget.threads)
     run_logged(tool("train.cli") + ["export", str(run), "-o", str(backbone)], out / "logs" / f"export-{name}.log", 0)
-    return backbone, took
+    return backbone, took, resumed
 
 
-def evaluate(spec: str, name: str, fer: Path, out: Path, budget: Budget) -> dict:
+def evaluate(spec: str, name: str, fer: Path, out: Path, budget: Budget) -> tuple[dict, float]:
+    """The probe's summary and the seconds this call spent on it (0 when an earlier invocation probed it)."""
     folder = out / "eval" / name
     results = folder / "results.json"
+    took = 0.0
     if not results.is_file():
         command = tool("train.evaluation.cli") + [
             "linear", "--backbone", spec, "--arch", budget.arch, "--data", str(fer), "--image-size",
@@ -147,9 +157,9 @@ def evaluate(spec: str, name: str, fer: Path, out: Path, budget: Budget) -> dict
             command += ["--max-per-split", str(budget.max_per_split)]
         if budget.threads:
             command += ["--threads", str(budget.threads), "--workers", "0"]
-        run_logged(command, out / "logs" / f"eval-{name}.log", budget.threads)
+        took = run_logged(command, out / "logs" / f"eval-{name}.log", budget.threads)
     payload = json.loads(results.read_text())
-    return payload["backbones"][0]["summary"]
+    return payload["backbones"][0]["summary"], took
 
 
 def require_same_budget(path: Path, budget: Budget) -> None:
@@ -209,6 +219,83 @@ def differences(results: dict[str, dict], against: str) -> list[str]:
     return lines
 
 
+def run_all(tasks: list[tuple[Callable, tuple]], parallel: int) -> None:
+    """Run (function, arguments) tasks on `parallel` threads. The first failure (or Ctrl-C) stops the tasks
+    not yet started, waits for the running ones, and is raised."""
+    stop = threading.Event()
+
+    def guarded(function: Callable, arguments: tuple) -> None:
+        if stop.is_set():
+            return  # a task failed: start nothing new
+        try:
+            function(*arguments)
+        except BaseException:
+            stop.set()  # before the worker thread can take the next task
+            raise
+
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = [pool.submit(guarded, function, arguments) for function, arguments in tasks]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            stop.set()  # also on Ctrl-C here
+        failed = [future for future in futures if future in done and future.exception() is not None]
+        if failed:
+            raise failed[0].exception()
+
+
+def tabulate(probed: dict[tuple[str, int], dict], rows: list[str]) -> dict[str, dict]:
+    """Mean ± std over the seeds probed so far, per row in table order; rows with no probe yet are left out."""
+    results: dict[str, dict] = {}
+    for row in rows:
+        mine = [summary for (r, _), summary in sorted(probed.items(), key=lambda item: item[0][1]) if r == row]
+        if not mine:
+            continue
+        results[row] = {key: mean_std([s[key]["mean"] for s in mine]) for key in ("macro_f1", "accuracy")}
+        results[row]["seeds"] = len(mine)
+        results[row]["values_macro_f1"] = [s["macro_f1"]["mean"] for s in mine]
+    return results
+
+
+def report(results: dict[str, dict]) -> tuple[str, list[str]]:
+    return markdown_table(results), differences(results, "SimCLR") + differences(results, RANDOM_ROW)
+
+
+class ProbedSoFar:
+    """Probe summaries as they arrive from the worker threads. After each one table.md is rewritten, marked
+    partial until every run is in, so a run stopped by a crash or a time limit still leaves its table."""
+
+    def __init__(self, path: Path, rows: list[str], expected: int):
+        self.path, self.rows, self.expected = path, rows, expected
+        self.probed: dict[tuple[str, int], dict] = {}
+        self.lock = threading.Lock()
+
+    def add(self, row: str, seed: int, summary: dict) -> None:
+        with self.lock:
+            self.probed[(row, seed)] = summary
+            if len(self.probed) < self.expected:
+                table, notes = report(tabulate(self.probed, self.rows))
+                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                text = (f"Partial: {len(self.probed)} of {self.expected} runs probed ({stamp}); rows with fewer "
+                        f"seeds are not final.\n\n{table}\n\n" + "".join(f"- {n}\n" for n in notes))
+                write_bytes_atomic(self.path, text.encode())
+
+
+class RunTimings:
+    """timings.json: each run's training and probe seconds, kept across invocations so that a resumed table
+    still reports every run (a run marked resumed lacks the seconds it trained before the stop)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.runs: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+        self.lock = threading.Lock()
+
+    def record(self, name: str, **fields) -> None:
+        with self.lock:
+            self.runs.setdefault(name, {}).update(fields)
+            write_json_atomic(self.path, self.runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="small")
@@ -253,48 +340,42 @@ def main() -> None:
 
     shards = prep(data, out, jobs=cores)
     jobs = [(row, seed) for row in rows if row != RANDOM_ROW for seed in seeds]
-    train_seconds: dict[str, list[float]] = {}
+    probed = ProbedSoFar(out / "table.md", rows, expected=len(rows) * len(seeds))
+    timings = RunTimings(out / "timings.json")
 
-    def train_one(job):
-        row, seed = job
-        backbone, took = train_and_export(shards, out, row, seed, budget)
+    def probe(row: str, seed: int, spec: str) -> None:
+        name = f"{slug(row)}-s{seed}"
+        summary, took = evaluate(spec, name, fer, out, budget)
         if took:
-            train_seconds.setdefault(row, []).append(took)
-            print(f"trained {row} seed {seed}: {took:.0f} s", flush=True)
-        return job, backbone
+            timings.record(name, probe_s=round(took, 1))
+        probed.add(row, seed, summary)
+        print(f"probed {row} seed {seed}: test macro F1 {100 * summary['macro_f1']['mean']:.2f} "
+              f"({len(probed.probed)} of {probed.expected})", flush=True)
 
-    with ThreadPoolExecutor(parallel) as pool:
-        backbones = dict(pool.map(train_one, jobs))
+    def train_then_probe(job: tuple[str, int]) -> None:
+        row, seed = job
+        backbone, took, resumed = train_and_export(shards, out, row, seed, budget)
+        if took:
+            timings.record(f"{slug(row)}-s{seed}", train_s=round(took, 1), resumed=resumed)
+            print(f"trained {row} seed {seed}: {took:.0f} s{' (resumed)' if resumed else ''}", flush=True)
+        probe(row, seed, str(backbone))
 
-    evals = [(row, seed, str(backbones[(row, seed)]) if row != RANDOM_ROW else f"random:{seed}")
-             for row in rows for seed in seeds]
+    # The random rows first: they need no training, and every trained row is judged against them.
+    tasks = [(probe, (RANDOM_ROW, seed, f"random:{seed}")) for seed in seeds if RANDOM_ROW in rows]
+    run_all(tasks + [(train_then_probe, (job,)) for job in jobs], parallel)
 
-    def eval_one(job):
-        row, seed, spec = job
-        return row, evaluate(spec, f"{slug(row)}-s{seed}", fer, out, budget)
-
-    with ThreadPoolExecutor(parallel) as pool:
-        summaries = list(pool.map(eval_one, evals))
-
-    results: dict[str, dict] = {}
-    for row in rows:
-        mine = [s for r, s in summaries if r == row]
-        results[row] = {key: mean_std([s[key]["mean"] for s in mine]) for key in ("macro_f1", "accuracy")}
-        results[row]["seeds"] = len(mine)
-        results[row]["values_macro_f1"] = [s["macro_f1"]["mean"] for s in mine]
-
-    table = markdown_table(results)
-    notes = differences(results, "SimCLR") + differences(results, RANDOM_ROW)
+    results = tabulate(probed.probed, rows)
+    table, notes = report(results)
     elapsed = time.perf_counter() - started
     record = {
         "budget": args.budget, "config": budget.__dict__, "seeds": list(seeds), "rows": results,
-        "train_seconds": train_seconds, "elapsed_s": elapsed, "data": str(data), "fer": str(fer),
+        "run_seconds": timings.runs, "elapsed_s": elapsed, "data": str(data), "fer": str(fer),
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores", "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "loss_curves": {f"{slug(r)}-s{s}": loss_curve(out / "runs" / f"{slug(r)}-s{s}") for r, s in jobs},
     }
     (out / "ablation.json").write_text(json.dumps(record, indent=1))
-    (out / "table.md").write_text(table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    write_bytes_atomic(out / "table.md", (table + "\n\n" + "".join(f"- {n}\n" for n in notes)).encode())
     print(f"\nFER2013 test, linear probe ({budget.arch}, {budget.steps} steps, {args.seeds} seeds; "
           f"mean ± std over seeds):\n\n{table}\n")
     print("\n".join(notes))

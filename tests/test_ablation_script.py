@@ -51,3 +51,48 @@ def test_differences_flag_only_gaps_beyond_two_pooled_std(ablation):
     assert lines[0].startswith("A vs SimCLR: +3.00") and lines[0].endswith("exceeds the seed spread")
     assert lines[1].startswith("B vs SimCLR: +1.00") and lines[1].endswith("within the seed spread")
     assert len(lines) == 2  # random is compared with separately
+
+
+def summary(f1: float, accuracy: float) -> dict:
+    return {"macro_f1": {"mean": f1}, "accuracy": {"mean": accuracy}}
+
+
+def test_a_stopped_table_leaves_its_partial_results(ablation, tmp_path):
+    table = tmp_path / "table.md"
+    probed = ablation.ProbedSoFar(table, ["SimCLR", "TimeAug", "random"], expected=6)
+    probed.add("random", 1, summary(0.30, 0.36))
+    probed.add("SimCLR", 1, summary(0.34, 0.40))
+    probed.add("SimCLR", 0, summary(0.32, 0.38))
+    text = table.read_text()
+    assert text.startswith("Partial: 3 of 6 runs probed")
+    assert "| SimCLR |" in text and "| 33.00 ± 1.41 | 39.00 ± 1.41 | 2 |" in text
+    assert "\n| random |" in text and "\n| TimeAug |" not in text  # no probe of it yet
+    assert "SimCLR vs random: +3.00 F1 points" in text
+    results = ablation.tabulate(probed.probed, probed.rows)
+    assert results["SimCLR"]["values_macro_f1"] == [0.32, 0.34]  # in seed order, not arrival order
+
+
+def test_run_timings_survive_a_restart(ablation, tmp_path):
+    path = tmp_path / "timings.json"
+    ablation.RunTimings(path).record("simclr-s0", train_s=812.4, resumed=False)
+    again = ablation.RunTimings(path)
+    again.record("simclr-s0", probe_s=75.0)
+    again.record("simclr-s1", train_s=400.0, resumed=True)
+    assert ablation.RunTimings(path).runs == {
+        "simclr-s0": {"train_s": 812.4, "resumed": False, "probe_s": 75.0},
+        "simclr-s1": {"train_s": 400.0, "resumed": True}}
+
+
+def test_the_first_failure_stops_the_tasks_not_started(ablation):
+    ran = []
+
+    def task(name):
+        ran.append(name)
+        if name == "fails":
+            raise SystemExit("failed: see logs/train-x.log")
+
+    with pytest.raises(SystemExit, match="train-x.log"):
+        ablation.run_all([(task, ("first",)), (task, ("fails",)), (task, ("never",))], parallel=1)
+    assert ran == ["first", "fails"]
+    ablation.run_all([(task, ("a",)), (task, ("b",))], parallel=2)
+    assert sorted(ran[2:]) == ["a", "b"]
