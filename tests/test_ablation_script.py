@@ -67,7 +67,9 @@ def test_a_stopped_table_leaves_its_partial_results(ablation, tmp_path):
     assert text.startswith("Partial: 3 of 6 runs probed")
     assert "| SimCLR |" in text and "| 33.00 ± 1.41 | 39.00 ± 1.41 | 2 |" in text
     assert "\n| random |" in text and "\n| TimeAug |" not in text  # no probe of it yet
-    assert "SimCLR vs random: +3.00 F1 points" in text
+    assert "SimCLR vs random: +3.00 F1 points; not judged: one seed" in text  # random has one seed so far
+    probed.add("random", 0, summary(0.29, 0.35))
+    assert "SimCLR vs random: +3.50 F1 points; 2 pooled std = 2.24: exceeds" in table.read_text()
     results = ablation.tabulate(probed.probed, probed.rows)
     assert results["SimCLR"]["values_macro_f1"] == [0.32, 0.34]  # in seed order, not arrival order
 
