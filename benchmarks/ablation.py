@@ -120,7 +120,7 @@ def prep(data: Path, out: Path, jobs: int) -> Path:
 def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budget) -> tuple[Path, float, bool]:
     """The exported backbone, the seconds this call trained (0 when it was already there) and whether the
     training resumed a run that an earlier invocation had started (its seconds then miss that part)."""
-    name = f"{slug(row)}-s{seed}"
+    name = run_name(row, seed)
     run, backbone = out / "runs" / name, out / "backbones" / f"{name}.pt"
     if backbone.is_file():
         return backbone, 0.0, False
@@ -183,6 +183,11 @@ def loss_curve(run: Path) -> list[tuple[int, float]]:
 
 def slug(row: str) -> str:
     return row.lower().replace(" ", "-").replace("+", "-")
+
+
+def run_name(row: str, seed: int) -> str:
+    """The name of a run's folder, backbone file, probe folder and logs."""
+    return f"{slug(row)}-s{seed}"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -250,8 +255,9 @@ def run_all(tasks: list[tuple[Callable, tuple]], parallel: int) -> None:
 def tabulate(probed: dict[tuple[str, int], dict], rows: list[str]) -> dict[str, dict]:
     """Mean ± std over the seeds probed so far, per row in table order; rows with no probe yet are left out."""
     results: dict[str, dict] = {}
+    by_seed = sorted(probed.items(), key=lambda item: item[0][1])
     for row in rows:
-        mine = [summary for (r, _), summary in sorted(probed.items(), key=lambda item: item[0][1]) if r == row]
+        mine = [summary for (r, _), summary in by_seed if r == row]
         if not mine:
             continue
         results[row] = {key: mean_std([s[key]["mean"] for s in mine]) for key in ("macro_f1", "accuracy")}
@@ -266,7 +272,8 @@ def report(results: dict[str, dict]) -> tuple[str, list[str]]:
 
 class ProbedSoFar:
     """Probe summaries as they arrive from the worker threads. After each one table.md is rewritten, marked
-    partial until every run is in, so a run stopped by a crash or a time limit still leaves its table."""
+    partial until every run is in (then it is the final table), so a run stopped by a crash or a time limit
+    still leaves its table."""
 
     def __init__(self, path: Path, rows: list[str], expected: int):
         self.path, self.rows, self.expected = path, rows, expected
@@ -276,12 +283,13 @@ class ProbedSoFar:
     def add(self, row: str, seed: int, summary: dict) -> None:
         with self.lock:
             self.probed[(row, seed)] = summary
+            table, notes = report(tabulate(self.probed, self.rows))
+            text = f"{table}\n\n" + "".join(f"- {n}\n" for n in notes)
             if len(self.probed) < self.expected:
-                table, notes = report(tabulate(self.probed, self.rows))
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 text = (f"Partial: {len(self.probed)} of {self.expected} runs probed ({stamp}); rows with fewer "
-                        f"seeds are not final.\n\n{table}\n\n" + "".join(f"- {n}\n" for n in notes))
-                write_bytes_atomic(self.path, text.encode())
+                        f"seeds are not final.\n\n{text}")
+            write_bytes_atomic(self.path, text.encode())
 
 
 class RunTimings:
@@ -347,7 +355,7 @@ def main() -> None:
     timings = RunTimings(out / "timings.json")
 
     def probe(row: str, seed: int, spec: str) -> None:
-        name = f"{slug(row)}-s{seed}"
+        name = run_name(row, seed)
         summary, took = evaluate(spec, name, fer, out, budget)
         if took:
             timings.record(name, probe_s=round(took, 1))
@@ -359,7 +367,7 @@ def main() -> None:
         row, seed = job
         backbone, took, resumed = train_and_export(shards, out, row, seed, budget)
         if took:
-            timings.record(f"{slug(row)}-s{seed}", train_s=round(took, 1), resumed=resumed)
+            timings.record(run_name(row, seed), train_s=round(took, 1), resumed=resumed)
             print(f"trained {row} seed {seed}: {took:.0f} s{' (resumed)' if resumed else ''}", flush=True)
         probe(row, seed, str(backbone))
 
@@ -375,10 +383,9 @@ def main() -> None:
         "run_seconds": timings.runs, "elapsed_s": elapsed, "data": str(data), "fer": str(fer),
         "machine": f"{platform.processor() or platform.machine()}, {cores} cores", "python": platform.python_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "loss_curves": {f"{slug(r)}-s{s}": loss_curve(out / "runs" / f"{slug(r)}-s{s}") for r, s in jobs},
+        "loss_curves": {run_name(r, s): loss_curve(out / "runs" / run_name(r, s)) for r, s in jobs},
     }
     (out / "ablation.json").write_text(json.dumps(record, indent=1))
-    write_bytes_atomic(out / "table.md", (table + "\n\n" + "".join(f"- {n}\n" for n in notes)).encode())
     print(f"\nFER2013 test, linear probe ({budget.arch}, {budget.steps} steps, {args.seeds} seeds; "
           f"mean ± std over seeds):\n\n{table}\n")
     print("\n".join(notes))

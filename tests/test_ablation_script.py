@@ -72,6 +72,11 @@ def test_a_stopped_table_leaves_its_partial_results(ablation, tmp_path):
     assert "SimCLR vs random: +3.50 F1 points; 2 pooled std = 2.24: exceeds" in table.read_text()
     results = ablation.tabulate(probed.probed, probed.rows)
     assert results["SimCLR"]["values_macro_f1"] == [0.32, 0.34]  # in seed order, not arrival order
+    probed.add("TimeAug", 0, summary(0.31, 0.37))
+    probed.add("TimeAug", 1, summary(0.33, 0.39))
+    final = table.read_text()
+    assert final.startswith("| row |") and "Partial" not in final  # all six in: the final table
+    assert "\n| TimeAug | ✓ |" in final and "TimeAug vs SimCLR: -1.00 F1 points" in final
 
 
 def test_run_timings_survive_a_restart(ablation, tmp_path):
