@@ -280,7 +280,8 @@ class ProbedSoFar:
         self.probed: dict[tuple[str, int], dict] = {}
         self.lock = threading.Lock()
 
-    def add(self, row: str, seed: int, summary: dict) -> None:
+    def add(self, row: str, seed: int, summary: dict) -> int:
+        """Record one probe, rewrite table.md, and return how many runs are probed now."""
         with self.lock:
             self.probed[(row, seed)] = summary
             table, notes = report(tabulate(self.probed, self.rows))
@@ -290,6 +291,7 @@ class ProbedSoFar:
                 text = (f"Partial: {len(self.probed)} of {self.expected} runs probed ({stamp}); rows with fewer "
                         f"seeds are not final.\n\n{text}")
             write_bytes_atomic(self.path, text.encode())
+            return len(self.probed)
 
 
 class RunTimings:
@@ -359,9 +361,9 @@ def main() -> None:
         summary, took = evaluate(spec, name, fer, out, budget)
         if took:
             timings.record(name, probe_s=round(took, 1))
-        probed.add(row, seed, summary)
+        count = probed.add(row, seed, summary)  # read under the lock: two probes may finish together
         print(f"probed {row} seed {seed}: test macro F1 {100 * summary['macro_f1']['mean']:.2f} "
-              f"({len(probed.probed)} of {probed.expected})", flush=True)
+              f"({count} of {probed.expected})", flush=True)
 
     def train_then_probe(job: tuple[str, int]) -> None:
         row, seed = job

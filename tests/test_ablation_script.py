@@ -62,7 +62,7 @@ def test_a_stopped_table_leaves_its_partial_results(ablation, tmp_path):
     probed = ablation.ProbedSoFar(table, ["SimCLR", "TimeAug", "random"], expected=6)
     probed.add("random", 1, summary(0.30, 0.36))
     probed.add("SimCLR", 1, summary(0.34, 0.40))
-    probed.add("SimCLR", 0, summary(0.32, 0.38))
+    assert probed.add("SimCLR", 0, summary(0.32, 0.38)) == 3
     text = table.read_text()
     assert text.startswith("Partial: 3 of 6 runs probed")
     assert "| SimCLR |" in text and "| 33.00 ± 1.41 | 39.00 ± 1.41 | 2 |" in text
