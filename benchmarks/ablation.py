@@ -117,6 +117,21 @@ def prep(data: Path, out: Path, jobs: int) -> Path:
     return shards
 
 
+def train_command(shards: Path, run: Path, row: str, seed: int, budget: Budget, log_every: int = 10,
+                  ckpt_every: int = 100) -> list[str]:
+    """The sslfer-train command line of one row and seed at a budget's settings."""
+    command = tool("train.cli") + [
+        "train", "--shards", str(shards), "--out", str(run), "--arch", budget.arch, *[f"--{s}" for s in ROWS[row]],
+        "--steps", str(budget.steps), "--batch-size", str(budget.batch_size), "--resize", str(budget.resize),
+        "--crop", str(budget.crop), "--face-crop", str(budget.face_crop), "--lr", str(budget.lr),
+        *(["--crop-area", *map(str, budget.crop_area)] if budget.crop_area else []),
+        "--precision", budget.precision, "--seed", str(seed), "--log-every", str(log_every),
+        "--ckpt-every", str(ckpt_every)]
+    if budget.threads:
+        command += ["--workers", "0"]  # a core per run: loading in-process beats a competing worker
+    return command
+
+
 def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budget) -> tuple[Path, float, bool]:
     """The exported backbone, the seconds this call trained (0 when it was already there) and whether the
     training resumed a run that an earlier invocation had started (its seconds then miss that part)."""
@@ -124,15 +139,7 @@ def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budge
     run, backbone = out / "runs" / name, out / "backbones" / f"{name}.pt"
     if backbone.is_file():
         return backbone, 0.0, False
-    flags = [f"--{s}" for s in ROWS[row]]
-    command = tool("train.cli") + [
-        "train", "--shards", str(shards), "--out", str(run), "--arch", budget.arch, *flags,
-        "--steps", str(budget.steps), "--batch-size", str(budget.batch_size), "--resize", str(budget.resize),
-        "--crop", str(budget.crop), "--face-crop", str(budget.face_crop), "--lr", str(budget.lr),
-        *(["--crop-area", *map(str, budget.crop_area)] if budget.crop_area else []),
-        "--precision", budget.precision, "--seed", str(seed), "--log-every", "10", "--ckpt-every", "100"]
-    if budget.threads:
-        command += ["--workers", "0"]  # a core per run: loading in-process beats a competing worker
+    command = train_command(shards, run, row, seed, budget)
     resumed = (run / "checkpoints").is_dir()
     if resumed:
         command = tool("train.cli") + ["train", "--out", str(run), "--resume"]

@@ -29,6 +29,7 @@ from sslfer_core.face_alignment import align_face  # noqa: E402
 from sslfer_core.face_detection import FaceDetector, FaceTracker  # noqa: E402
 from sslfer_core.face_patches import eye_mouth_patches  # noqa: E402
 from sslfer_core.face_swap import swap_face  # noqa: E402
+from stand_in_weights import write_stand_in_weights  # noqa: E402
 
 
 def clip_table(root: Path) -> list[dict]:
@@ -112,19 +113,6 @@ def bench_swap(crops, count: int) -> None:
         cpu += time.process_time() - start_cpu
     print(f"swap at S=128: median {1e3 * np.median(times):.2f} ms, mean {1e3 * np.mean(times):.2f} ms wall, "
           f"mean {1e3 * cpu / count:.2f} ms CPU, over {count} swaps")
-
-
-def write_stand_in_weights(torch_home: Path) -> None:
-    import torch
-    import torchvision
-
-    from sslfer_core.descriptors import resnet18_weights_path
-
-    os.environ["TORCH_HOME"] = str(torch_home)
-    path = resnet18_weights_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
 
 
 def int8_model(descriptor, calibration: np.ndarray):
