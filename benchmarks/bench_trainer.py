@@ -97,31 +97,55 @@ def step_throughput(source, step: ContrastiveStep, model, optimizer, device, ste
     return rows / (time.perf_counter() - start)
 
 
-def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, resize: int, crop: int,
-                    workers: int, steps: int, rounds: int) -> list[tuple[float, float]]:
-    """(real-loader images/s, in-memory images/s) per round; the two alternate so that changing load from
-    other processes hits both alike. Between blocks the loader's queue is full, as in steady training, and
-    it refills that queue during the real block."""
+def _training_parts(arch: str, device: torch.device, batch: int, resize: int, crop: int):
+    """(model, optimizer, ContrastiveStep) as the trainer builds them for 4-view batches with MaskFN."""
     torch.manual_seed(0)
     model = ContrastiveModel(arch).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4, weight_decay=1e-4)
-    ctx = DistContext(device=device)
-    step = ContrastiveStep(ctx, batch_size=batch, num_views=4, resize=resize, crop=crop, maskfn=MaskFNConfig())
-    pinned = device.type == "cuda"
-    real_source = _batches(_stream(root, batch, workers), workers, pinned)
+    step = ContrastiveStep(DistContext(device=device), batch_size=batch, num_views=4, resize=resize, crop=crop,
+                           maskfn=MaskFNConfig())
+    return model, optimizer, step
+
+
+def _same_batch(root: Path, batch: int, pinned: bool):
+    """One real batch, made in this process, yielded for ever."""
     first = _batches(_stream(root, batch, 0), 0, False)
     fixed = next(first)
     first.close()
     if pinned:
         fixed = {k: v.pin_memory() for k, v in fixed.items()}
+    while True:
+        yield fixed
 
-    def same_batch():
-        while True:
-            yield fixed
 
-    memory_source = same_batch()
+def cudnn_autotune_ab(root: Path, arch: str, batch: int, resize: int, crop: int, steps: int,
+                      rounds: int) -> dict[bool, list[float]]:
+    """In-memory images/s on CUDA with cuDNN's algorithm autotuning (torch.backends.cudnn.benchmark) off and
+    on, alternating (ABBA). The trainer turns it on for CUDA; three such comparisons on an H200 gave +12 %,
+    -4 % and +3.5 %, inside the spread between runs (docs/training.md)."""
+    device = torch.device("cuda")
+    model, optimizer, step = _training_parts(arch, device, batch, resize, crop)
+    source = _same_batch(root, batch, True)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    before = torch.backends.cudnn.benchmark
+    for r in range(rounds):
+        for autotune in ((False, True) if r % 2 == 0 else (True, False)):
+            torch.backends.cudnn.benchmark = autotune
+            rates[autotune].append(step_throughput(source, step, model, optimizer, device, steps, warmup=3))
+    torch.backends.cudnn.benchmark = before
+    return rates
+
+
+def step_efficiency(root: Path, arch: str, device: torch.device, batch: int, resize: int, crop: int,
+                    workers: int, steps: int, rounds: int, pinned: bool) -> list[tuple[float, float]]:
+    """(real-loader images/s, in-memory images/s) per round; the two alternate so that changing load from
+    other processes hits both alike. Between blocks the loader's queue is full, as in steady training, and
+    it refills that queue during the real block."""
+    model, optimizer, step = _training_parts(arch, device, batch, resize, crop)
+    real_source = _batches(_stream(root, batch, workers), workers, pinned)
+    memory_source = _same_batch(root, batch, pinned)
     for source in (real_source, memory_source):  # warm both once (allocator, first worker batches)
         step_throughput(source, step, model, optimizer, device, steps=1, warmup=1)
     results = []
@@ -170,6 +194,14 @@ def main():
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1) - 1),
                         help="torch threads for (b) (default: cores minus the one loader worker of the CPU case)")
     parser.add_argument("--only", choices=["loader", "step"], help="run only (a) or only (b)")
+    parser.add_argument("--cuda-only", action="store_true", help="in (b), skip the ResNet-18 CPU case")
+    parser.add_argument("--cuda-batch", type=int, nargs="+", default=[64],
+                        help="anchors per step for ResNet-50 on CUDA; several values give one case each")
+    parser.add_argument("--cuda-workers", type=int, nargs="+", default=[max(1, (os.cpu_count() or 2) - 2)],
+                        help="loader workers for the CUDA cases (default cores - 2); several values, one case each")
+    parser.add_argument("--cuda-unpinned", action="store_true",
+                        help="also run each CUDA case with unpinned batches (no pin-memory thread)")
+    parser.add_argument("--no-autotune-ab", action="store_true", help="skip the cuDNN autotuning off/on comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {_cpu_model()}, {os.cpu_count()} cores, "
@@ -201,14 +233,23 @@ def loader_rounds(args) -> None:
 def step_rounds(args) -> None:
     print("(b) step efficiency = real-loader throughput / in-memory-batch throughput (same steps, same shape), "
           "per round, alternating")
-    cases = [("resnet18 cpu fp32", torch.device("cpu"), "resnet18", args.cpu_batch, args.cpu_size, 1, args.cpu_steps)]
+    cases = [] if args.cuda_only else [("resnet18 cpu fp32", torch.device("cpu"), "resnet18", args.cpu_batch,
+                                        args.cpu_size, 1, args.cpu_steps, False)]
     if torch.cuda.is_available():
-        cases.append(("resnet50 cuda bf16", torch.device("cuda"), "resnet50", 64, 112,
-                      max(1, (os.cpu_count() or 2) - 2), 20))
-    for name, device, arch, batch, size, workers, steps in cases:
+        cases += [("resnet50 cuda bf16", torch.device("cuda"), "resnet50", batch, 112, workers, 20, pinned)
+                  for batch in args.cuda_batch for workers in args.cuda_workers
+                  for pinned in ((True, False) if args.cuda_unpinned else (True,))]
+    if torch.cuda.is_available():
+        print(f"    GPU: {torch.cuda.get_device_name(0)}")
+    if torch.cuda.is_available() and not args.no_autotune_ab:
+        rates = cudnn_autotune_ab(args.jpeg, "resnet50", 64, 128, 112, 20, 4)
+        print(f"    resnet50 cuda bf16 112px in-memory img/s, cuDNN autotuning off: {_spread(rates[False], 1)}; "
+              f"on: {_spread(rates[True], 1)}")
+    for name, device, arch, batch, size, workers, steps, pinned in cases:
         pairs = step_efficiency(args.jpeg, arch, device, batch, size + 16 if device.type == "cuda" else size + 8,
-                                size, workers, steps, args.rounds)
-        print(f"    {name:18s} {size}px, {batch} anchors x 4 views, {workers} loader worker(s)")
+                                size, workers, steps, args.rounds, pinned)
+        print(f"    {name:18s} {size}px, {batch} anchors x 4 views, {workers} loader worker(s)"
+              f"{', pinned' if pinned else ''}")
         print(f"        real      img/s: {_spread([r for r, _ in pairs], 1)}")
         print(f"        in-memory img/s: {_spread([m for _, m in pairs], 1)}")
         print(f"        efficiency     : {_spread([r / m for r, m in pairs], 3)}")

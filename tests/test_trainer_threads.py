@@ -27,3 +27,22 @@ def test_explicit_omp_setting_is_left_alone(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = torch.get_num_threads()
     assert _cpu_threads(DistContext(), workers=0) == before
+
+
+def _autotune_during_train(monkeypatch, device: str, before: bool) -> tuple[bool, bool]:
+    """(cuDNN autotuning while train() runs its loop, after it returns), with the loop stubbed out."""
+    import train.trainer as trainer
+
+    seen = []
+    monkeypatch.setattr(trainer, "init_distributed", lambda wanted: DistContext(device=torch.device(device)))
+    monkeypatch.setattr(trainer, "shutdown", lambda ctx: None)
+    monkeypatch.setattr(trainer, "_train", lambda *args: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
+    trainer.train(trainer.RunConfig(shards="unused", out="unused", steps=1))
+    return seen[0], torch.backends.cudnn.benchmark
+
+
+def test_cudnn_autotuning_is_on_for_cuda_runs_only_and_restored(monkeypatch):
+    assert _autotune_during_train(monkeypatch, "cuda", before=False) == (True, False)
+    assert _autotune_during_train(monkeypatch, "cpu", before=False) == (False, False)
+    assert _autotune_during_train(monkeypatch, "cpu", before=True) == (True, True)
