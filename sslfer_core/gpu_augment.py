@@ -225,8 +225,10 @@ class BatchAugment:
         h, w = images.shape[1:3]
         if (h, w) == (size, size):
             return images, landmarks
+        # Antialiasing only changes a shrink; enlarging with it gave the same pixels (to 5e-4 of 255) at 3x the
+        # CPU time (92 -> 96 px, the small budget's face crop).
         x = F.interpolate(images.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
-                          align_corners=False, antialias=True).permute(0, 2, 3, 1)
+                          align_corners=False, antialias=size < max(h, w)).permute(0, 2, 3, 1)
         if landmarks is not None:
             # Pixel centres sit at integer coordinates: x' = (x + 0.5) * scale - 0.5.
             scale = torch.tensor([size / w, size / h], device=landmarks.device)
