@@ -12,7 +12,7 @@ ARCHS = ("resnet18", "resnet50")
 
 class SmallMapConv2d(nn.Conv2d):
     """nn.Conv2d that computes outputs of at most MAX_PIXELS pixels on CPU as one matrix product (unfold, then
-    weight @ columns). oneDNN's backward for such maps is slow: ResNet-18's layer4 at 48 px input has 2x2 maps,
+    columns x weight). oneDNN's backward for such maps is slow: ResNet-18's layer4 at 48 px input has 2x2 maps,
     and one of its 512-channel convolutions took about 120 ms forward and backward in bf16 on one core, against
     32 ms as a matrix product. Same parameters and function; other devices and larger maps use F.conv2d."""
 
