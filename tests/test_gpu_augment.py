@@ -298,3 +298,13 @@ def test_resized_crop_boxes_cover_the_asked_area_and_landmarks_follow_the_pixels
 def test_bad_crop_areas_are_refused(bad):
     with pytest.raises(ValueError, match="crop_area"):
         AugmentConfig(crop_area=bad)
+
+
+@pytest.mark.parametrize("side, size", [(92, 96), (92, 64)])
+def test_resize_matches_antialiased_bilinear_when_enlarging_and_shrinking(side, size):
+    # Enlarging skips antialiasing (3x cheaper on CPU); it must still give the antialiased pixels.
+    images = torch.randint(0, 256, (4, side, side, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    resized, _ = BatchAugment(AugmentConfig(resize=size, crop=48))._resize(images, None)
+    expected = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear",
+                                               align_corners=False, antialias=True).permute(0, 2, 3, 1)
+    torch.testing.assert_close(resized, expected, atol=1e-3, rtol=0)
