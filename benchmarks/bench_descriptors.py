@@ -4,7 +4,7 @@ No dlib is needed, so this runs where prep cannot (a GPU machine with the shards
 device and precision: frames/s end to end through ResNet18PatchDescriptor.describe (uint8 patches in host
 memory to normalised 1024-d rows in host memory, both patches of a frame counted as one frame), best of
 --repeats, and how far each reduced precision's top-1/top-5 neighbours agree with fp32 on the same device.
-The weights are a seeded random stand-in (benchmarks/stand_in_weights.py).
+The weights are a seeded random stand-in (benchmarks/descriptor_bench.py).
 
     python benchmarks/bench_descriptors.py --shards SHARDS [--frames 8192] [--batch 256] [--devices cpu cuda]
 """
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from sslfer_core.shard_format import ShardReader  # noqa: E402
-from stand_in_weights import write_stand_in_weights  # noqa: E402
+from descriptor_bench import neighbour_agreement, write_stand_in_weights  # noqa: E402
 from train.shard_set import open_shard_set  # noqa: E402
 
 
@@ -34,24 +34,14 @@ def shard_patches(root: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
     index, _ = open_shard_set(root)
     eyes, mouth = [], []
     for path in index.paths:
+        if limit <= 0:
+            break
         with ShardReader(path) as reader:
-            take = min(limit - sum(len(e) for e in eyes), reader.num_frames)
-            if take <= 0:
-                break
+            take = min(limit, reader.num_frames)
             eyes.append(reader.read_images("eyes", slice(0, take)))
             mouth.append(reader.read_images("mouth", slice(0, take)))
+        limit -= take
     return np.concatenate(eyes), np.concatenate(mouth)
-
-
-def top_k(rows: np.ndarray, k: int) -> np.ndarray:
-    sims = rows @ rows.T
-    np.fill_diagonal(sims, -np.inf)
-    return np.argsort(-sims, axis=1)[:, :k]
-
-
-def agreement(reference: np.ndarray, other: np.ndarray, k: int) -> float:
-    """Mean share of each row's k nearest (cosine) neighbours that the two descriptor sets have in common."""
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_k(reference, k), top_k(other, k))]))
 
 
 def time_describe(descriptor, eyes: np.ndarray, mouth: np.ndarray, repeats: int) -> float:
@@ -105,7 +95,7 @@ def main() -> None:
                 if reference is None:
                     reference, agree = rows, "(reference)"
                 else:
-                    agree = f"{agreement(reference, rows, 1):.3f} / {agreement(reference, rows, 5):.3f}"
+                    agree = f"{neighbour_agreement(reference, rows, 1):.3f} / {neighbour_agreement(reference, rows, 5):.3f}"
                 lines.append(f"| {device} | {descriptor.precision} | {rate:,.0f} | {agree} |")
                 print(lines[-1], flush=True)
     print("\n" + "\n".join(lines))

@@ -29,7 +29,7 @@ from sslfer_core.face_alignment import align_face  # noqa: E402
 from sslfer_core.face_detection import FaceDetector, FaceTracker  # noqa: E402
 from sslfer_core.face_patches import eye_mouth_patches  # noqa: E402
 from sslfer_core.face_swap import swap_face  # noqa: E402
-from stand_in_weights import write_stand_in_weights  # noqa: E402
+from descriptor_bench import neighbour_agreement, write_stand_in_weights  # noqa: E402
 
 
 def clip_table(root: Path) -> list[dict]:
@@ -129,16 +129,6 @@ def int8_model(descriptor, calibration: np.ndarray):
     with torch.inference_mode():
         prepared(descriptor.input_tensor(calibration))
     return convert_fx(prepared)
-
-
-def neighbour_agreement(reference: np.ndarray, other: np.ndarray, k: int) -> float:
-    """Mean overlap of the k nearest (cosine) neighbours of every row, reference vs other."""
-    def top(rows):
-        sims = rows @ rows.T
-        np.fill_diagonal(sims, -np.inf)
-        return np.argsort(-sims, axis=1)[:, :k]
-    a, b = top(reference), top(other)
-    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
 
 
 def bench_descriptors(crops, batch_frames: int, with_int8: bool) -> None:

@@ -32,8 +32,8 @@ class SmallMapConv2d(nn.Conv2d):
         columns = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         # One (n * pixels, in * k * k) x (in * k * k, out) product; its rows come out pixel-major, i.e. channels_last.
         rows = columns.transpose(1, 2).reshape(n * out_h * out_w, -1)
-        y = torch.addmm(self.bias, rows, self.weight.reshape(self.out_channels, -1).t()) if self.bias is not None \
-            else rows @ self.weight.reshape(self.out_channels, -1).t()
+        weight = self.weight.reshape(self.out_channels, -1).t()
+        y = rows @ weight if self.bias is None else torch.addmm(self.bias, rows, weight)
         y = y.reshape(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
         return y if x.is_contiguous(memory_format=torch.channels_last) else y.contiguous()
 

@@ -1,4 +1,5 @@
-"""A stand-in for torchvision's ResNet-18 ImageNet checkpoint, for benchmarks on machines that cannot fetch it.
+"""What both descriptor benchmarks share: a stand-in for torchvision's ResNet-18 ImageNet checkpoint (for
+machines that cannot fetch it) and the neighbour agreement between two descriptor sets.
 
 Speed does not depend on the weight values; anything measured about the features themselves (neighbour
 agreement) is for these random weights.
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import numpy as np
 
 
 def write_stand_in_weights(torch_home: Path) -> None:
@@ -21,3 +24,13 @@ def write_stand_in_weights(torch_home: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+
+
+def neighbour_agreement(reference: np.ndarray, other: np.ndarray, k: int) -> float:
+    """Mean overlap of the k nearest (cosine) neighbours of every row, reference vs other."""
+    def top(rows):
+        sims = rows @ rows.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1)[:, :k]
+    a, b = top(reference), top(other)
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
