@@ -1,7 +1,9 @@
 """Training speed of every ablation row at a budget's settings, measured through sslfer-train itself (not a test).
 
-Each row trains --steps steps on one seed with --log-every 1, so its metrics log holds images/s per step.
-The median over the steps after the first --skip is the steady rate. On a small shard set every epoch end
+Each row trains --steps steps on one seed; its metrics log holds images/s per --log-every steps (default 1).
+The median over the intervals after the first --skip steps is the steady rate. On a GPU the trainer reads
+its losses only at log points, so --log-every 1 adds a host-device sync to every step; a larger interval
+measures what a real run does. On a small shard set every epoch end
 writes a checkpoint and refills the loader, so those steps are slow; the median leaves them out and the
 mean keeps them. From the median the script projects the hours the budget's whole table would take here
 (rows x seeds x steps, one run at a time).
@@ -30,7 +32,8 @@ VIEWS_LINE = re.compile(r"(\d+) anchors x (\d+) views per step")
 
 
 def row_speed(log: Path, metrics: Path, skip: int) -> dict:
-    """Per-step seconds of one finished run, from its log (views per step) and metrics (images/s per step)."""
+    """Per-step seconds of one finished run, from its log (views per step) and metrics (images/s per logged
+    interval)."""
     found = VIEWS_LINE.search(log.read_text())
     if found is None:
         raise ValueError(f"{log}: no 'anchors x views per step' line")
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     parser.add_argument("--steps", type=int, default=60, help="steps per row")
     parser.add_argument("--skip", type=int, default=5, help="first steps left out (start-up, cuDNN autotuning)")
+    parser.add_argument("--log-every", type=int, default=1, help="steps per metrics line (a sync point on a GPU)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row in the projection")
     parser.add_argument("--rows", nargs="*", default=list(ROWS), help=f"rows: {', '.join(ROWS)}")
     parser.add_argument("--out", type=Path, default=Path("bench_rows_out"))
@@ -72,7 +76,7 @@ def main() -> None:
         if run.exists():
             raise SystemExit(f"{run} exists: use a new --out")
         try:
-            wall = run_logged(train_command(args.shards, run, row, 0, timed, log_every=1, ckpt_every=args.steps),
+            wall = run_logged(train_command(args.shards, run, row, 0, timed, log_every=args.log_every, ckpt_every=args.steps),
                               log, timed.threads)
         except SystemExit as failure:  # one broken row should not hide the others' figures
             print(f"{row}: {failure}", flush=True)

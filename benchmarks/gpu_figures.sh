@@ -19,7 +19,7 @@ print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision
 timeout 150 $py benchmarks/bench_trainer.py --raw "$shards" --jpeg "$shards" --only step --cuda-only 2>&1 \
   | tee "$out/trainer_step.txt"
 timeout 90 $py benchmarks/bench_descriptors.py --shards "$shards" --devices cuda 2>&1 | tee "$out/descriptors.txt"
-timeout 300 $py benchmarks/bench_rows.py --shards "$shards" --budget "$budget" --steps "$steps" --out "$scratch/rows" 2>&1 \
+timeout 300 $py benchmarks/bench_rows.py --shards "$shards" --budget "$budget" --steps "$steps" --log-every 5 --out "$scratch/rows" 2>&1 \
   | tee "$out/rows.txt"
 cp "$scratch/rows/bench_rows.json" "$out/" 2>/dev/null
 tar -czf "$out/row_logs.tgz" -C "$scratch/rows" logs $(cd "$scratch/rows" && ls runs/*/metrics.jsonl 2>/dev/null)

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 import train.contrastive_step
 import train.run_state
+import train.trainer
 from train.checkpoints import list_checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
@@ -61,16 +62,25 @@ def test_interrupted_and_resumed_run_matches_straight_run(shards, tmp_path, monk
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
+def _loss_turning_nan_at_call(monkeypatch, call):
     real_loss = train.contrastive_step.multi_positive_nt_xent
     calls = []
 
     def loss_turning_nan(*args, **kwargs):
         calls.append(1)
         value = real_loss(*args, **kwargs)
-        return value * float("nan") if len(calls) == 3 else value
+        return value * float("nan") if len(calls) == call else value
 
     monkeypatch.setattr(train.contrastive_step, "multi_positive_nt_xent", loss_turning_nan)
+
+
+def _read_losses_at_sync_points_only(monkeypatch):
+    """What a CUDA run does (train/loss_watch.py), on the CPU."""
+    monkeypatch.setattr(train.trainer, "settles_each_step", lambda device: False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, monkeypatch):
+    _loss_turning_nan_at_call(monkeypatch, 3)
     run = tmp_path / "run"
     result = _train(["--shards", shards, "--out", run, *TINY_TRAIN, "--timeaug", "--steps", "5", "--ckpt-every", "2"])
     assert result.exit_code == 1 and "Traceback" not in result.output
@@ -79,3 +89,38 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(shards, tmp_path, 
     state = torch.load(list_checkpoints(run)[0], weights_only=True)
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert all(math.isfinite(r["loss"]) for r in read_metrics(run / "metrics.jsonl"))
+
+
+def test_deferred_loss_read_stops_before_writing_after_a_non_finite_loss(shards, tmp_path, monkeypatch):
+    _read_losses_at_sync_points_only(monkeypatch)
+    _loss_turning_nan_at_call(monkeypatch, 3)
+    run = tmp_path / "run"
+    result = _train(["--shards", shards, "--out", run, *TINY_TRAIN, "--timeaug", "--steps", "6", "--ckpt-every", "2",
+                     "--log-every", "2"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    # step 3's update was applied before the loss was read at step 4, but step 4's checkpoint was not written
+    assert "loss became nan at step 3 (epoch 0); stopped at step 4 without writing anything after step 2" \
+        in result.output and "ckpt-step00000002.pt" in result.output
+    assert [p.name for p in list_checkpoints(run)] == ["ckpt-step00000002.pt"]
+    state = torch.load(list_checkpoints(run)[0], weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [2]
+
+
+def test_deferred_loss_read_logs_and_trains_exactly_as_reading_every_step(shards, tmp_path, monkeypatch):
+    common = ["--shards", shards, *TINY_TRAIN, *ABLATION, "--steps", "5", "--ckpt-every", "4", "--log-every", "2"]
+    each_step = _train([*common, "--out", tmp_path / "each"])
+    assert each_step.exit_code == 0, each_step.output
+    _read_losses_at_sync_points_only(monkeypatch)
+    deferred = _train([*common, "--out", tmp_path / "deferred"])
+    assert deferred.exit_code == 0, deferred.output
+
+    ra, rb = read_metrics(tmp_path / "each" / "metrics.jsonl"), read_metrics(tmp_path / "deferred" / "metrics.jsonl")
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [2, 4, 5]
+    for key in ("loss", "loss_last", "fallbacks", "pos_cos", "neg_cos", "false_negatives"):
+        assert [r[key] for r in ra] == [r[key] for r in rb], key
+    a = torch.load(list_checkpoints(tmp_path / "each")[-1], weights_only=True)
+    b = torch.load(list_checkpoints(tmp_path / "deferred")[-1], weights_only=True)
+    assert a["step"] == b["step"] == 5 and a["sampler"] == b["sampler"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

@@ -25,7 +25,8 @@ from train.batch_builder import MaskFNConfig, similarity_stats
 from train.checkpoints import latest_checkpoint
 from train.contrastive_step import ContrastiveStep, StepResult, batch_to_device, step_generator
 from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
-from train.epoch_plan import PlanConfig
+from train.epoch_plan import FALLBACK_KINDS, PlanConfig
+from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
 from train.lr_schedule import default_warmup, make_scheduler
 from train.metrics_log import IntervalMeter, MetricsLog
 from train.progress_bar import TrainProgress
@@ -229,6 +230,9 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
     meter = IntervalMeter(rows_per_step=cfg.batch_size * objective.num_views)
     last_loss = float("nan")
     loader = make_loader(data.stream, data.workers, pin_memory=ctx.device.type == "cuda")
+    # Losses and fallback counts stay on the device between sync points (loss_watch.py says why).
+    losses, check_each_step = LossWatch(), settles_each_step(ctx.device)
+    fallbacks = torch.zeros(len(FALLBACK_KINDS), dtype=torch.int64, device=ctx.device)
     while state.step < data.total_steps:
         data.stream.set_epoch(state.epoch, state.batch_in_epoch)
         for batch in loader:
@@ -239,11 +243,9 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
             net.train()
             x = objective.views(batch, step_generator(cfg.seed, ctx.rank, state.step, ctx.device))
             result = objective.loss(net, x, batch)
-            last_loss = float(result.loss.detach())
-            if not math.isfinite(last_loss):
-                where = last_checkpoint if last_checkpoint is not None else "none written yet"
-                raise TrainingError(f"loss became {last_loss} at step {state.step + 1} (epoch {state.epoch}); "
-                                    f"stopped before applying it; last good checkpoint: {where}")
+            losses.add(state.step + 1, state.epoch, result.loss)
+            if check_each_step:
+                last_loss = _settle(losses, meter, state, last_checkpoint, applied=False, last_loss=last_loss)
             lr = state.optimizer.param_groups[0]["lr"]
             state.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -251,18 +253,41 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
             state.scheduler.step()
             epoch_of_step = state.epoch
             epoch_end = state.advance(data.steps_per_epoch)
-            state.fallbacks += sum_across(batch["fallbacks"], ctx).cpu().numpy()
-            meter.add(last_loss)
+            fallbacks += batch["fallbacks"]
             final = state.step == data.total_steps
-            if state.step % cfg.log_every == 0 or final or epoch_end:
+            log_now = state.step % cfg.log_every == 0 or final or epoch_end
+            save_now = state.step % cfg.ckpt_every == 0 or epoch_end or final
+            if not (log_now or save_now):
+                continue
+            # Settled before anything is written, so no log line or checkpoint follows a non-finite loss.
+            last_loss = _settle(losses, meter, state, last_checkpoint, applied=True, last_loss=last_loss)
+            state.fallbacks += sum_across(fallbacks, ctx).cpu().numpy()
+            fallbacks.zero_()
+            if log_now:
                 _log(metrics, bar, meter, state, result, lr, epoch_of_step)
-            if state.step % cfg.ckpt_every == 0 or epoch_end or final:
+            if save_now:
                 if ctx.is_main:
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
                 barrier(ctx)
             if epoch_end or final:
                 break
     return last_loss, last_checkpoint
+
+
+def _settle(losses: LossWatch, meter: IntervalMeter, state: RunState, last_checkpoint: Path | None, *,
+            applied: bool, last_loss: float) -> float:
+    """Read the pending losses into the meter; returns the newest (or `last_loss` if none were pending)."""
+    try:
+        values = losses.settle()
+    except NonFiniteLoss as bad:
+        where = last_checkpoint if last_checkpoint is not None else "none written yet"
+        stopped = (f"stopped at step {state.step} without writing anything after step {bad.step - 1}" if applied
+                   else "stopped before applying it")
+        raise TrainingError(f"loss became {bad.value} at step {bad.step} (epoch {bad.epoch}); {stopped}; "
+                            f"last good checkpoint: {where}") from None
+    for value in values:
+        meter.add(value)
+    return values[-1] if values else last_loss
 
 
 def _log(metrics: MetricsLog | None, bar: TrainProgress, meter: IntervalMeter, state: RunState,
