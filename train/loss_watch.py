@@ -17,7 +17,7 @@ def settles_each_step(device: torch.device) -> bool:
     return device.type != "cuda"
 
 
-@dataclass(frozen=True)
+@dataclass
 class NonFiniteLoss(Exception):
     step: int  # 1-based, as logged
     epoch: int
