@@ -227,8 +227,7 @@ def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> Tr
 def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, objective: ContrastiveStep,
           metrics: MetricsLog | None, bar: TrainProgress, run_dir: Path, last_checkpoint: Path | None):
     """Train to the last step; returns (last loss, newest checkpoint)."""
-    meter = IntervalMeter(rows_per_step=cfg.batch_size * objective.num_views)
-    last_loss = float("nan")
+    meter = IntervalMeter(rows_per_step=cfg.batch_size * objective.num_views)  # .last: the newest loss read
     loader = make_loader(data.stream, data.workers, pin_memory=ctx.device.type == "cuda")
     # Losses and fallback counts stay on the device between sync points (loss_watch.py says why).
     losses, check_each_step = LossWatch(), settles_each_step(ctx.device)
@@ -245,7 +244,7 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
             result = objective.loss(net, x, batch)
             losses.add(state.step + 1, state.epoch, result.loss)
             if check_each_step:
-                last_loss = _settle(losses, meter, state, last_checkpoint, applied=False, last_loss=last_loss)
+                _settle(losses, meter, state, last_checkpoint, applied=False)
             lr = state.optimizer.param_groups[0]["lr"]
             state.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
@@ -260,7 +259,7 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
             if not (log_now or save_now):
                 continue
             # Settled before anything is written, so no log line or checkpoint follows a non-finite loss.
-            last_loss = _settle(losses, meter, state, last_checkpoint, applied=True, last_loss=last_loss)
+            _settle(losses, meter, state, last_checkpoint, applied=True)
             state.fallbacks += sum_across(fallbacks, ctx).cpu().numpy()
             fallbacks.zero_()
             if log_now:
@@ -271,12 +270,12 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
                 barrier(ctx)
             if epoch_end or final:
                 break
-    return last_loss, last_checkpoint
+    return meter.last, last_checkpoint
 
 
 def _settle(losses: LossWatch, meter: IntervalMeter, state: RunState, last_checkpoint: Path | None, *,
-            applied: bool, last_loss: float) -> float:
-    """Read the pending losses into the meter; returns the newest (or `last_loss` if none were pending)."""
+            applied: bool) -> None:
+    """Read the pending losses into the meter."""
     try:
         values = losses.settle()
     except NonFiniteLoss as bad:
@@ -287,7 +286,6 @@ def _settle(losses: LossWatch, meter: IntervalMeter, state: RunState, last_check
                             f"last good checkpoint: {where}") from None
     for value in values:
         meter.add(value)
-    return values[-1] if values else last_loss
 
 
 def _log(metrics: MetricsLog | None, bar: TrainProgress, meter: IntervalMeter, state: RunState,
