@@ -63,15 +63,15 @@ def test_invalid_configs_are_one_line_errors():
             ClipConfig(**kwargs)
 
 
-def _loop_valid_starts(ts, frames, stride, fps):
-    """Reference: start i is valid when every clip frame exists and each step lasts stride/fps +- half a period."""
+def _loop_valid_starts(ts, frames, stride, fps, tolerance=0.5):
+    """Reference: start i is valid when every clip frame exists and each step lasts stride/fps +- tolerance periods."""
     out = []
     for i in range(len(ts)):
         rows = [i + k * stride for k in range(frames)]
         if rows[-1] >= len(ts):
             out.append(False)
             continue
-        out.append(all(abs(ts[b] - ts[a] - stride / fps) <= 0.5 / fps for a, b in zip(rows, rows[1:])))
+        out.append(all(abs(ts[b] - ts[a] - stride / fps) <= tolerance / fps for a, b in zip(rows, rows[1:])))
     return np.array(out)
 
 
@@ -84,13 +84,28 @@ def test_valid_starts_match_a_loop_over_every_window():
         frames, stride = int(rng.integers(1, 6)), int(rng.integers(1, 5))
         np.testing.assert_array_equal(valid_starts(ts, frames, stride, 25.0),
                                       _loop_valid_starts(ts, frames, stride, 25.0))
+        np.testing.assert_array_equal(valid_starts(ts, frames, stride, 25.0, 0.8),
+                                      _loop_valid_starts(ts, frames, stride, 25.0, 0.8))
+
+
+def test_unevenly_kept_frames_pass_only_a_looser_timing_tolerance():
+    # 30 fps video kept at 25 fps: the first source frame of every 1/25 s interval, so rows are 1 or 2
+    # source frames apart and 4 rows last 4/30 or 5/30 s instead of 0.16 s (0.67 or 0.17 row periods off).
+    source = np.arange(300)
+    kept = source[np.r_[True, np.floor(source[1:] * 25 / 30) != np.floor(source[:-1] * 25 / 30)]]
+    ts = kept / 30.0
+    assert not valid_starts(ts, 16, 4, 25.0).any()
+    loose = valid_starts(ts, 16, 4, 25.0, tolerance=0.7)
+    assert loose[: len(ts) - 60].all() and not loose[len(ts) - 60:].any()  # the last 60 cannot fit 61 rows
+    with pytest.raises(ClipConfigError, match="timing_tolerance"):
+        ClipConfig(timing_tolerance=1.0)
 
 
 def test_catalogue_keeps_gap_free_windows_and_counts_skipped_videos(index):
     cat = build_catalogue(index, ClipConfig())
     assert (cat.stride, cat.span_rows, cat.fps) == (4, 61, 25.0)
     assert cat.usable.tolist() == sorted(CLIP_VALID_STARTS)
-    assert cat.skipped_short == len(SHORT_VIDEOS) and cat.skipped_gaps == len(GAPPY_VIDEOS)
+    assert cat.skipped_short == len(SHORT_VIDEOS) and cat.skipped_timing == len(GAPPY_VIDEOS)
     for video, starts in CLIP_VALID_STARTS.items():
         runs = [range(s, s + n) for v, s, n in zip(cat.run_video, cat.run_start, cat.run_length) if v == video]
         assert runs == [starts]
@@ -101,7 +116,7 @@ def test_every_planned_clip_is_contiguous_at_the_stride_in_rows_and_time(index):
     seen = {video: set() for video in CLIP_VALID_STARTS}
     for epoch in range(5):
         plan = plan_epoch_clips(index, cfg, seed=1, epoch=epoch, batch_size=4)
-        assert plan.skipped_short == 2 and plan.skipped_gaps == 1
+        assert plan.skipped_short == 2 and plan.skipped_timing == 1
         for b in range(plan.steps):
             rows = plan.rows(b)
             for video, clip in zip(plan.video[b], rows):

@@ -4,7 +4,9 @@ A clip is `frames` stored frames of one video taken every `stride` rows from its
 rows. The stride is given in seconds, or in frames at `frame_rate` (the reference: 4 frames at 25 fps), and
 is resolved against the frame rate the shards were prepared at (`sslfer-prep --fps`); shards whose rate
 cannot give it as a whole number of rows are refused. A start is valid only when every step of the clip
-spans the stride in time as well (within half a row period), so a clip never crosses a dropped frame.
+spans the stride in time as well (within `timing_tolerance` row periods, half by default), so a clip
+never crosses a dropped frame, nor takes unevenly spaced rows (a source whose frame rate the prep fps does
+not divide, e.g. 30 fps video kept at 25 fps, or one slower than the prep fps).
 
 Every epoch redraws, from (seed, epoch) alone, `clips_per_video` uniform starts per usable video and one
 global order of those clips; global batch g is clips [g*W*B, (g+1)*W*B) of that order, and rank r takes
@@ -37,6 +39,8 @@ class ClipConfig:
     stride_seconds: float | None = None  # or the stride in seconds (then stride_frames must be None)
     frame_rate: float = REFERENCE_FPS  # the rate stride_frames counts at
     clips_per_video: int = 1  # clips drawn per usable video per epoch (the reference draws one)
+    # How far each clip step may last from stride / fps, in row periods: below 1, a dropped frame never passes.
+    timing_tolerance: float = 0.5
 
     def __post_init__(self):
         if self.frames < 1:
@@ -51,6 +55,8 @@ class ClipConfig:
             raise ClipConfigError(f"frame_rate must be positive, got {self.frame_rate}")
         if self.clips_per_video < 1:
             raise ClipConfigError(f"clips_per_video must be at least 1, got {self.clips_per_video}")
+        if not 0 <= self.timing_tolerance < 1:
+            raise ClipConfigError(f"timing_tolerance must be in [0, 1) row periods, got {self.timing_tolerance}")
 
     @property
     def seconds_per_step(self) -> float:
@@ -114,7 +120,7 @@ class ClipCatalogue:
     run_length: np.ndarray  # (R,) number of valid starts in the run
     usable: np.ndarray  # (U,) videos with at least one valid start, ascending
     skipped_short: int  # videos with fewer rows than the span
-    skipped_gaps: int  # videos long enough in rows whose every window crosses a dropped frame
+    skipped_timing: int  # videos long enough in rows without a window that keeps the stride in time
 
     @property
     def clip_positions(self) -> np.ndarray:
@@ -122,9 +128,9 @@ class ClipCatalogue:
         return np.arange(self.frames, dtype=np.int64) * self.stride
 
 
-def valid_starts(timestamps: np.ndarray, frames: int, stride: int, fps: float) -> np.ndarray:
+def valid_starts(timestamps: np.ndarray, frames: int, stride: int, fps: float, tolerance: float = 0.5) -> np.ndarray:
     """Boolean (n,): a clip may start at row i, i.e. rows i, i+stride, ... exist and each step spans
-    stride / fps seconds within half a row period."""
+    stride / fps seconds within `tolerance` row periods."""
     ts = np.asarray(timestamps, dtype=np.float64)
     n = len(ts)
     span = (frames - 1) * stride + 1
@@ -136,7 +142,7 @@ def valid_starts(timestamps: np.ndarray, frames: int, stride: int, fps: float) -
         return ok
     period = 1.0 / fps
     bad = np.ones(n, np.int64)  # bad[i]: the step from row i to row i+stride is off (or leaves the video)
-    bad[: n - stride] = np.abs(ts[stride:] - ts[:-stride] - stride * period) > 0.5 * period + 1e-9
+    bad[: n - stride] = np.abs(ts[stride:] - ts[:-stride] - stride * period) > tolerance * period + 1e-9
     # count[i] = bad[i] + bad[i - stride] + ...: a cumulative sum within each residue class mod stride.
     padded = np.concatenate([bad, np.zeros(-n % stride, np.int64)])
     count = np.cumsum(padded.reshape(-1, stride), axis=0).reshape(-1)[:n]
@@ -154,16 +160,16 @@ def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
     stride = clip_stride_frames(fps, cfg)
     span = (cfg.frames - 1) * stride + 1
     run_video, run_start, run_length, usable = [], [], [], []
-    short = gaps = 0
+    short = mistimed = 0
     for video, ts in enumerate(index.timestamps):
         if len(ts) < span:
             short += 1
             continue
-        ok = valid_starts(ts, cfg.frames, stride, fps)
+        ok = valid_starts(ts, cfg.frames, stride, fps, cfg.timing_tolerance)
         edges = np.diff(np.concatenate([[0], ok.astype(np.int8), [0]]))
         begins, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         if not len(begins):
-            gaps += 1
+            mistimed += 1
             continue
         usable.append(video)
         run_video.append(np.full(len(begins), video, np.int64))
@@ -171,8 +177,9 @@ def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
         run_length.append((ends - begins).astype(np.int64))
     if not usable:
         longest = int(index.video_frames.max()) if index.num_videos else 0
-        why = (f"the longest video has {longest} frames ({longest / fps:.2f} s at {fps:g} fps)" if not gaps else
-               f"{short} videos are shorter and the {gaps} long enough in frames have a dropped frame in every window")
+        why = (f"the longest video has {longest} frames ({longest / fps:.2f} s at {fps:g} fps)" if not mistimed else
+               f"{short} videos are shorter and the other {mistimed} never keep the stride in time over a whole clip "
+               f"(dropped frames, or source video at another rate than {fps:g} fps)")
         raise ClipConfigError(
             f"a clip of {cfg.frames} frames at stride {stride} spans {span} stored frames ({cfg.span_seconds:.2f} s) "
             f"but {why}; use fewer frames, a shorter stride, or longer videos")
@@ -180,7 +187,7 @@ def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
         frames=cfg.frames, stride=stride, fps=fps, span_rows=span,
         run_video=np.concatenate(run_video), run_start=np.concatenate(run_start),
         run_length=np.concatenate(run_length), usable=np.asarray(usable, np.int64),
-        skipped_short=short, skipped_gaps=gaps,
+        skipped_short=short, skipped_timing=mistimed,
     )
 
 
@@ -200,7 +207,7 @@ class EpochClipPlan:
     num_clips: int  # clips drawn this epoch over all ranks
     dropped: int  # clips of the last, incomplete global batch (not used)
     skipped_short: int  # videos shorter than the clip span (never used)
-    skipped_gaps: int  # videos whose every window crosses a dropped frame (never used)
+    skipped_timing: int  # videos without a window that keeps the stride in time (never used)
 
     @property
     def steps(self) -> int:
@@ -263,7 +270,7 @@ def plan_epoch_clips(index: ShardIndex, cfg: ClipConfig, seed: int, epoch: int, 
         video=video[:used].reshape(steps, world_size, batch_size)[:, rank].copy(),
         start=start[:used].reshape(steps, world_size, batch_size)[:, rank].copy(),
         num_clips=len(video), dropped=len(video) - used,
-        skipped_short=catalogue.skipped_short, skipped_gaps=catalogue.skipped_gaps,
+        skipped_short=catalogue.skipped_short, skipped_timing=catalogue.skipped_timing,
     )
 
 
