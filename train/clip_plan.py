@@ -10,9 +10,10 @@ not divide, e.g. 30 fps video kept at 25 fps, or one slower than the prep fps).
 
 Every epoch redraws, from (seed, epoch) alone, `clips_per_video` uniform starts per usable video and one
 global order of those clips (shuffled within random groups of `shard_group` shards, for reader
-locality); global batch g is clips [g*W*B, (g+1)*W*B) of that order, and rank r takes its r-th block of B. The plan is therefore the same whatever the number of loader workers, ranks
-partition every global batch disjointly, and a resumed run re-plans the epoch and skips batches for
-free. Planning touches no image data. Pure numpy.
+locality); global batch g is clips [g*W*B, (g+1)*W*B) of that order, and rank r takes its r-th block
+of B. The plan is therefore the same whatever the number of loader workers, ranks partition every
+global batch disjointly, and a resumed run re-plans the epoch and skips batches for free. Planning
+touches no image data. Pure numpy.
 """
 from __future__ import annotations
 
