@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from train.evaluation.video_datasets import VideoRecord, frame_files
+from train.evaluation.video_datasets import VideoRecord, frame_files, quiet_ffmpeg
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class FrameSource:
                     return None
                 got[i] = image
         else:
+            quiet_ffmpeg()
             capture = cv2.VideoCapture(self.record.source)
             try:
                 position, last = 0, None

@@ -51,6 +51,8 @@ UNDECODABLE = "undecodable video"
 UNKNOWN_LABEL = "unknown label"
 TOO_SHORT = "fewer frames than one clip needs"
 BAD_ROW = "bad row"
+SHORT_OF_HEADER = "video decodes fewer frames than its header says (decoded count used)"
+FFMPEG_LOGLEVEL_ENV, FFMPEG_QUIET = "OPENCV_FFMPEG_LOGLEVEL", "-8"
 
 
 @dataclass
@@ -80,21 +82,28 @@ def frame_files(directory: Path) -> list[Path]:
     return [directory / name for name in names]
 
 
-def probe_video(path: Path) -> tuple[str, int]:
-    """(kind, frame count): count 0 = nothing decodable. Frame folders are counted, video files opened with cv2."""
+def quiet_ffmpeg() -> None:
+    """FFmpeg prints a line per damaged packet; the counts below report such videos instead."""
+    os.environ.setdefault(FFMPEG_LOGLEVEL_ENV, FFMPEG_QUIET)
+
+
+def probe_video(path: Path) -> tuple[str, int, int | None]:
+    """(kind, frame count, header count): count 0 = nothing decodable. Frame folders are counted; video files
+    are demuxed to the end (headers overstate truncated files), header count kept to report the gap."""
     if path.is_dir():
-        return "frames", len(frame_files(path))
+        return "frames", len(frame_files(path)), None
     import cv2
 
+    quiet_ffmpeg()
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
-            return "video", 0
-        ok, _ = capture.read()
-        if not ok:
-            return "video", 0
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        return "video", max(count, 1)
+            return "video", 0, None
+        header = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        count = 0
+        while capture.grab():
+            count += 1
+        return "video", count, header
     finally:
         capture.release()
 
@@ -240,7 +249,7 @@ def load_video_csv(path: Path, classes: list[str] | None, paths: PathMap, proble
 
 def check_videos(dataset: VideoDataset, min_frames: int) -> VideoDataset:
     """Probe each distinct video once; drop (and count) missing, undecodable and too-short ones."""
-    seen: dict[str, tuple[str, int] | None] = {}
+    seen: dict[str, tuple[str, int, int | None] | None] = {}
     keep = []
     for index, record in enumerate(dataset.records):
         if record.source not in seen:
@@ -249,8 +258,10 @@ def check_videos(dataset: VideoDataset, min_frames: int) -> VideoDataset:
                 seen[record.source] = None
                 dataset.problems.add(MISSING, record.source)
             else:
-                kind, count = probe_video(path)
-                seen[record.source] = (kind, count)
+                kind, count, header = probe_video(path)
+                seen[record.source] = (kind, count, header)
+                if count and header is not None and count < header:
+                    dataset.problems.add(SHORT_OF_HEADER, f"{record.source} ({count} of {header})")
                 if count == 0:
                     dataset.problems.add(UNDECODABLE, record.source)
                 elif count < min_frames:
@@ -258,7 +269,7 @@ def check_videos(dataset: VideoDataset, min_frames: int) -> VideoDataset:
         probed = seen[record.source]
         if probed is None or probed[1] < max(min_frames, 1):
             continue
-        record.kind, record.num_frames = probed
+        record.kind, record.num_frames = probed[0], probed[1]
         keep.append(index)
     return dataset.keep(keep)
 

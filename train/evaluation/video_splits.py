@@ -59,7 +59,7 @@ def plan_video(dataset: VideoDataset, seed: int, val_fraction: float, test_fract
             notes.append("validation = the dataset's own validation split")
         train_subjects = {dataset.records[i].subject for i in indices["train"]} - {None}
         test_subjects = {dataset.records[i].subject for i in indices["test"]} - {None}
-        if train_subjects & test_subjects:
+        if dataset.has_splits and train_subjects & test_subjects:
             notes.append(f"the dataset's train and test share {len(train_subjects & test_subjects)} subject(s)")
         plans.append(SplitPlan(seed, fold, indices, notes))
     return plans

@@ -1,0 +1,108 @@
+"""Clip encoders for dynamic FER: a ResNet frame-feature backbone (features averaged over the clip's frames)
+and the seam for the video encoder (LGI-Former, `mae:` specs). Both expose `pooled(clip) -> (B, D)` on a
+normalised clip (B, 3, T, H, W), which is what the linear probe, the fine-tuning head and the CA fusion use."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
+from train.evaluation.backbones import load_backbone
+from train.evaluation.progress import Progress
+from train.evaluation.video_clips import ClipSampling, VideoClips
+
+VIDEO_ENCODER_PREFIX = "mae:"
+
+
+class FramePooledEncoder(nn.Module):
+    """A 2-D backbone (B, 3, H, W) -> (B, D) applied to every frame; the clip feature is the mean over frames."""
+
+    def __init__(self, frame_model: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.frame_model = frame_model
+        self.feature_dim = feature_dim
+
+    def pooled(self, clip: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = clip.shape
+        frames = clip.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        return self.frame_model(frames).view(b, t, -1).mean(dim=1)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.pooled(clip)
+
+
+@dataclass
+class VideoBackbone:
+    name: str
+    kind: str  # "resnet-frames" or "video-encoder"
+    encoder: nn.Module  # has pooled(clip)
+    feature_dim: int
+    sha256: str
+    source: str
+    arch: str
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "arch": self.arch, "sha256": self.sha256, "source": self.source,
+                "feature_dim": self.feature_dim}
+
+
+def load_video_encoder(spec: str) -> VideoBackbone:
+    """The seam for the video encoder (MAE-pretrained or random LGI-Former): wire sslfer_core.lgi_former here."""
+    raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: the video encoder is not wired into "
+                               "`sslfer-eval dfer` yet; use a ResNet backbone (file, run folder, random, imagenet)")
+
+
+def load_video_backbone(spec: str, arch: str) -> VideoBackbone:
+    if spec.startswith(VIDEO_ENCODER_PREFIX):
+        return load_video_encoder(spec[len(VIDEO_ENCODER_PREFIX):])
+    loaded = load_backbone(spec, arch)
+    encoder = FramePooledEncoder(loaded.model, loaded.feature_dim)
+    return VideoBackbone(loaded.name, "resnet-frames", encoder, loaded.feature_dim, loaded.sha256, loaded.source,
+                         loaded.arch)
+
+
+def normalise_clips(clips_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, T, H, W, 3) uint8 -> (N, 3, T, H, W) float, ImageNet mean / std."""
+    x = clips_uint8.permute(0, 4, 1, 2, 3).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1, 1)
+    return (x - mean) / std
+
+
+def _collate(batch):
+    clips = torch.stack([item[0] for item in batch])
+    ok = torch.tensor([item[1] for item in batch])
+    labels = torch.tensor([item[2] for item in batch])
+    positions = torch.tensor([item[3] for item in batch])
+    return clips, ok, labels, positions
+
+
+def clip_loader(dataset: VideoClips, batch_size: int, workers: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, collate_fn=_collate,
+                      generator=generator, persistent_workers=False)
+
+
+@torch.no_grad()
+def video_features(backbone: VideoBackbone, clips: VideoClips, device: torch.device, batch_size: int, workers: int,
+                   bf16: bool = False, label: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) per-video features = the mean over its evaluation clips of pooled(clip); (N,) ok flags."""
+    encoder = backbone.encoder.to(device).eval()
+    features = np.zeros((len(clips), backbone.feature_dim), dtype=np.float32)
+    ok_all = np.zeros(len(clips), dtype=bool)
+    progress = Progress(len(clips), label)
+    for batch, ok, _, positions in clip_loader(clips, batch_size, workers, shuffle=False):
+        n, k = batch.shape[:2]
+        x = normalise_clips(batch.flatten(0, 1).to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            pooled = encoder.pooled(x)
+        features[positions.numpy()] = pooled.float().view(n, k, -1).mean(dim=1).cpu().numpy()
+        ok_all[positions.numpy()] = ok.numpy()
+        progress.update(n)
+    progress.close()
+    return features, ok_all
