@@ -1,6 +1,7 @@
 """sslfer-eval dfer: dynamic FER on video datasets, scored by UAR / WAR.
 
   sslfer-eval dfer linear    frozen clip features (mean of the 2 evaluation clips per video), linear head on val
+  sslfer-eval dfer finetune  whole network (+ optional CA motion branch), epoch chosen on validation UAR
   sslfer-eval dfer compare   video results.json files as the reference's table (UAR, WAR)
 
 Backbones: ResNet specs as for the image commands (file, run folder, random[:N], imagenet), used per frame and
@@ -18,6 +19,8 @@ from sslfer_core import metrics
 from sslfer_core.atomic_files import write_bytes_atomic
 from train.evaluation import session
 from train.evaluation.datasets import split_counts
+from train.evaluation.dfer_finetune import DferFinetuneConfig, DferFinetuner
+from sslfer_core.ca_branch import FUSIONS, MOTION_INPUTS
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
 from train.evaluation.protocol import Predictions, write_predictions
 from train.evaluation.results import _cell, code_version, load_results, now_utc, summarise, write_results
@@ -241,6 +244,70 @@ def linear(**params):
     extra = {"protocol": "linear", "sampling": vars(sampling), "probe": vars(config), "device_used": str(device),
              "feature": "per video: mean over its evaluation clips of the clip feature (ResNet: mean over frames)"}
     finish(payload_for("dfer-linear", params, dataset, plans, entries, extra), dataset, params["out_dir"])
+
+
+@dfer.command(help="Fine-tune the clip encoder with a linear head (optionally fused with the CA motion branch); "
+                    "epoch chosen on validation UAR, test scored once.")
+@data_options
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Base rate per 256 clips (scaled by batch).")
+@click.option("--min-lr", type=float, default=1e-6, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True)
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--mixup", type=click.FloatRange(0.0), default=0.8, show_default=True, help="Beta alpha; 0 = off.")
+@click.option("--cutmix", type=click.FloatRange(0.0), default=1.0, show_default=True, help="Beta alpha; 0 = off.")
+@click.option("--smoothing", type=click.FloatRange(0.0, 0.99), default=0.1, show_default=True)
+@click.option("--erase-prob", type=click.FloatRange(0.0, 1.0), default=0.25, show_default=True)
+@click.option("--no-augment", is_flag=True, help="No RandAugment / crop / flip / erasing (mixing still on).")
+@click.option("--ca", type=click.Choice(FUSIONS), default=None, help="Fuse the CA motion branch (MAE-DFER-CA).")
+@click.option("--motion", type=click.Choice(MOTION_INPUTS), default="mean-minus-first", show_default=True,
+              help="CA input: the reference code's mean-minus-first map, or per-frame differences.")
+def finetune(**params):
+    device = session.configure_torch(params["threads"], params["device"])
+    dataset, plans, sampling = _load(params)
+    workers = 0 if params["align"] else (session.default_workers() if params["workers"] is None else params["workers"])
+    config = DferFinetuneConfig(
+        epochs=params["epochs"], batch_size=params["batch_size"], learning_rate=params["lr"],
+        min_learning_rate=params["min_lr"], warmup_epochs=params["warmup_epochs"], weight_decay=params["weight_decay"],
+        mixup=params["mixup"], cutmix=params["cutmix"], label_smoothing=params["smoothing"],
+        erase_prob=params["erase_prob"], augment=not params["no_augment"], ca=params["ca"], motion=params["motion"],
+        workers=workers)
+    if params["ca"] and params["image_size"] % 16:
+        raise click.BadParameter("the CA branch needs a size divisible by 16", param_hint="--image-size")
+    labels, names = dataset.labels(), dataset.class_names
+    align = _aligner(params)
+    entries = []
+    for spec in params["backbones"]:
+        backbone = load_video_backbone(spec, params["arch"])
+        tuner = DferFinetuner(backbone, dataset.records, labels, names, sampling, params["image_size"], config, device,
+                              uses_bf16(params["precision"], device), align)
+        runs = []
+        for plan in plans:
+            outcome = tuner.fit(plan)
+            val_kept, val_predicted = outcome["val"]
+            test_kept, test_predicted = outcome["test"]
+            run = {"name": plan.name, "seed": plan.seed, "fold": plan.fold, "notes": plan.notes,
+                   "counts": split_counts(dataset, plan.indices), "selected": outcome["selected"],
+                   "history": outcome["history"], "parameters": outcome["parameters"],
+                   "val": metrics.dfer_report(labels[val_kept], val_predicted, names),
+                   "test": metrics.dfer_report(labels[test_kept], test_predicted, names)}
+            if params["out_dir"]:
+                path = Path(params["out_dir"]) / "predictions" / f"{backbone.name.replace('/', '_')}-{plan.name}-test.csv"
+                write_predictions(path, dataset, Predictions(test_kept, labels=test_predicted))
+                run["predictions_file"] = str(path)
+            runs.append(run)
+        for i in sorted(tuner.unreadable):
+            dataset.problems.add(UNDECODABLE, dataset.records[i].source)
+        name = backbone.name + (f"+ca-{params['ca']}" if params["ca"] else "")
+        throughput = tuner.train_clips / tuner.train_seconds if tuner.train_seconds else None
+        entries.append({"backbone": {**backbone.describe(), "name": name}, "runs": runs,
+                        "summary": summarise([r["test"] for r in runs]), "per_fold": per_fold_summary(runs),
+                        "train_clips_per_second": throughput})
+        if throughput:
+            click.echo(f"{name}: {throughput:.2f} training clips/s on {device}", err=True)
+    extra = {"protocol": "finetune", "sampling": vars(sampling), "finetune": vars(config), "device_used": str(device)}
+    finish(payload_for("dfer-finetune", params, dataset, plans, entries, extra), dataset, params["out_dir"])
 
 
 @dfer.command(help="Video results.json files side by side in the reference's layout (UAR, WAR).")
