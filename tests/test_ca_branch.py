@@ -201,3 +201,14 @@ def test_fusion_wrapper_takes_a_frame_feature_encoder():
     assert out.shape == (2, 5)
     out.sum().backward()
     assert model.encoder.proj.weight.grad is not None and model.ca.fc.weight.grad is not None
+
+
+def test_totals_with_the_lgi_former_encoder():
+    # With the real encoder the totals are the reference's less only its unused layers.
+    lgi_former = pytest.importorskip("sslfer_core.lgi_former")
+    config = lgi_former.preset("full")
+    expected = {"add": REFERENCE_ADD - UNUSED_CA_FC, "cat": REFERENCE_CAT - UNUSED_CA_FC,
+                "add-pos": REFERENCE_ADD_POS - UNUSED_CA_FC - UNUSED_POS}
+    for fusion, total in expected.items():
+        model = MotionFusionClassifier(lgi_former.LGIFormerEncoder(config), config.dim, 7, fusion)
+        assert _count(model) == total  # add 113,622,139; cat 113,625,723; add-pos 117,881,979
