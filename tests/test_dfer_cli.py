@@ -119,3 +119,27 @@ def test_mead_mini_linear():
         pytest.skip(f"mead_mini not found at {root}")
     result = _run(["dfer", "linear", "--backbone", "random", "--data", str(root / "SOURCES.csv"), *FAST])
     assert "fewer frames than its header" in result.output  # sad.mp4 is truncated: 110 of 157 frames decode
+
+
+def test_clip_augmentation_is_drawn_once_per_clip():
+    import torch
+
+    from train.evaluation.dfer_finetune import ClipAugment, DferFinetuneConfig, learning_rate_at
+
+    torch.manual_seed(0)
+    frame = torch.randint(0, 256, (1, 40, 40, 3), dtype=torch.uint8)
+    clip = frame.expand(6, -1, -1, -1).contiguous()  # six identical frames
+    augment = ClipAugment(16, DferFinetuneConfig(erase_prob=1.0))
+    for _ in range(5):
+        out = augment(clip)
+        assert out.shape == (6, 3, 16, 16)
+        assert all(torch.equal(out[0], out[t]) for t in range(6))  # same crop, flip and RandAugment ops
+    erased = augment.erase(torch.zeros(2, 3, 6, 16, 16))
+    for x in erased:
+        box = x[0] != 0  # (T, S, S)
+        assert box.any() and all(torch.equal(box[0], box[t]) for t in range(6))  # one box for all frames
+        assert not torch.equal(x[0, 0], x[0, 1])  # filled with fresh noise per pixel
+    # warm-up 0.1 -> 1.0 over 10 steps, then cosine from 1.0 to 0.0 over the remaining 10
+    assert learning_rate_at(0, 20, 10, 1.0, 0.0) == pytest.approx(0.1)
+    assert learning_rate_at(10, 20, 10, 1.0, 0.0) == pytest.approx(1.0)
+    assert learning_rate_at(15, 20, 10, 1.0, 0.0) == pytest.approx(0.5)

@@ -1,8 +1,8 @@
 """Fine-tuning for dynamic FER (the reference recipe where it applies to the encoder at hand).
 
 Training clips: `frames` frames from a random temporal window; RandAugment (torchvision, n 4, m 7), random-resized
-crop (scale 0.08-1, ratio 3/4-4/3) and horizontal flip, random erasing (p 0.25): each drawn once per clip and
-applied to all its frames alike; then batch mixup 0.8 / cutmix 1.0 with label smoothing 0.1. With `--ca` the motion
+crop (scale 0.08-1, ratio 3/4-4/3) and horizontal flip, random erasing (p 0.25, per-pixel noise on the
+normalised clip): each drawn once per clip and applied to all its frames alike (the noise differs per pixel); then batch mixup 0.8 / cutmix 1.0 with label smoothing 0.1. With `--ca` the motion
 input is taken from the augmented clip before mixing and mixed alike (sslfer_core.ca_branch.mix_with_motion).
 AdamW (betas 0.9, 0.999, weight decay 0.05), linear warm-up then cosine to min_lr, bf16 autocast on CUDA.
 Layer decay and drop path belong to the video encoder and are not applied to a ResNet frame backbone.
@@ -27,6 +27,11 @@ from train.evaluation.progress import Progress
 from train.evaluation.splits import SplitPlan
 from train.evaluation.video_backbones import VideoBackbone, clip_loader, normalise_clips
 from train.evaluation.video_clips import ClipSampling, VideoClips
+
+
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_ASPECT = 0.3
+ERASE_ATTEMPTS = 10
 
 
 @dataclass
@@ -73,7 +78,8 @@ def build_classifier(backbone: VideoBackbone, num_classes: int, config: DferFine
 
 
 class ClipAugment:
-    """uint8 clip (T, H, W, 3) -> uint8 (T, 3, S, S); every random choice is made once per clip."""
+    """uint8 clip (T, H, W, 3) -> uint8 (T, 3, S, S); every random choice is made once per clip.
+    `erase` works on the normalised float clip (B, 3, T, S, S): one box per clip, per-pixel normal noise."""
 
     def __init__(self, size: int, config: DferFinetuneConfig) -> None:
         self.transform = v2.Compose([
@@ -81,13 +87,29 @@ class ClipAugment:
             v2.RandomResizedCrop(size, scale=config.crop_scale, ratio=(3 / 4, 4 / 3), antialias=True),
             v2.RandomHorizontalFlip(),
         ])
-        self.erase = v2.RandomErasing(p=config.erase_prob, value=0) if config.erase_prob > 0 else None
+        self.erase_prob = config.erase_prob
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        frames = self.transform(clip.permute(0, 3, 1, 2))  # a (T, 3, H, W) tensor shares one draw over T
-        if self.erase is not None:
-            frames = self.erase(frames)
-        return frames
+        return self.transform(clip.permute(0, 3, 1, 2))  # a (T, 3, H, W) tensor shares one draw over T
+
+    def erase(self, x: torch.Tensor) -> torch.Tensor:
+        """With probability erase_prob per clip, one box (area 2-33 %, aspect 0.3-3.3, timm's ranges) shared by all
+        frames, filled with fresh N(0, 1) noise for every pixel of every frame (the reference's 'pixel' mode)."""
+        side_h, side_w = x.shape[-2:]
+        out = x.clone()
+        for clip in out:
+            if torch.rand(()) >= self.erase_prob:
+                continue
+            for _ in range(ERASE_ATTEMPTS):
+                area = side_h * side_w * float(torch.empty(()).uniform_(*ERASE_AREA))
+                aspect = math.exp(float(torch.empty(()).uniform_(math.log(ERASE_ASPECT), -math.log(ERASE_ASPECT))))
+                h, w = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+                if 0 < h < side_h and 0 < w < side_w:
+                    top = int(torch.randint(0, side_h - h + 1, ()))
+                    left = int(torch.randint(0, side_w - w + 1, ()))
+                    clip[..., top:top + h, left:left + w] = torch.randn_like(clip[..., top:top + h, left:left + w])
+                    break
+        return out
 
 
 def learning_rate_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
@@ -168,6 +190,8 @@ class DferFinetuner:
                     frames = torch.stack([augment(clip) for clip in batch])  # (B, T, 3, S, S)
                     batch = frames.permute(0, 1, 3, 4, 2)
                 x = normalise_clips(batch.to(device))
+                if augment is not None:
+                    x = augment.erase(x)
                 labels = labels.to(device)
                 if isinstance(net, MotionFusionClassifier):
                     x, motion, first, targets, _ = mix_with_motion(x, labels, len(self.class_names), rng, mixing,
