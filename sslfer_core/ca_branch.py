@@ -47,12 +47,10 @@ def motion_map(clip: torch.Tensor, mode: str = "mean-minus-first") -> torch.Tens
     differences x_t - x_0 for t = 1..T-1 stacked on channels."""
     if clip.ndim != 5:
         raise ValueError(f"expected a clip batch (B, C, T, H, W), got shape {tuple(clip.shape)}")
-    first = clip[:, :, :1]
     if mode == "mean-minus-first":
         return clip.mean(dim=2) - clip[:, :, 0]
     if mode == "frame-diff":
-        diff = clip[:, :, 1:] - first
-        return diff.flatten(1, 2)
+        return (clip[:, :, 1:] - clip[:, :, :1]).flatten(1, 2)
     raise ValueError(f"unknown motion input {mode!r}; use one of {', '.join(MOTION_INPUTS)}")
 
 
