@@ -68,14 +68,16 @@ def test_layers_as_in_the_reference():
 def test_output_shapes_at_the_reference_size():
     torch.manual_seed(0)
     clip = torch.randn(1, 3, 16, 160, 160)
-    for fusion, classes in (("add", 7), ("cat", 11), ("add-pos", 7)):
-        model = MotionFusionClassifier(_NoParamEncoder(), 512, classes, fusion).eval()
-        with torch.no_grad():
-            assert model(clip).shape == (1, classes)
-    branch = CAMotionBranch().eval()
+    model = MotionFusionClassifier(_NoParamEncoder(), 512, 7, "add-pos").eval()  # every CA part at 160 px
     with torch.no_grad():
-        assert branch(motion_map(clip)).shape == (1, 512)
-        assert PositionBranch()(clip[:, :, 0]).shape == (1, 512, 10, 10)
+        assert model.ca(motion_map(clip)).shape == (1, 512)
+        assert model.positions(clip[:, :, 0]).shape == (1, 512, 10, 10)
+        assert model(clip).shape == (1, 7)
+    small = torch.randn(2, 3, 4, 32, 32)
+    for fusion, classes in (("add", 7), ("cat", 11)):
+        net = MotionFusionClassifier(_NoParamEncoder(), 512, classes, fusion, CAConfig(img_size=32, frames=4)).eval()
+        with torch.no_grad():
+            assert net(small).shape == (2, classes)
 
 
 def test_small_input_and_frame_difference_option():
