@@ -106,8 +106,8 @@ def test_finetune_runs_with_and_without_ca(tmp_path, ca):
 
 def test_bad_usage_is_one_line(tmp_path):
     data = _synthetic_csv(tmp_path / "data", subjects=2)
-    result = CliRunner().invoke(main, ["dfer", "linear", "--backbone", "mae:tiny", "--data", str(data), *FAST])
-    assert result.exit_code == 1 and "not wired" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["dfer", "linear", "--backbone", "mae:nosuchpreset", "--data", str(data), *FAST])
+    assert result.exit_code == 1 and "mae:nosuchpreset" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["dfer", "finetune", "--backbone", "random", "--data", str(data), "--ca", "add",
                                        "--image-size", "40", "--frames", "4"])
     assert result.exit_code == 2 and "divisible by 16" in result.output
@@ -143,3 +143,18 @@ def test_clip_augmentation_is_drawn_once_per_clip():
     assert learning_rate_at(0, 20, 10, 1.0, 0.0) == pytest.approx(0.1)
     assert learning_rate_at(10, 20, 10, 1.0, 0.0) == pytest.approx(1.0)
     assert learning_rate_at(15, 20, 10, 1.0, 0.0) == pytest.approx(0.5)
+
+
+def test_linear_with_the_video_encoder(tmp_path):
+    lgi_former = pytest.importorskip("sslfer_core.lgi_former")
+    config = lgi_former.preset("tiny")
+    data = _synthetic_csv(tmp_path / "data", subjects=3)
+    fast = ["--workers", "0", "--threads", "1", "--stride", "1", "--min-frames", "1"]
+    wrong = CliRunner().invoke(main, ["dfer", "linear", "--backbone", "mae:tiny", "--data", str(data), *FAST])
+    assert wrong.exit_code == 1 and f"--frames {config.frames} --image-size {config.img_size}" in wrong.output
+    out = tmp_path / "out"
+    _run(["dfer", "linear", "--backbone", "mae:tiny", "--data", str(data), "--frames", str(config.frames),
+          "--image-size", str(config.img_size), "--val-fraction", "0.34", "--test-fraction", "0.34", "--out", str(out),
+          *fast])
+    entry = json.loads((out / "results.json").read_text())["backbones"][0]
+    assert entry["backbone"]["kind"] == "video-encoder" and entry["backbone"]["feature_dim"] == config.dim

@@ -5,7 +5,7 @@
   sslfer-eval identity  1-nearest-neighbour identity accuracy on an LFW-style folder
   sslfer-eval saliency  Grad-CAM grid (image | overlay) as one PNG
   sslfer-eval compare   results.json files side by side as a Markdown table
-  sslfer-eval dfer      dynamic FER on video datasets (UAR / WAR): linear, compare
+  sslfer-eval dfer      dynamic FER on video datasets (UAR / WAR): linear, finetune, compare
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
   sslfer-eval dfer compare   video results.json files as the reference's table (UAR, WAR)
 
 Backbones: ResNet specs as for the image commands (file, run folder, random[:N], imagenet), used per frame and
-averaged over the clip's frames; `mae:...` is the seam for the video encoder.
+averaged over the clip's frames; `mae:PRESET` = a random LGI-Former video encoder (pretrained weights: the seam).
 """
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from sslfer_core import metrics
 from sslfer_core.atomic_files import write_bytes_atomic
+from sslfer_core.ca_branch import FUSIONS, MOTION_INPUTS
 from train.evaluation import session
 from train.evaluation.datasets import split_counts
 from train.evaluation.dfer_finetune import DferFinetuneConfig, DferFinetuner
-from sslfer_core.ca_branch import FUSIONS, MOTION_INPUTS
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
 from train.evaluation.protocol import Predictions, write_predictions
 from train.evaluation.results import _cell, code_version, load_results, now_utc, summarise, write_results
@@ -62,7 +61,7 @@ def _options(*decorators):
 data_options = _options(
     click.option("--backbone", "backbones", multiple=True, required=True,
                  help="ResNet backbone .pt, run folder, 'random[:N]' or 'imagenet' (per frame, averaged over the "
-                      "clip); 'mae:...' = the video encoder. Repeat for more rows."),
+                      "clip); 'mae:PRESET' = a random LGI-Former (tiny, full). Repeat for more rows."),
     click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True),
     click.option("--data", required=True, type=click.Path(exists=True),
                  help="Annotation file, a folder with train.csv/test.csv (/val.csv), or one with split01..split05."),
@@ -215,6 +214,7 @@ def linear(**params):
     entries = []
     for spec in params["backbones"]:
         backbone = load_video_backbone(spec, params["arch"])
+        backbone.check_input(params["frames"], params["image_size"])
         clips = VideoClips(unique, labels[first], params["image_size"], sampling, train=False, align=align)
         features, ok = video_features(backbone, clips, device, params["batch_size"], workers,
                                       uses_bf16(params["precision"], device), f"{backbone.name} features")
@@ -280,6 +280,7 @@ def finetune(**params):
     entries = []
     for spec in params["backbones"]:
         backbone = load_video_backbone(spec, params["arch"])
+        backbone.check_input(params["frames"], params["image_size"])
         tuner = DferFinetuner(backbone, dataset.records, labels, names, sampling, params["image_size"], config, device,
                               uses_bf16(params["precision"], device), align)
         runs = []

@@ -12,11 +12,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
-from train.evaluation.backbones import load_backbone
+from train.evaluation.backbones import load_backbone, state_dict_sha256
 from train.evaluation.progress import Progress
-from train.evaluation.video_clips import ClipSampling, VideoClips
+from train.evaluation.video_clips import VideoClips
 
 VIDEO_ENCODER_PREFIX = "mae:"
+VIDEO_ENCODER_SEED = 0  # `mae:PRESET` is the same random network every time
 
 
 class FramePooledEncoder(nn.Module):
@@ -45,16 +46,40 @@ class VideoBackbone:
     sha256: str
     source: str
     arch: str
+    frames: int | None = None  # the clip length and side a video encoder is built for (None: any)
+    image_size: int | None = None
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "arch": self.arch, "sha256": self.sha256, "source": self.source,
-                "feature_dim": self.feature_dim}
+                "feature_dim": self.feature_dim, "frames": self.frames, "image_size": self.image_size}
+
+    def check_input(self, frames: int, image_size: int) -> None:
+        if self.frames is not None and (frames, image_size) != (self.frames, self.image_size):
+            raise click.ClickException(f"--backbone {self.source} takes {self.frames} frames of {self.image_size} px; "
+                                       f"pass --frames {self.frames} --image-size {self.image_size}")
 
 
 def load_video_encoder(spec: str) -> VideoBackbone:
-    """The seam for the video encoder (MAE-pretrained or random LGI-Former): wire sslfer_core.lgi_former here."""
-    raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: the video encoder is not wired into "
-                               "`sslfer-eval dfer` yet; use a ResNet backbone (file, run folder, random, imagenet)")
+    """`mae:PRESET`: a randomly initialised LGI-Former encoder of that preset (seed VIDEO_ENCODER_SEED).
+
+    This is the seam for MAE-pretrained encoders: load their exported weights into the same module here.
+    """
+    try:
+        from sslfer_core import lgi_former
+    except ImportError as error:
+        raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: the video encoder is not available "
+                                   f"({error})")
+    try:
+        config = lgi_former.preset(spec)
+    except ValueError as error:
+        raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: {error} (pretrained encoders are not "
+                                   "wired into `sslfer-eval dfer` yet)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(VIDEO_ENCODER_SEED)
+        encoder = lgi_former.LGIFormerEncoder(config)
+    return VideoBackbone(f"random-lgi-{spec}", "video-encoder", encoder, config.dim,
+                         state_dict_sha256(encoder.state_dict()), f"{VIDEO_ENCODER_PREFIX}{spec}", f"lgi-former-{spec}",
+                         config.frames, config.img_size)
 
 
 def load_video_backbone(spec: str, arch: str) -> VideoBackbone:

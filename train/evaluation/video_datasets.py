@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 
 from train.evaluation.datasets import IMAGE_SUFFIXES, SPLIT_ALIASES, ImageRecord, LabelledDataset, _assign_labels
 from train.evaluation.problems import ProblemLog
