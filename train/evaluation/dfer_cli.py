@@ -258,6 +258,10 @@ def linear(**params):
 @click.option("--mixup", type=click.FloatRange(0.0), default=0.8, show_default=True, help="Beta alpha; 0 = off.")
 @click.option("--cutmix", type=click.FloatRange(0.0), default=1.0, show_default=True, help="Beta alpha; 0 = off.")
 @click.option("--smoothing", type=click.FloatRange(0.0, 0.99), default=0.1, show_default=True)
+@click.option("--layer-decay", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
+              help="Per-block learning-rate decay of the video encoder (1 = off; a ResNet has no blocks).")
+@click.option("--drop-path", type=click.FloatRange(0.0, 0.9), default=0.1, show_default=True,
+              help="Stochastic depth of the video encoder while fine-tuning.")
 @click.option("--erase-prob", type=click.FloatRange(0.0, 1.0), default=0.25, show_default=True)
 @click.option("--no-augment", is_flag=True, help="No RandAugment / crop / flip / erasing (mixing still on).")
 @click.option("--ca", type=click.Choice(FUSIONS), default=None, help="Fuse the CA motion branch (MAE-DFER-CA).")
@@ -271,7 +275,8 @@ def finetune(**params):
         epochs=params["epochs"], batch_size=params["batch_size"], learning_rate=params["lr"],
         min_learning_rate=params["min_lr"], warmup_epochs=params["warmup_epochs"], weight_decay=params["weight_decay"],
         mixup=params["mixup"], cutmix=params["cutmix"], label_smoothing=params["smoothing"],
-        erase_prob=params["erase_prob"], augment=not params["no_augment"], ca=params["ca"], motion=params["motion"],
+        erase_prob=params["erase_prob"], layer_decay=params["layer_decay"], drop_path=params["drop_path"],
+        augment=not params["no_augment"], ca=params["ca"], motion=params["motion"],
         workers=workers)
     if params["ca"] and params["image_size"] % 16:
         raise click.BadParameter("the CA branch needs a size divisible by 16", param_hint="--image-size")

@@ -4,8 +4,9 @@ Training clips: `frames` frames from a random temporal window; RandAugment (torc
 crop (scale 0.08-1, ratio 3/4-4/3) and horizontal flip, random erasing (p 0.25, per-pixel noise on the
 normalised clip): each drawn once per clip and applied to all its frames alike (the noise differs per pixel); then batch mixup 0.8 / cutmix 1.0 with label smoothing 0.1. With `--ca` the motion
 input is taken from the augmented clip before mixing and mixed alike (sslfer_core.ca_branch.mix_with_motion).
-AdamW (betas 0.9, 0.999, weight decay 0.05), linear warm-up then cosine to min_lr, bf16 autocast on CUDA.
-Layer decay and drop path belong to the video encoder and are not applied to a ResNet frame backbone.
+AdamW (betas 0.9, 0.999, weight decay 0.05 except biases, norms and tokens), linear warm-up then cosine to
+min_lr, bf16 autocast on CUDA. Layer decay 0.75 and drop path 0.1 apply to the video encoder (an encoder with
+`blocks`); a ResNet frame backbone has neither.
 Each epoch is scored on validation (UAR over start and end clips, softmax averaged per video); the best epoch's
 weights predict the test split once.
 """
@@ -49,6 +50,8 @@ class DferFinetuneConfig:
     randaugment_magnitude: int = 7
     erase_prob: float = 0.25
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    layer_decay: float = 0.75  # for encoders with `blocks` (the video encoder); 1 = off
+    drop_path: float = 0.1  # for encoders that can be rebuilt with stochastic depth (the video encoder)
     augment: bool = True
     ca: str | None = None  # None, "add", "cat" or "add-pos"
     motion: str = "mean-minus-first"
@@ -68,7 +71,10 @@ class PlainClassifier(nn.Module):
 
 def build_classifier(backbone: VideoBackbone, num_classes: int, config: DferFinetuneConfig, image_size: int,
                      frames: int) -> nn.Module:
-    encoder = copy.deepcopy(backbone.encoder)
+    if backbone.with_drop_path is not None and config.drop_path > 0:
+        encoder = backbone.with_drop_path(config.drop_path)
+    else:
+        encoder = copy.deepcopy(backbone.encoder)
     if config.ca is None:
         return PlainClassifier(encoder, backbone.feature_dim, num_classes)
     if config.ca not in FUSIONS:
@@ -110,6 +116,35 @@ class ClipAugment:
                     clip[..., top:top + h, left:left + w] = torch.randn_like(clip[..., top:top + h, left:left + w])
                     break
         return out
+
+
+def parameter_groups(net: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups: learning-rate scale layer_decay ** (depth + 1 - layer), layer 0 = what the encoder registers
+    before its `blocks`, block i = layer i + 1, the rest (final norm, CA branch, head) = depth + 1; no weight decay
+    for biases, norms, other 1-D parameters and the encoder's `no_decay_parameters()` (tokens). An encoder without
+    `blocks` (a ResNet) is one layer: every scale is 1."""
+    encoder = net.encoder
+    blocks = list(getattr(encoder, "blocks", []))
+    depth = len(blocks)
+    block_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+    no_decay = {id(p) for p in getattr(encoder, "no_decay_parameters", lambda: [])()}
+    layer_of, seen_block = {}, False
+    for p in encoder.parameters():
+        if id(p) in block_of:
+            seen_block = True
+            layer_of[id(p)] = block_of[id(p)]
+        else:
+            layer_of[id(p)] = depth + 1 if seen_block or not depth else 0
+    groups: dict[tuple[int, bool], dict] = {}
+    for p in net.parameters():
+        if not p.requires_grad:
+            continue
+        layer = layer_of.get(id(p), depth + 1)
+        decay = p.ndim > 1 and id(p) not in no_decay
+        group = groups.setdefault((layer, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0,
+                                                   "lr_scale": layer_decay ** (depth + 1 - layer)})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
 
 
 def learning_rate_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
@@ -165,8 +200,8 @@ class DferFinetuner:
         rng = np.random.default_rng(plan.seed)
         net = build_classifier(self.backbone, len(self.class_names), config, self.size, self.sampling.frames).to(device)
         learning_rate = config.learning_rate * config.batch_size / 256
-        optimiser = torch.optim.AdamW(net.parameters(), lr=learning_rate, betas=(0.9, 0.999),
-                                      weight_decay=config.weight_decay)
+        optimiser = torch.optim.AdamW(parameter_groups(net, config.weight_decay, config.layer_decay),
+                                      lr=learning_rate, betas=(0.9, 0.999))
         clips = self._clips(train, True, plan.seed)
         loader = clip_loader(clips, config.batch_size, config.workers, shuffle=True, seed=plan.seed)
         steps_per_epoch = max(1, len(loader))
@@ -201,8 +236,9 @@ class DferFinetuner:
                     (x,), targets, _ = mix_batch([x], labels, len(self.class_names), rng, mixing)
                     logits = self._forward(net, x)
                 loss = -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+                rate = learning_rate_at(step, total, warmup, learning_rate, config.min_learning_rate)
                 for group in optimiser.param_groups:
-                    group["lr"] = learning_rate_at(step, total, warmup, learning_rate, config.min_learning_rate)
+                    group["lr"] = rate * group["lr_scale"]
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()

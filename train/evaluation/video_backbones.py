@@ -4,6 +4,7 @@ normalised clip (B, 3, T, H, W), which is what the linear probe, the fine-tuning
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import click
 import numpy as np
@@ -48,6 +49,7 @@ class VideoBackbone:
     arch: str
     frames: int | None = None  # the clip length and side a video encoder is built for (None: any)
     image_size: int | None = None
+    with_drop_path: Callable[[float], nn.Module] | None = None  # a copy of the encoder with that stochastic depth
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "arch": self.arch, "sha256": self.sha256, "source": self.source,
@@ -77,9 +79,15 @@ def load_video_encoder(spec: str) -> VideoBackbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(VIDEO_ENCODER_SEED)
         encoder = lgi_former.LGIFormerEncoder(config)
+
+    def with_drop_path(rate: float) -> nn.Module:
+        copy = lgi_former.LGIFormerEncoder(lgi_former.with_overrides(config, drop_path=rate))
+        copy.load_state_dict(encoder.state_dict())
+        return copy
+
     return VideoBackbone(f"random-lgi-{spec}", "video-encoder", encoder, config.dim,
                          state_dict_sha256(encoder.state_dict()), f"{VIDEO_ENCODER_PREFIX}{spec}", f"lgi-former-{spec}",
-                         config.frames, config.img_size)
+                         config.frames, config.img_size, with_drop_path)
 
 
 def load_video_backbone(spec: str, arch: str) -> VideoBackbone:
