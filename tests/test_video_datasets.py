@@ -218,3 +218,19 @@ def test_clips_from_an_mp4(tmp_path):
     assert ok and clip.shape == (2, 4, 16, 16, 3)
     means = clip[1, :, :, :, 0].float().mean(dim=(1, 2))  # end clip = frames 2..5, values ~ 60, 90, 120, 150
     assert np.allclose(means.numpy(), [60, 90, 120, 150], atol=6)
+
+
+def test_align_hook_replaces_frames_where_a_face_is_found(tmp_path):
+    _frames_dir(tmp_path / "v", count=4)
+    dataset = load_video_dataset(_write(tmp_path / "test.csv", [f"{tmp_path / 'v'} 0"]), "dfew", min_frames=4)
+    calls = []
+
+    def align(frame):  # stands in for FaceAligner: "finds" a face in every other frame
+        calls.append(frame.shape)
+        return np.full((20, 20, 3), 7, np.uint8) if len(calls) % 2 else None
+
+    clips = VideoClips(dataset.records, dataset.labels(), 16, ClipSampling(4, 1, 1), train=False, align=align)
+    clip, ok, _, _ = clips[0]
+    assert ok and clip.shape == (1, 4, 16, 16, 3) and len(calls) == 4
+    assert clip[0, :, 0, 0, 0].tolist() == [7, 30, 7, 90]  # aligned frames 0 and 2, frames 1 and 3 as they are
+    assert clips.unaligned_frames == 2

@@ -240,7 +240,8 @@ def linear(**params):
             runs.append(run)
         entries.append({"backbone": backbone.describe(), "runs": runs,
                         "summary": summarise([r["test"] for r in runs]), "per_fold": per_fold_summary(runs),
-                        "unreadable_videos": int((~ok).sum())})
+                        "unreadable_videos": int((~ok).sum()),
+                        "unaligned_frames": clips.unaligned_frames if align is not None else None})
     extra = {"protocol": "linear", "sampling": vars(sampling), "probe": vars(config), "device_used": str(device),
              "feature": "per video: mean over its evaluation clips of the clip feature (ResNet: mean over frames)"}
     finish(payload_for("dfer-linear", params, dataset, plans, entries, extra), dataset, params["out_dir"])
