@@ -146,3 +146,78 @@ def regression_report(y_true, y_pred) -> dict:
         report[f"ccc_{name}"] = concordance_correlation(y_true[:, column], y_pred[:, column])
         report[f"rmse_{name}"] = root_mean_squared_error(y_true[:, column], y_pred[:, column])
     return report
+
+
+# ---- Dynamic FER (video) scoring: UAR / WAR over a dataset's fixed label set ----
+#
+# A class with no true sample in the scored split has an undefined recall. It is left out of the UAR mean and
+# named in the report's "uar_absent_classes" and "warnings"; it is not counted as recall 0, which would charge a
+# model for a class it could not have recalled. This matches the reference's sklearn computation
+# (confusion_matrix without `labels`, then mean of diagonal / row sums) whenever the absent class is also never
+# predicted; when it is predicted, the reference's row is all zeros, 0/0 gives NaN and its UAR is NaN, while
+# here the UAR is still the mean over the present classes and the warning says that the reference would be NaN.
+
+
+def uar_from_confusion(counts) -> float:
+    """Mean recall over the classes (rows) that have at least one true sample; NaN when no row has any."""
+    counts = np.asarray(counts)
+    support = counts.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.diag(counts)[present] / support[present]))
+
+
+def war_from_confusion(counts) -> float:
+    """Trace / total: accuracy, which is recall weighted by support."""
+    counts = np.asarray(counts)
+    total = counts.sum()
+    return float(np.trace(counts) / total) if total else float("nan")
+
+
+def dfer_report(y_true, y_pred, class_names) -> dict:
+    """Dynamic-FER metrics over the fixed label set `class_names` (index = class), JSON-ready.
+
+    uar, war (= accuracy), macro_f1 (mean F1 over classes occurring in truth or prediction, as sklearn's
+    average='macro'), weighted_f1 (F1 weighted by support), per-class table, confusion matrix (rows = truth),
+    the classes left out of the UAR and warnings.
+    """
+    names = list(class_names)
+    counts = confusion_matrix(y_true, y_pred, len(names))
+    support, predicted = counts.sum(axis=1), counts.sum(axis=0)
+    true_pos = np.diag(counts)
+    recall = per_class_recall(y_true, y_pred, len(names))
+    f1 = per_class_f1(y_true, y_pred, len(names))
+    present = support > 0
+    absent = [names[i] for i in np.flatnonzero(~present)]
+    warnings = []
+    if absent:
+        warnings.append(f"UAR is the mean over {int(present.sum())} of {len(names)} classes; "
+                        f"no test sample of: {', '.join(absent)}")
+    predicted_absent = [names[i] for i in np.flatnonzero(~present & (predicted > 0))]
+    if predicted_absent:
+        warnings.append(f"predicted but absent from the truth: {', '.join(predicted_absent)} "
+                        "(the reference's sklearn-based UAR is NaN in this case)")
+    table = []
+    for i, name in enumerate(names):
+        table.append({
+            "class": name, "support": int(support[i]), "predicted": int(predicted[i]), "correct": int(true_pos[i]),
+            "recall": None if not present[i] else float(recall[i]),
+            "precision": None if predicted[i] == 0 else float(true_pos[i] / predicted[i]),
+            "f1": None if math.isnan(f1[i]) else float(f1[i]),
+        })
+    weighted = float(np.sum(np.nan_to_num(f1[present]) * support[present]) / support.sum())
+    return {
+        "uar": uar_from_confusion(counts),
+        "war": war_from_confusion(counts),
+        "accuracy": war_from_confusion(counts),
+        "macro_f1": float(np.nanmean(f1)),
+        "weighted_f1": weighted,
+        "per_class_recall": [None if math.isnan(r) else float(r) for r in recall],
+        "per_class": table,
+        "confusion_matrix": counts.tolist(),
+        "classes": names,
+        "uar_absent_classes": absent,
+        "warnings": warnings,
+        "count": int(counts.sum()),
+    }

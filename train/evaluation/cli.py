@@ -5,6 +5,7 @@
   sslfer-eval identity  1-nearest-neighbour identity accuracy on an LFW-style folder
   sslfer-eval saliency  Grad-CAM grid (image | overlay) as one PNG
   sslfer-eval compare   results.json files side by side as a Markdown table
+  sslfer-eval dfer      dynamic FER on video datasets (UAR / WAR): linear, finetune, compare
 """
 from __future__ import annotations
 
@@ -315,6 +316,10 @@ def compare(files, out_path):
     if out_path:
         write_bytes_atomic(out_path, (table + "\n").encode())
 
+
+from train.evaluation.dfer_cli import dfer  # noqa: E402  (video commands live in their own module)
+
+main.add_command(dfer)
 
 if __name__ == "__main__":
     main()
