@@ -213,6 +213,7 @@ def test_resuming_a_run_of_another_method_names_the_command(toy, shards, tmp_pat
 def test_batch_size_the_ranks_cannot_share_is_one_line_naming_a_multiple(shards, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "init_distributed", lambda device: DistContext(rank=0, world_size=4))
     monkeypatch.setattr(trainer, "shutdown", lambda ctx: None)
+    monkeypatch.setattr(trainer, "barrier", lambda ctx: None)
     result = CliRunner().invoke(main, ["--shards", str(shards), "--out", str(tmp_path / "run"), *TINY_TRAIN,
                                        "--steps", "1"])  # TINY_TRAIN: --batch-size 6
     line = _one_error_line(result, 1)
