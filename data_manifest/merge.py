@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from data_manifest import hash_cache
 from data_manifest.manifest import (
     FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, load_manifest, now_utc,
     save_manifest, shard_paths,
@@ -23,6 +24,7 @@ from data_manifest.manifest import (
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, fsync_directory
 from sslfer_core.file_hash import HASH_BLOCK
+from sslfer_core.shard_format import ShardFormatError, check_self_contained
 
 MAX_LISTED = 5
 
@@ -114,6 +116,7 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
         raise ManifestError(f"part {label}: shard {entry.file} is missing")
     if src.stat().st_size != entry.bytes:
         raise ManifestError(f"part {label}: shard {entry.file} has the wrong size; run sslfer-manifest verify on it")
+    _check_own_content(src, label, entry)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
@@ -122,6 +125,8 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
             raise ManifestError(f"cannot hard-link {src} ({exc.strerror}); use --copy") from None
         if progress:
             progress(entry.bytes)
+        if hash_cache.cached_sha256(src) == entry.sha256:
+            hash_cache.remember([(dst, entry.sha256)])
         return
     digest = hashlib.sha256()
     with open(src, "rb") as reader, open(dst, "wb") as writer:
@@ -135,6 +140,21 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
     if digest.hexdigest() != entry.sha256:
         raise ManifestError(f"part {label}: shard {entry.file} does not match its sha256; "
                             "run sslfer-manifest verify on that part")
+    hash_cache.remember([(dst, entry.sha256)])
+
+
+def _check_own_content(src: Path, label: str, entry) -> None:
+    """A sha256 covers only the file's own bytes: refuse shards whose HDF5 content lives elsewhere."""
+    import h5py
+
+    try:
+        with h5py.File(src, "r") as h5:
+            check_self_contained(h5, f"part {label}: shard {entry.file}")
+    except ShardFormatError as exc:
+        raise ManifestError(str(exc)) from None
+    except OSError as exc:
+        raise ManifestError(f"part {label}: shard {entry.file} is not readable HDF5 ({exc}); "
+                            "run sslfer-manifest verify on that part") from None
 
 
 def _merge_failures(tmp: Path, parts: list[Path], manifests: list[Manifest], labels: list[str]) -> str | None:
