@@ -49,11 +49,12 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + "merge-", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; OUT should look like any new folder
-        entries = []
+        entries, known = [], []
         for index, (part, manifest, label) in enumerate(zip(parts, manifests, labels)):
             for entry, src in zip(manifest.shards, shard_paths(part, manifest)):
                 new = replace(entry, file=f"{label}/{entry.file}", part=index)
-                _transfer(src, tmp / new.file, entry, link, label, progress)
+                if _transfer(src, tmp / new.file, entry, link, label, progress):
+                    known.append(new)
                 entries.append(new)
         failures_file = _merge_failures(tmp, parts, manifests, labels)
         merged = _merged_manifest(manifests, labels, entries, failures_file)
@@ -62,6 +63,7 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
             out.rmdir()  # checked empty above
         os.rename(tmp, out)
         fsync_directory(out.parent)
+        hash_cache.remember([(out / e.file, e.sha256) for e in known])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -111,7 +113,9 @@ def _check_unique_videos(labels: list[str], manifests: list[Manifest]) -> None:
                             "remove the duplicates from one part before merging")
 
 
-def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> None:
+def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> bool:
+    """Copy or link one shard; True when its bytes are known to match entry.sha256 (read while copying,
+    or a link to a file this machine has verified)."""
     if not src.is_file():
         raise ManifestError(f"part {label}: shard {entry.file} is missing")
     if src.stat().st_size != entry.bytes:
@@ -125,9 +129,7 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
             raise ManifestError(f"cannot hard-link {src} ({exc.strerror}); use --copy") from None
         if progress:
             progress(entry.bytes)
-        if hash_cache.cached_sha256(src) == entry.sha256:
-            hash_cache.remember([(dst, entry.sha256)])
-        return
+        return hash_cache.cached_sha256(src) == entry.sha256
     digest = hashlib.sha256()
     with open(src, "rb") as reader, open(dst, "wb") as writer:
         while block := reader.read(HASH_BLOCK):
@@ -140,7 +142,7 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
     if digest.hexdigest() != entry.sha256:
         raise ManifestError(f"part {label}: shard {entry.file} does not match its sha256; "
                             "run sslfer-manifest verify on that part")
-    hash_cache.remember([(dst, entry.sha256)])
+    return True
 
 
 def _check_own_content(src: Path, label: str, entry) -> None:
