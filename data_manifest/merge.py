@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from data_manifest import hash_cache
+from sslfer_core import hash_cache
 from data_manifest.manifest import (
     FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, load_manifest, now_utc,
     save_manifest, shard_paths,

@@ -7,7 +7,7 @@ from typing import Callable
 
 import h5py
 
-from data_manifest import hash_cache
+from sslfer_core import hash_cache
 from data_manifest.manifest import (
     MANIFEST_NAME, Manifest, ShardEntry, describe_differences, escaping_link, file_sha256, find_shard_files,
     header_compat, load_manifest, shard_paths, visible_files,

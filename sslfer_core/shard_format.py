@@ -36,6 +36,10 @@ VLEN_REFERENCE_BYTES = 16
 # Scattered-row reads (ShardReader.read_array): a fixed-size field whose requested span is at most this
 # many bytes is read in one slice, since each h5py call costs 12 us (uint8) to 100 us (bool) here.
 SPAN_READ_BYTES = 256 << 10
+# Header values beyond these are refused as damage: no prep option makes them.
+MAX_IMAGE_SIDE = 4096
+MAX_SWAPS = 64
+MAX_DESCRIPTOR_DIM = 1 << 16
 
 
 VERIFY_HINT = "run `sslfer-manifest verify` on its folder"
@@ -133,7 +137,7 @@ class ShardHeader:
                 f"{SCHEMA_VERSION[0]}.x and no longer supported; re-run sslfer-prep"
             )
         try:
-            return cls(
+            header = cls(
                 image_size=int(attrs["image_size"]),
                 patch_size=int(attrs["patch_size"]),
                 swaps_per_frame=int(attrs["swaps_per_frame"]),
@@ -146,8 +150,26 @@ class ShardHeader:
                 tool_version=_as_str(attrs["tool_version"]),
                 schema_version=version,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ShardFormatError(f"{source}: shard header is incomplete or malformed ({exc})") from None
+        problem = header.implausible()
+        if problem:
+            raise ShardFormatError(f"{source}: shard header is malformed ({problem})")
+        return header
+
+    def implausible(self) -> str | None:
+        """What in the header no writer of this schema makes (a damaged or hand-made file), or None."""
+        limits = {"image_size": (1, MAX_IMAGE_SIDE), "patch_size": (1, MAX_IMAGE_SIDE),
+                  "swaps_per_frame": (0, MAX_SWAPS), "descriptor_dim": (0, MAX_DESCRIPTOR_DIM)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                return f"{name} {value} is outside {low}..{high}"
+        if set(self.codecs) - set(IMAGE_FIELDS):
+            return f"codecs for unknown fields {sorted(set(self.codecs) - set(IMAGE_FIELDS))}"
+        if not isinstance(self.prep_config, dict) or not isinstance(self.dlib_model_sha256, dict):
+            return "prep_config and dlib_model_sha256 must be JSON objects"
+        return None
 
 
 def parse_schema_version(text: str, source: str = "shard") -> tuple[int, int]:
@@ -419,8 +441,12 @@ class ShardReader:
     """Read one shard. The HDF5 handle is opened lazily and reopened after a fork, so a reader made in a
     parent process is safe to hand to DataLoader workers (each opens its own handle)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, sha256: str | None = None):
+        """sha256: the digest the file is listed with (its manifest entry); when given, the file's bytes
+        are checked against it before anything is read (once per machine, see sslfer_core/hash_cache.py)."""
         self.path = Path(path)
+        if sha256 is not None:
+            check_sha256(self.path, sha256)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}  # frames/ datasets of the current handle
@@ -589,6 +615,22 @@ class ShardReader:
                 raise ShardFormatError(f"JPEG of shape {image.shape} among images of shape {first.shape}")
             flat_out[i] = image
         return out
+
+
+def check_sha256(path: Path, sha256: str) -> None:
+    """Refuse a file whose bytes do not hash to `sha256`; a file this machine has hashed since it last
+    changed is not read again."""
+    from sslfer_core import hash_cache
+
+    if hash_cache.cached_sha256(path) == sha256:
+        return
+    try:
+        digest = hash_cache.hash_and_remember(path)
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot read ({exc.strerror or exc}); {VERIFY_HINT}") from None
+    if digest != sha256:
+        raise ShardFormatError(f"{path}: content does not match the sha256 it is listed with (changed or "
+                               f"corrupt); {VERIFY_HINT}")
 
 
 def check_self_contained(h5: h5py.File, source: str) -> None:

@@ -31,6 +31,6 @@ def fer2013() -> Path:
 
 @pytest.fixture(autouse=True)
 def _private_hash_cache(tmp_path_factory, monkeypatch):
-    """Keep the per-machine record of hashed shards (data_manifest/hash_cache.py) out of the user's home;
+    """Keep the per-machine record of hashed shards (sslfer_core/hash_cache.py) out of the user's home;
     subprocesses inherit it through the environment."""
     monkeypatch.setenv("SSLFER_HASH_CACHE", str(tmp_path_factory.mktemp("hash-cache") / "verified-shards.json"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from data_manifest import hash_cache
+from sslfer_core import hash_cache
 from data_manifest.cli import main as manifest_main
 from data_manifest.manifest import ManifestError, load_manifest, save_manifest
 from data_manifest.merge import merge_shard_sets

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Callable
 
-from data_manifest import hash_cache
+from sslfer_core import hash_cache
 from data_manifest.manifest import MANIFEST_NAME, ManifestError, find_shard_files, load_manifest, shard_paths
 from data_manifest.verify import ERROR, verify_shards
 from sslfer_core.shard_format import ShardFormatError, unwrap_worker_message
@@ -54,12 +54,13 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         index = build_shard_index(paths)
     except (ShardFormatError, ValueError) as error:
         raise ShardSetError(str(error).splitlines()[0]) from None
+    index.sha256 = [entry.sha256 for entry in manifest.shards]
     return index, digest
 
 
 def _check_hashes_once(root: Path, manifest, paths: list[Path], warn: Callable[[str], None]) -> None:
     """A quick start still trains only on bytes whose sha256 matches the manifest: each shard is hashed
-    once per machine (data_manifest/hash_cache.py) and later starts only compare file metadata. Shards
+    once per machine (sslfer_core/hash_cache.py) and later starts only compare file metadata. Shards
     written by sslfer-prep, merge or verify on this machine are recorded already."""
     todo = [(entry, path) for entry, path in zip(manifest.shards, paths) if hash_cache.cached_sha256(path) != entry.sha256]
     if not todo:

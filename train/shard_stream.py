@@ -105,7 +105,8 @@ class ShardStream(IterableDataset):
             self._readers, self._readers_pid = {}, os.getpid()
         reader = self._readers.get(shard)
         if reader is None:
-            reader = self._readers[shard] = ShardReader(self.index.paths[shard])
+            sha256 = self.index.sha256[shard] if self.index.sha256 else None
+            reader = self._readers[shard] = ShardReader(self.index.paths[shard], sha256=sha256)
         return reader
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from sslfer_core.atomic_files import write_json_atomic
+from sslfer_core.atomic_files import TEMP_PREFIX
 from sslfer_core.file_hash import file_sha256
 
 HASH_CACHE_ENV = "SSLFER_HASH_CACHE"
@@ -49,15 +49,26 @@ def _identity(path: Path) -> tuple[str, list[int]] | None:
     return real, [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
 
 
+_memo: dict[tuple, dict[str, dict]] = {}  # parsed record, keyed by the record file's identity
+
+
 def _load() -> dict[str, dict]:
+    path = cache_file()
+    ident = _identity(path)
+    if ident is not None and (ident[0], *ident[1]) in _memo:
+        return dict(_memo[(ident[0], *ident[1])])
     try:
-        obj = json.loads(cache_file().read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     if not isinstance(obj, dict) or obj.get("schema") != CACHE_SCHEMA or not isinstance(obj.get("files"), dict):
         return {}
-    return {k: v for k, v in obj["files"].items()
-            if isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("stat"), list)}
+    files = {k: v for k, v in obj["files"].items()
+             if isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("stat"), list)}
+    if ident is not None:
+        _memo.clear()
+        _memo[(ident[0], *ident[1])] = files
+    return dict(files)
 
 
 def cached_sha256(path: str | os.PathLike) -> str | None:
@@ -80,9 +91,15 @@ def remember(items: list[tuple]) -> bool:
             files[ident[0]] = {"sha256": digest, "stat": ident[1]}
     if len(files) > MAX_ENTRIES:
         files = dict(list(files.items())[-MAX_ENTRIES:])
+    path = cache_file()
+    # Renamed into place but not fsync'ed: a record lost in a crash only costs a re-hash.
+    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
     try:
-        write_json_atomic(cache_file(), {"schema": CACHE_SCHEMA, "files": files})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "files": files}), encoding="utf-8")
+        os.replace(tmp, path)
     except OSError:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         return False
     return True
 
