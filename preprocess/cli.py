@@ -18,6 +18,7 @@ from preprocess.runner import PrepError, PrepUsageError, RunOptions, RunSummary,
 from preprocess.sources import (
     SourceError, discover_frame_folders, discover_video_folder, discover_video_list, discover_voxceleb,
 )
+from preprocess.work_files import DamagedWorkFile
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.cpu_cores import available_cores
 
@@ -134,7 +135,7 @@ def _run(source_kind: str, discover, params: dict) -> None:
         raise SystemExit(130) from None
     except PrepUsageError as exc:
         raise click.UsageError(str(exc)) from None
-    except PrepError as exc:
+    except (PrepError, DamagedWorkFile) as exc:
         raise click.ClickException(str(exc)) from None
     _report(summary, options)
     if summary.kept_videos == 0:
