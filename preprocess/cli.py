@@ -117,6 +117,7 @@ def _run(source_kind: str, discover, params: dict) -> None:
         sources = discover()
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
+    _print_source_notes(getattr(sources, "notes", []))
     config = _resolve_config(source_kind, params)
     options = RunOptions(
         out=params["out"], jobs=params["jobs"], part=params["part"], backend=params["backend"],
@@ -141,6 +142,14 @@ def _run(source_kind: str, discover, params: dict) -> None:
     if summary.kept_videos == 0:
         raise click.ClickException(
             f"no clip was stored ({summary.skipped_videos} skipped; see {options.out}/failures.jsonl)")
+
+
+def _print_source_notes(notes: list[str], shown: int = 20) -> None:
+    """What discovery left out (loops, aliases, duplicates, special files), one warning line each."""
+    for note in notes[:shown]:
+        click.echo(f"warning: {note}", err=True)
+    if len(notes) > shown:
+        click.echo(f"warning: ... and {len(notes) - shown} more inputs skipped the same ways", err=True)
 
 
 def _resolve_config(source_kind: str, params: dict) -> PrepConfig:
