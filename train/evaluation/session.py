@@ -13,6 +13,7 @@ from sslfer_core.cpu_cores import available_cores
 from train.evaluation.datasets import LabelledDataset, load_dataset
 from train.evaluation.features import FeatureTable, default_cache_dir, extract_features
 from train.evaluation.images import Preprocessing
+from train.evaluation.sanity import check_plans
 from train.evaluation.splits import SplitPlan, make_plans, require_nonempty, subsample_per_split
 
 
@@ -66,6 +67,7 @@ def prepare_data(data: str, fmt: str, classes: str | None, image_root: str | Non
     plans = make_plans(dataset, list(range(seeds)), folds, group, val_fraction, test_fraction)
     for plan in plans:
         require_nonempty(plan, dataset.path)
+    notes += [f"warning: {text}" for text in check_plans(dataset, plans, warn)]
     return DataSetup(dataset, plans, notes)
 
 
