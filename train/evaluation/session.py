@@ -9,6 +9,7 @@ import click
 import numpy as np
 import torch
 
+from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.cpu_cores import available_cores
 from train.evaluation.datasets import LabelledDataset, load_dataset
 from train.evaluation.features import FeatureTable, default_cache_dir, extract_features
@@ -24,6 +25,18 @@ def configure_torch(threads: int | None, device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise click.ClickException(f"--device {device}: CUDA is not available on this machine")
     return torch.device(device)
+
+
+def check_output(path: str | None, option: str = "--out", *, is_file: bool = False) -> None:
+    """Refuse an output path that cannot be written before any work is done (exit 2)."""
+    if not path:
+        return
+    target = Path(path)
+    if is_file and target.is_dir():
+        raise click.BadParameter(f"{target} is a directory; give a file name", param_hint=option)
+    problem = writable_dir_problem(target.parent if is_file else target)
+    if problem:
+        raise click.BadParameter(problem, param_hint=option)
 
 
 def default_workers() -> int:
