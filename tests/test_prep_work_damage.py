@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,14 @@ def test_damaged_records_pool_and_plan(clip_root, reference, tmp_path):
     result = prep("videos", clip_root, "--out", out, *FAST)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "plan.json is damaged" in result.output and "--force" in result.output
+
+
+def test_a_damaged_failures_file_of_a_finished_out_without_work_folder(clip_root, reference, tmp_path):
+    out = tmp_path / "out"
+    assert prep("videos", clip_root, "--out", out, *FAST).exit_code == 0
+    shutil.rmtree(out / ".work")
+    (out / "failures.jsonl").write_text('{"video_id": "id0/clip0", "skipped": tr\n[1, 2]\n', encoding="utf-8")
+    result = prep("videos", clip_root, "--out", out, *FAST)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert f"resumed (already done)  {len(reference)}" in result.output
+    clips.assert_same_contents(reference, clips.shard_contents(out))
