@@ -47,6 +47,8 @@ def main():
 def verify(directory: Path, quick: bool):
     """Check every shard in DIRECTORY against its manifest.json (sha256 unless --quick)."""
     manifest = load_manifest(directory)
+    if not manifest.shards:
+        raise click.ClickException(f"{directory / MANIFEST_NAME} lists no shards: nothing is verified")
     bar = Progress("verify", manifest.totals()["bytes"], unit=" MiB", scale=MIB)
     try:
         problems = verify_shards(directory, quick=quick, progress=bar.advance)

@@ -12,7 +12,7 @@ import numpy as np
 from data_manifest.manifest import (
     FAILURES_NAME, Manifest, ManifestError, check_relative_path, load_manifest, shard_paths,
 )
-from sslfer_core.shard_format import ShardReader
+from sslfer_core.shard_format import VERIFY_HINT, ShardFormatError, ShardReader
 
 JPEG_SAMPLE_ROWS = 256  # JPEG payload sizes are estimated from this many evenly spaced rows per shard
 
@@ -25,6 +25,8 @@ def inspect_path(path: Path, progress=None) -> dict:
     path = Path(path)
     if path.is_dir():
         manifest = load_manifest(path)
+        if not manifest.shards:
+            raise ManifestError(f"{path}: the manifest lists no shards")
         files = [(e.file, p) for e, p in zip(manifest.shards, shard_paths(path, manifest))]
         report = _report(files, manifest, progress)
         report["kept"] = kept_frames(path, manifest, report["totals"]["frames"])
@@ -83,7 +85,10 @@ def _report(files: list[tuple[str, Path]], manifest: Manifest | None, progress) 
         with ShardReader(path) as reader:
             header = reader.header
             videos.extend(_video_rows(name, reader))
-            fields_of_shard = _field_storage(path, header, reader.num_frames)
+            try:
+                fields_of_shard = _field_storage(path, header, reader.num_frames)
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise ShardFormatError(f"{path}: cannot read its storage layout ({exc}); {VERIFY_HINT}") from None
         headers.append(header)
         schema_versions.add("{}.{}".format(*header.schema_version))
         for field_name, codec in header.codecs.items():

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from sslfer_core import hash_cache
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, write_json_atomic
 from sslfer_core.file_hash import file_sha256
@@ -140,6 +141,9 @@ def describe_shard(path: Path, root: Path) -> ShardEntry:
 
 def _describe(path: Path, root: Path) -> tuple[ShardEntry, ShardHeader]:
     rel = relative_shard_name(path, root)
+    reason = escaping_link(path, root)
+    if reason:
+        raise ManifestError(f"{path}: refused: {reason}")
     with ShardReader(path) as reader:
         videos = reader.videos
         header = reader.header
@@ -199,11 +203,15 @@ def build_manifest(root: Path, shard_files: list[Path] | None = None, failures: 
     if not files:
         raise ManifestError(f"{root}: no shard files to describe")
     entries, configs, first_header = [], [], None
+    seen = []
     for path in files:
+        before = hash_cache.identity(path)
         entry, header = _describe(path, root)
         first_header = first_header or header
         entries.append(entry)
+        seen.append((path, entry.sha256, before))
         configs.append((entry.file, header_compat(header)))
+    hash_cache.remember(seen)
     differences = describe_differences([configs[0]] + [c for c in configs[1:] if c[1] != configs[0][1]])
     if differences:
         raise ManifestError(f"{root}: shards were prepared with different settings ({differences})")
@@ -254,10 +262,28 @@ def check_relative_path(name: str, what: str = "shard path") -> PurePosixPath:
     return pure
 
 
-def shard_paths(root: Path, manifest: Manifest) -> list[Path]:
-    """Absolute-or-root-relative paths of the manifest's shards, each checked to stay inside root."""
+def shard_paths(root: Path, manifest: Manifest, *, check_links: bool = True) -> list[Path]:
+    """Absolute-or-root-relative paths of the manifest's shards, each checked to stay inside root, also
+    after following symlinks (check_links=False leaves that to the caller: verify reports it per shard)."""
     root = Path(root)
-    return [root.joinpath(*check_relative_path(entry.file).parts) for entry in manifest.shards]
+    paths = [root.joinpath(*check_relative_path(entry.file).parts) for entry in manifest.shards]
+    if check_links:
+        for entry, path in zip(manifest.shards, paths):
+            reason = escaping_link(path, root)
+            if reason:
+                raise ManifestError(f"{root}: shard {entry.file} is refused: {reason}")
+    return paths
+
+
+def escaping_link(path: Path, root: Path) -> str | None:
+    """Why `path` (or a folder on the way to it) is a symlink that leads out of `root`, or None. The
+    sha256 in a manifest vouches for files inside the set's folder; a link out of it lets anyone who can
+    write the link's target change a verified set."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        return f"it is reached through a symlink that leaves the shard folder (to {real})"
+    return None
 
 
 def load_manifest(root: Path) -> Manifest:

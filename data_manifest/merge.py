@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from sslfer_core import hash_cache
 from data_manifest.manifest import (
     FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, load_manifest, now_utc,
     save_manifest, shard_paths,
@@ -23,6 +24,7 @@ from data_manifest.manifest import (
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, fsync_directory
 from sslfer_core.file_hash import HASH_BLOCK
+from sslfer_core.shard_format import ShardFormatError, check_self_contained
 
 MAX_LISTED = 5
 
@@ -47,11 +49,12 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX + "merge-", dir=out.parent))
     try:
         tmp.chmod(0o777 & ~_current_umask())  # mkdtemp makes it private; OUT should look like any new folder
-        entries = []
+        entries, known = [], []
         for index, (part, manifest, label) in enumerate(zip(parts, manifests, labels)):
             for entry, src in zip(manifest.shards, shard_paths(part, manifest)):
                 new = replace(entry, file=f"{label}/{entry.file}", part=index)
-                _transfer(src, tmp / new.file, entry, link, label, progress)
+                if _transfer(src, tmp / new.file, entry, link, label, progress):
+                    known.append(new)
                 entries.append(new)
         failures_file = _merge_failures(tmp, parts, manifests, labels)
         merged = _merged_manifest(manifests, labels, entries, failures_file)
@@ -60,6 +63,7 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
             out.rmdir()  # checked empty above
         os.rename(tmp, out)
         fsync_directory(out.parent)
+        hash_cache.remember([(out / e.file, e.sha256) for e in known])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -109,11 +113,14 @@ def _check_unique_videos(labels: list[str], manifests: list[Manifest]) -> None:
                             "remove the duplicates from one part before merging")
 
 
-def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> None:
+def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> bool:
+    """Copy or link one shard; True when its bytes are known to match entry.sha256 (read while copying,
+    or a link to a file this machine has verified)."""
     if not src.is_file():
         raise ManifestError(f"part {label}: shard {entry.file} is missing")
     if src.stat().st_size != entry.bytes:
         raise ManifestError(f"part {label}: shard {entry.file} has the wrong size; run sslfer-manifest verify on it")
+    _check_own_content(src, label, entry)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if link:
         try:
@@ -122,7 +129,7 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
             raise ManifestError(f"cannot hard-link {src} ({exc.strerror}); use --copy") from None
         if progress:
             progress(entry.bytes)
-        return
+        return hash_cache.cached_sha256(src) == entry.sha256
     digest = hashlib.sha256()
     with open(src, "rb") as reader, open(dst, "wb") as writer:
         while block := reader.read(HASH_BLOCK):
@@ -135,6 +142,21 @@ def _transfer(src: Path, dst: Path, entry, link: bool, label: str, progress) -> 
     if digest.hexdigest() != entry.sha256:
         raise ManifestError(f"part {label}: shard {entry.file} does not match its sha256; "
                             "run sslfer-manifest verify on that part")
+    return True
+
+
+def _check_own_content(src: Path, label: str, entry) -> None:
+    """A sha256 covers only the file's own bytes: refuse shards whose HDF5 content lives elsewhere."""
+    import h5py
+
+    try:
+        with h5py.File(src, "r") as h5:
+            check_self_contained(h5, f"part {label}: shard {entry.file}")
+    except ShardFormatError as exc:
+        raise ManifestError(str(exc)) from None
+    except OSError as exc:
+        raise ManifestError(f"part {label}: shard {entry.file} is not readable HDF5 ({exc}); "
+                            "run sslfer-manifest verify on that part") from None
 
 
 def _merge_failures(tmp: Path, parts: list[Path], manifests: list[Manifest], labels: list[str]) -> str | None:

@@ -7,12 +7,13 @@ from typing import Callable
 
 import h5py
 
+from sslfer_core import hash_cache
 from data_manifest.manifest import (
-    MANIFEST_NAME, Manifest, ShardEntry, describe_differences, file_sha256, find_shard_files, header_compat,
-    load_manifest, shard_paths, visible_files,
+    MANIFEST_NAME, Manifest, ShardEntry, describe_differences, escaping_link, file_sha256, find_shard_files,
+    header_compat, load_manifest, shard_paths, visible_files,
 )
 from sslfer_core.atomic_files import TEMP_PREFIX
-from sslfer_core.shard_format import ShardFormatError, ShardHeader
+from sslfer_core.shard_format import ShardFormatError, ShardHeader, check_self_contained
 
 ERROR = "error"
 WARNING = "warning"
@@ -39,11 +40,22 @@ def verify_shards(root: Path, *, quick: bool = False,
     root = Path(root)
     manifest = load_manifest(root)
     problems = []
-    for entry, path in zip(manifest.shards, shard_paths(root, manifest)):
-        reason = _check_shard(entry, path, manifest, quick, progress)
+    hashed: list[tuple[Path, str]] = []
+    for entry, path in zip(manifest.shards, shard_paths(root, manifest, check_links=False)):
+        reason = escaping_link(path, root)
+        if reason:
+            if progress:
+                progress(entry.bytes)
+        else:
+            before = None if quick else hash_cache.identity(path)
+            reason = _check_shard(entry, path, manifest, quick, progress)
+            if not reason and not quick:
+                hashed.append((path, entry.sha256, before))
         if reason:
             problems.append(ShardProblem(entry.file, reason))
     problems.extend(_stray_files(root, manifest))
+    if hashed:
+        hash_cache.remember(hashed)  # later quick starts on this machine need not read these bytes again
     return problems
 
 
@@ -67,6 +79,7 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
     try:
         with h5py.File(path, "r") as h5:
             header = ShardHeader.from_attrs(h5.attrs, source=entry.file)
+            check_self_contained(h5, entry.file)
             counts = int(h5.attrs.get("num_videos", -1)), int(h5.attrs.get("num_frames", -1))
     except ShardFormatError as exc:
         skip()
@@ -74,6 +87,9 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
     except OSError as exc:
         skip()
         return f"unreadable HDF5 ({exc})"
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        skip()
+        return f"unreadable HDF5 metadata ({type(exc).__name__}: {exc})"
     if counts != (entry.videos, entry.frames):
         skip()
         return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "

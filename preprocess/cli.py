@@ -18,12 +18,16 @@ from preprocess.runner import PrepError, PrepUsageError, RunOptions, RunSummary,
 from preprocess.sources import (
     SourceError, discover_frame_folders, discover_video_folder, discover_video_list, discover_voxceleb,
 )
+from preprocess.work_files import DamagedWorkFile
+from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.cpu_cores import available_cores
+from sslfer_core.shard_format import MAX_SWAPS
 
 EPILOG = ("Exit codes: 0 at least one clip stored; 1 none stored, empty input or run refused; 2 usage error; "
           "130 interrupted (rerun the same command to resume).")
 DESCRIPTOR_CHOICES = ("auto", "resnet18-imagenet", "landmark-geometry", "none")
+MAX_JOBS = 1024  # more worker processes than any machine here has cores would only exhaust memory
 
 
 def _parse_part(ctx, param, value):
@@ -62,7 +66,7 @@ def common_options(func):
         click.option("--smooth", default=0.6, show_default=True, type=click.FloatRange(0.01, 1.0),
                      help="Weight of the newest alignment in the temporal average (1 = no smoothing)."),
         click.option("--cnn-fallback", is_flag=True, help="Try dlib's CNN detector where HOG finds no face (slow)."),
-        click.option("--swaps", "swaps", default=1, show_default=True, type=click.IntRange(min=0),
+        click.option("--swaps", "swaps", default=1, show_default=True, type=click.IntRange(0, MAX_SWAPS),
                      help="Face swaps K per kept frame (donor heads of other identities)."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed of the donor choice."),
         click.option("--pool-per-identity", default=8, show_default=True, type=click.IntRange(min=1),
@@ -81,7 +85,7 @@ def common_options(func):
                           "face_recognition_models, /usr/share/dlib)."),
         click.option("--shard-size", default=256.0, show_default=True, type=click.FloatRange(min=0.01),
                      help="Approximate shard size in MB (whole videos, never split)."),
-        click.option("--jobs", "-j", default=available_cores(), show_default="all cores", type=click.IntRange(min=1),
+        click.option("--jobs", "-j", default=available_cores(), show_default="all cores", type=click.IntRange(1, MAX_JOBS),
                      help="Worker processes."),
         click.option("--part", callback=_parse_part, default=None, metavar="I/N",
                      help="Process only slice I of N (by a hash of the video id); "
@@ -116,6 +120,7 @@ def _run(source_kind: str, discover, params: dict) -> None:
         sources = discover()
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
+    _print_source_notes(getattr(sources, "notes", []))
     config = _resolve_config(source_kind, params)
     options = RunOptions(
         out=params["out"], jobs=params["jobs"], part=params["part"], backend=params["backend"],
@@ -124,6 +129,9 @@ def _run(source_kind: str, discover, params: dict) -> None:
     )
     if params["scheduler"] and params["backend"] != "dask":
         raise click.UsageError("--scheduler needs --backend dask")
+    problem = writable_dir_problem(options.out)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--out")
     click.echo(f"{len(sources)} clips found; descriptor {config.descriptor}"
                + (" (ResNet-18 ImageNet weights not cached)" if params["descriptor"] == "auto"
                   and config.descriptor == "landmark-geometry" else "") + f"; {options.jobs} jobs", err=True)
@@ -134,12 +142,23 @@ def _run(source_kind: str, discover, params: dict) -> None:
         raise SystemExit(130) from None
     except PrepUsageError as exc:
         raise click.UsageError(str(exc)) from None
-    except PrepError as exc:
+    except (PrepError, DamagedWorkFile) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the disk filled up or OUT was removed during the run
+        raise click.ClickException(f"{exc.filename or options.out}: {exc.strerror or exc}; finished clips are "
+                                   "kept, rerun the same command to resume") from None
     _report(summary, options)
     if summary.kept_videos == 0:
         raise click.ClickException(
             f"no clip was stored ({summary.skipped_videos} skipped; see {options.out}/failures.jsonl)")
+
+
+def _print_source_notes(notes: list[str], shown: int = 20) -> None:
+    """What discovery left out (loops, aliases, duplicates, special files), one warning line each."""
+    for note in notes[:shown]:
+        click.echo(f"warning: {note}", err=True)
+    if len(notes) > shown:
+        click.echo(f"warning: ... and {len(notes) - shown} more inputs skipped the same ways", err=True)
 
 
 def _resolve_config(source_kind: str, params: dict) -> PrepConfig:

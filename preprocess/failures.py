@@ -93,7 +93,17 @@ def write_failures(out: str | os.PathLike, records: list[dict]) -> int:
 
 
 def read_failures(out: str | os.PathLike) -> list[dict]:
+    """Records of OUT/failures.jsonl; a line that is not a JSON object with a video id (a damaged file) is
+    left out, so the clip it described counts as not done and is tried again."""
     path = Path(out) / FAILURES_NAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("video_id"), str):
+            records.append(record)
+    return records

@@ -28,7 +28,7 @@ from preprocess.progress import PhaseProgress
 from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.sources import VideoSource
 from preprocess.space_estimate import estimate_space, shard_bytes_per_frame
-from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz
+from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz, npz_problem
 from preprocess.worker_models import single_thread_env, worker_init
 from sslfer_core.byte_sizes import human_bytes
 
@@ -241,7 +241,7 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         work.remove_stale_temporaries()
         adopt_finished_out(work)
 
-        records = work.read_records()
+        records = _discard_damaged_work(work, echo)
         pending = [s for s in selected if s.video_id not in records]
         summary.resumed = len(selected) - len(pending)
         estimate = estimate_space(pending, config, out)
@@ -276,6 +276,23 @@ def run_prep(sources: list[VideoSource], config: PrepConfig, options: RunOptions
         _finish(work, plan, records, selected, summary, config.swaps, {s.video_id for s in pending})
     summary.wall_seconds = time.perf_counter() - started
     return summary
+
+
+def _discard_damaged_work(work: WorkDir, echo) -> dict[str, dict]:
+    """The phase-1 records, after damaged work files are removed (their clips redone alone, with a note)."""
+    records = work.read_records()
+    for note in work.damage_notes:
+        echo(note)
+    if work.pool_file.is_file():
+        problem = npz_problem(work.pool_file)
+        if problem:
+            work.pool_file.unlink()
+            echo(f"note: {work.pool_file.relative_to(work.out)} is damaged ({problem}); rebuilding the donor pool")
+    written = {v for shard in work.read_plan() if (work.out / shard["file"]).is_file() for v in shard["video_ids"]}
+    notes = work.discard_damaged(records, written)
+    for note in notes:
+        echo(note)
+    return work.read_records() if notes else records
 
 
 def _timed(summary: RunSummary, name: str, action: Callable[[], None]) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
@@ -35,6 +36,21 @@ class VideoSource:
     frames_fps: float | None = None  # frame rate stated for a frame folder
 
 
+class SourceList(list):
+    """Discovered clips, plus `notes`: what the walk left out and why (loops, aliases, duplicates,
+    special files), one line each, for the CLI to print."""
+
+    def __init__(self, items=(), notes=()):
+        super().__init__(items)
+        self.notes = list(notes)
+
+
+def safe_text(name: str) -> str:
+    """`name` as valid UTF-8 text: bytes of a file name that are not UTF-8 (which Python carries as
+    surrogates) become \\xNN escapes, so ids, JSON records and HDF5 strings can hold them."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def natural_key(name: str) -> tuple:
     """Sort key that orders '2.jpg' before '10.jpg' (the reference relied on directory order)."""
     return tuple(int(part) if part.isdigit() else part for part in _DIGITS.split(name))
@@ -46,10 +62,53 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
-def _walk_sorted(root: Path):
+def _walk_sorted(root: Path, notes: list[str] | None = None):
+    """os.walk over root, following symlinks, that visits each real folder and each real file once.
+    A folder reached again (a symlink loop, or an alias of a folder seen already) is not entered, a file
+    reached again is left out, and anything but a regular file (FIFO, socket, device) is left out: each
+    gets a line in `notes`. Yields (folder, subfolders, regular file names), all sorted."""
+    notes = [] if notes is None else notes
+    claimed: dict[str, Path] = {os.path.realpath(root): root}  # real folder -> the path that visits it
+    seen_files: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        yield Path(dirpath), dirnames, sorted(f for f in filenames if not f.startswith("."))
+        here = Path(dirpath)
+        real_here = os.path.realpath(here)
+        keep_dirs = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            real = os.path.realpath(here / name)
+            if real in claimed:
+                kind = "loop" if os.path.commonpath([real, real_here]) == real else "alias"
+                notes.append(f"skipped {_shown(here / name, root)}: a folder {kind} (the same folder as "
+                             f"{_shown(claimed[real], root) or '.'})")
+            else:
+                claimed[real] = here / name
+                keep_dirs.append(name)
+        dirnames[:] = keep_dirs
+        files = []
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            path = here / name
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                notes.append(f"skipped {_shown(path, root)}: cannot stat ({exc.strerror})")
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                notes.append(f"skipped {_shown(path, root)}: not a regular file")
+                continue
+            real = os.path.realpath(path)
+            if real in seen_files:
+                notes.append(f"skipped {_shown(path, root)}: the same file as {_shown(seen_files[real], root)}")
+                continue
+            seen_files[real] = path
+            files.append(name)
+        yield here, dirnames, files
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return safe_text(path.relative_to(root).as_posix())
+    except ValueError:
+        return safe_text(str(path))
 
 
 def _check_root(root: str | os.PathLike) -> Path:
@@ -59,15 +118,17 @@ def _check_root(root: str | os.PathLike) -> Path:
     return root.resolve()
 
 
-def _unique_sorted(sources: list[VideoSource]) -> list[VideoSource]:
+def _unique_sorted(sources: list[VideoSource], notes: list[str] = ()) -> SourceList:
     seen: dict[str, VideoSource] = {}
     for source in sources:
+        source = replace(source, video_id=safe_text(source.video_id), identity=safe_text(source.identity),
+                         source_path=safe_text(source.source_path))
         other = seen.get(source.video_id)
         if other is not None:
             raise SourceError(f"two inputs map to video id {source.video_id!r}: "
                               f"{other.source_path} and {source.source_path}")
         seen[source.video_id] = source
-    return [seen[k] for k in sorted(seen)]
+    return SourceList([seen[k] for k in sorted(seen)], notes)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -79,8 +140,8 @@ def _rel(path: Path, root: Path) -> str:
 def discover_voxceleb(root: str | os.PathLike, frames_fps: float = 25.0) -> list[VideoSource]:
     """Auto-detect the VoxCeleb1 frame layout (a `1.6` folder level) or the VoxCeleb2 video layout."""
     root = _check_root(root)
-    videos, frame_clips = [], []
-    for dirpath, _dirs, files in _walk_sorted(root):
+    videos, frame_clips, notes = [], [], []
+    for dirpath, _dirs, files in _walk_sorted(root, notes):
         rel_parts = dirpath.relative_to(root).parts
         if len(rel_parts) >= 4 and rel_parts[-3] == VOXCELEB1_VERSION_DIR and any(
                 Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
@@ -106,7 +167,7 @@ def discover_voxceleb(root: str | os.PathLike, frames_fps: float = 25.0) -> list
             f"{root}: no VoxCeleb clips found (expected [dev|test/][mp4/]idNNNNN/<youtube id>/<clip>.mp4 "
             f"or <name>/{VOXCELEB1_VERSION_DIR}/<youtube id>/<clip>/<frame>.jpg)"
         )
-    return _unique_sorted(found)
+    return _unique_sorted(found, notes)
 
 
 # ----------------------------------------------------------------------------- generic videos
@@ -114,8 +175,8 @@ def discover_voxceleb(root: str | os.PathLike, frames_fps: float = 25.0) -> list
 def discover_video_folder(root: str | os.PathLike) -> list[VideoSource]:
     """Every video file below root; identity = its parent folder, video id = its relative path without suffix."""
     root = _check_root(root)
-    found = []
-    for dirpath, _dirs, files in _walk_sorted(root):
+    found, notes = [], []
+    for dirpath, _dirs, files in _walk_sorted(root, notes):
         for name in files:
             path = dirpath / name
             if path.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -125,7 +186,7 @@ def discover_video_folder(root: str | os.PathLike) -> list[VideoSource]:
             found.append(VideoSource(str(rel.with_suffix("")), identity, str(path), str(rel), "video"))
     if not found:
         raise SourceError(f"{root}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) found")
-    return _unique_sorted(found)
+    return _unique_sorted(found, notes)
 
 
 def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | None = None, *,
@@ -138,13 +199,18 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
     if not list_csv.is_file():
         raise SourceError(f"{list_csv}: no such list file")
     base = _check_root(root) if root is not None else list_csv.resolve().parent
-    with open(list_csv, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if path_column not in columns:
-            raise SourceError(f"{list_csv}: no {path_column!r} column (columns: {', '.join(columns) or 'none'})")
-        rows = list(reader)
-    found = []
+    try:
+        with open(list_csv, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            if path_column not in columns:
+                raise SourceError(f"{list_csv}: no {path_column!r} column (columns: {', '.join(columns) or 'none'})")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{list_csv}: not UTF-8 text (byte {exc.start}); save the list as UTF-8") from None
+    except csv.Error as exc:
+        raise SourceError(f"{list_csv}: not a readable CSV ({exc})") from None
+    found, notes, seen_files = [], [], {}
     for line, row in enumerate(rows, start=2):
         text = (row.get(path_column) or "").strip()
         if not text:
@@ -156,10 +222,18 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
         except ValueError:
             rel = path.as_posix()  # outside the base folder: keep the full path as id
         identity = (row.get(identity_column) or "").strip() or path.parent.name
+        if path.exists() and not path.is_file():
+            notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: not a regular file")
+            continue
+        real = os.path.realpath(path)
+        if real in seen_files:
+            notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: the same file as line {seen_files[real]}")
+            continue
+        seen_files[real] = line
         found.append(VideoSource(str(PurePosixPath(rel).with_suffix("")), identity, str(path), rel, "video"))
     if not found:
-        raise SourceError(f"{list_csv}: the list has no rows")
-    return _unique_sorted(found)
+        raise SourceError(f"{list_csv}: the list has no rows" + (f" left ({notes[0]})" if notes else ""))
+    return _unique_sorted(found, notes)
 
 
 # ----------------------------------------------------------------------------- frame folders
@@ -168,8 +242,8 @@ def discover_frame_folders(root: str | os.PathLike, frames_fps: float = 25.0) ->
     """Each folder holding image files is one clip; identity = its parent folder (the clip folder itself at
     top level)."""
     root = _check_root(root)
-    found = []
-    for dirpath, _dirs, files in _walk_sorted(root):
+    found, notes = [], []
+    for dirpath, _dirs, files in _walk_sorted(root, notes):
         if dirpath == root or not any(Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files):
             continue
         rel = PurePosixPath(_rel(dirpath, root))
@@ -177,4 +251,4 @@ def discover_frame_folders(root: str | os.PathLike, frames_fps: float = 25.0) ->
         found.append(VideoSource(str(rel), identity, str(dirpath), str(rel), "frames", float(frames_fps)))
     if not found:
         raise SourceError(f"{root}: no folders of frame images found")
-    return _unique_sorted(found)
+    return _unique_sorted(found, notes)

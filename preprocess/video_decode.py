@@ -1,8 +1,10 @@
 """Decode a clip (video file or frame folder) and keep the frames nearest a target rate, as RGB uint8."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -27,6 +29,31 @@ class SampledFrame:
     index: int  # source frame number
     timestamp: float  # seconds from the clip start
     image: np.ndarray  # (H, W, 3) uint8 RGB
+
+
+@contextlib.contextmanager
+def open_capture(path: str | os.PathLike):
+    """cv2.VideoCapture of any path. OpenCV crashes (SIGSEGV) on a str path that holds bytes which are not
+    UTF-8 (Python's surrogate escapes); such a file is opened through a symlink with an ASCII name in a
+    private temporary folder."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="sslfer-clip-") as folder:
+            link = os.path.join(folder, "clip" + "".join(c for c in Path(text).suffix if c.isascii()))
+            os.symlink(os.path.abspath(text), link)
+            capture = cv2.VideoCapture(link)
+            try:
+                yield capture
+            finally:
+                capture.release()
+        return
+    capture = cv2.VideoCapture(text)
+    try:
+        yield capture
+    finally:
+        capture.release()
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -93,12 +120,13 @@ class ClipReader:
 
     def _video_frames(self) -> Iterator[SampledFrame]:
         path = Path(self.source.path)
-        if not path.is_file():
+        if not path.exists():
             raise UnreadableClip("file not found")
+        if not path.is_file():  # a FIFO or device would block OpenCV or never end
+            raise UnreadableClip("not a regular file")
         if path.stat().st_size == 0:
             raise UnreadableClip("empty file (0 bytes)")
-        capture = cv2.VideoCapture(str(path))
-        try:
+        with open_capture(path) as capture:
             if not capture.isOpened():
                 raise UnreadableClip("OpenCV cannot open the video")
             fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -119,8 +147,6 @@ class ClipReader:
             self.frames_total = index
             if index == 0:
                 raise UnreadableClip("no decodable frame")
-        finally:
-            capture.release()
 
     def _folder_frames(self) -> Iterator[SampledFrame]:
         folder = Path(self.source.path)
@@ -151,13 +177,12 @@ def probe_duration(source: VideoSource) -> tuple[float, float]:
             return len(list_frame_files(source.path)) / fps, fps
         except OSError:
             return 0.0, fps
-    capture = cv2.VideoCapture(source.path)
-    try:
+    if not os.path.isfile(source.path):
+        return 0.0, 0.0
+    with open_capture(source.path) as capture:
         if not capture.isOpened():
             return 0.0, 0.0
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         count = float(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
-    finally:
-        capture.release()
     fps = fps if usable_fps(fps) else FALLBACK_FPS
     return (count / fps if math.isfinite(count) and count > 0 else 0.0), fps

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -33,10 +36,31 @@ VLEN_REFERENCE_BYTES = 16
 # Scattered-row reads (ShardReader.read_array): a fixed-size field whose requested span is at most this
 # many bytes is read in one slice, since each h5py call costs 12 us (uint8) to 100 us (bool) here.
 SPAN_READ_BYTES = 256 << 10
+# Header values beyond these are refused as damage: no prep option makes them.
+MAX_IMAGE_SIDE = 4096
+MAX_SWAPS = 64
+MAX_DESCRIPTOR_DIM = 1 << 16
+
+
+VERIFY_HINT = "run `sslfer-manifest verify` on its folder"
+# torch's DataLoader re-raises a worker's exception as the same type with the worker's whole traceback
+# as the message; the original one-line message is its last line, after "<TypeName>: ".
+_WORKER_WRAPPED = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback", re.S)
+
+
+def unwrap_worker_message(text: str) -> str:
+    """The original one-line message of an exception re-raised from a DataLoader worker (else `text`)."""
+    if not isinstance(text, str) or not _WORKER_WRAPPED.match(text):
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1]
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last, count=1)
 
 
 class ShardFormatError(ValueError):
     """The file is not a readable sslfer shard."""
+
+    def __init__(self, *args):
+        super().__init__(*(unwrap_worker_message(a) for a in args))
 
 
 class ShardVersionError(ShardFormatError):
@@ -113,7 +137,7 @@ class ShardHeader:
                 f"{SCHEMA_VERSION[0]}.x and no longer supported; re-run sslfer-prep"
             )
         try:
-            return cls(
+            header = cls(
                 image_size=int(attrs["image_size"]),
                 patch_size=int(attrs["patch_size"]),
                 swaps_per_frame=int(attrs["swaps_per_frame"]),
@@ -126,8 +150,26 @@ class ShardHeader:
                 tool_version=_as_str(attrs["tool_version"]),
                 schema_version=version,
             )
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ShardFormatError(f"{source}: shard header is incomplete or malformed ({exc})") from None
+        problem = header.implausible()
+        if problem:
+            raise ShardFormatError(f"{source}: shard header is malformed ({problem})")
+        return header
+
+    def implausible(self) -> str | None:
+        """What in the header no writer of this schema makes (a damaged or hand-made file), or None."""
+        limits = {"image_size": (1, MAX_IMAGE_SIDE), "patch_size": (1, MAX_IMAGE_SIDE),
+                  "swaps_per_frame": (0, MAX_SWAPS), "descriptor_dim": (0, MAX_DESCRIPTOR_DIM)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                return f"{name} {value} is outside {low}..{high}"
+        if set(self.codecs) - set(IMAGE_FIELDS):
+            return f"codecs for unknown fields {sorted(set(self.codecs) - set(IMAGE_FIELDS))}"
+        if not isinstance(self.prep_config, dict) or not isinstance(self.dlib_model_sha256, dict):
+            return "prep_config and dlib_model_sha256 must be JSON objects"
+        return None
 
 
 def parse_schema_version(text: str, source: str = "shard") -> tuple[int, int]:
@@ -177,10 +219,46 @@ def encode_jpeg(image_rgb: np.ndarray, quality: int) -> np.ndarray:
 
 
 def decode_jpeg(buf: np.ndarray) -> np.ndarray:
-    image = cv2.imdecode(np.asarray(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
+    image = decode_jpeg_bgr(buf)
     if image is None:
         raise ShardFormatError("corrupt JPEG payload in shard")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+_stderr_lock = threading.Lock()
+_stderr_sink: dict[int, int] = {}  # pid -> fd of a temporary file that takes libjpeg's warnings
+
+
+def decode_jpeg_bgr(buf: np.ndarray) -> np.ndarray | None:
+    """BGR image of a JPEG buffer, or None when it is corrupt: undecodable, or decodable only with a libjpeg
+    warning ("Corrupt JPEG data: ..."), which libjpeg prints to fd 2 and OpenCV does not report. The
+    warning is captured instead of printed, and such an image is treated as corrupt, not used."""
+    data = np.asarray(buf, dtype=np.uint8).reshape(-1)
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    with _stderr_lock:
+        sink = _stderr_sink.get(os.getpid())
+        if sink is None:
+            _stderr_sink.clear()  # a sink inherited through fork is shared with the parent: make our own
+            sink = _stderr_sink[os.getpid()] = _new_sink()
+        saved = os.dup(2)
+        try:
+            os.dup2(sink, 2)
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        warned = os.fstat(sink).st_size > 0
+        if warned:
+            os.ftruncate(sink, 0)
+            os.lseek(sink, 0, os.SEEK_SET)
+    return None if warned else image
+
+
+def _new_sink() -> int:
+    fd, name = tempfile.mkstemp(prefix="sslfer-jpeg-")
+    os.unlink(name)
+    return fd
 
 
 # ----------------------------------------------------------------------------- writer
@@ -363,17 +441,22 @@ class ShardReader:
     """Read one shard. The HDF5 handle is opened lazily and reopened after a fork, so a reader made in a
     parent process is safe to hand to DataLoader workers (each opens its own handle)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, sha256: str | None = None):
+        """sha256: the digest the file is listed with (its manifest entry); when given, the file's bytes
+        are checked against it before anything is read (once per machine, see sslfer_core/hash_cache.py)."""
         self.path = Path(path)
+        if sha256 is not None:
+            check_sha256(self.path, sha256)
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}  # frames/ datasets of the current handle
         try:
             with h5py.File(self.path, "r") as h5:
                 self.header = ShardHeader.from_attrs(h5.attrs, source=str(self.path))
-                self.num_frames = int(h5.attrs.get("num_frames", 0))
                 if "videos" not in h5 or "frames" not in h5:
                     raise ShardFormatError(f"{self.path}: shard is missing its frames or videos group")
+                check_self_contained(h5, str(self.path))
+                self.num_frames = int(h5.attrs.get("num_frames", 0))
                 g = h5["videos"]
                 self.videos = VideoTable(
                     video_id=np.array(g["video_id"].asstr()[()], dtype=object),
@@ -387,10 +470,59 @@ class ShardReader:
                 self.timestamps = h5["frames/timestamp"][()]
                 self.video_row = h5["frames/video_row"][()]
                 self.fields = tuple(sorted(h5["frames"].keys()))
+                shapes = {name: h5["frames"][name].shape for name in self.fields}
+                num_videos = int(h5.attrs.get("num_videos", -1))
+        except ShardFormatError:
+            raise
         except OSError as exc:
-            raise ShardFormatError(f"{self.path}: cannot open as HDF5 ({exc})") from None
+            raise ShardFormatError(f"{self.path}: cannot open as HDF5 ({exc}); {VERIFY_HINT}") from None
         except KeyError as exc:
-            raise ShardFormatError(f"{self.path}: shard is missing a dataset ({exc})") from None
+            raise ShardFormatError(f"{self.path}: shard is missing a dataset ({exc}); {VERIFY_HINT}") from None
+        except (ValueError, TypeError, IndexError, RuntimeError, UnicodeError, OverflowError) as exc:
+            raise ShardFormatError(f"{self.path}: unreadable shard metadata ({type(exc).__name__}: {exc}); "
+                                   f"{VERIFY_HINT}") from None
+        try:
+            problem = self._layout_problem(shapes, num_videos)
+        except (ValueError, TypeError, IndexError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            raise ShardFormatError(f"{self.path}: damaged shard ({problem}); {VERIFY_HINT}")
+
+    def _layout_problem(self, shapes: dict[str, tuple], num_videos: int) -> str | None:
+        """What in the metadata contradicts the layout the writer makes, or None."""
+        t, h, n = self.videos, self.header, self.num_frames
+        lengths = {len(t.video_id), len(t.identity), len(t.source_path), len(t.source_fps), len(t.first_row),
+                   len(t.row_count), len(t.status)}
+        if lengths != {num_videos} or num_videos < 1:
+            return f"video table lengths {sorted(lengths)} disagree with num_videos {num_videos}"
+        if t.first_row.ndim != 1 or t.row_count.ndim != 1 or np.any(t.row_count < 1):
+            return "a video has no frames"
+        ends = np.cumsum(t.row_count)
+        if ends[-1] != n or np.any(t.first_row != ends - t.row_count):
+            return f"video rows do not tile the {n} frames"
+        expected = {"face": (h.image_size, h.image_size, 3), "eyes": (h.patch_size, h.patch_size, 3),
+                    "mouth": (h.patch_size, h.patch_size, 3), "landmarks": (NUM_LANDMARKS, 2),
+                    "swaps": (h.swaps_per_frame, h.image_size, h.image_size, 3), "swap_ok": (h.swaps_per_frame,),
+                    "descriptor": (h.descriptor_dim,)}
+        for name, shape in shapes.items():
+            if not shape or shape[0] != n:
+                return f"field {name} has {shape[0] if shape else 0} rows, not {n}"
+            want = expected.get(name)
+            codec = h.codecs.get(name, ImageCodec()).name if name in IMAGE_FIELDS else "raw"
+            if want is not None:
+                want = want[:1] if name == "swaps" and codec != "raw" else (() if codec != "raw" else want)
+                if tuple(shape[1:]) != want:
+                    return f"field {name} has rows of shape {tuple(shape[1:])}, expected {want}"
+        for name in ("face", "landmarks", "eyes", "mouth", "timestamp", "frame_index", "det_score"):
+            if name not in shapes:
+                return f"field {name} is missing"
+        if self.timestamps.ndim != 1 or not np.all(np.isfinite(self.timestamps)):
+            return "timestamps are not finite"
+        starts = np.zeros(n, bool)
+        starts[t.first_row] = True
+        if np.any((np.diff(self.timestamps) < 0) & ~starts[1:]):
+            return "timestamps of a video are not sorted"
+        return None
 
     def _file(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
@@ -449,7 +581,12 @@ class ShardReader:
     def read_array(self, name: str, rows) -> np.ndarray:
         """A field's rows, as numpy would index the whole array: `rows` is a slice or an integer sequence
         (any order, repeats and negative indices allowed). JPEG image fields come back encoded (use read_images)."""
-        return _read_rows(self._dataset(name), rows)
+        try:
+            return _read_rows(self._dataset(name), rows)
+        except (KeyError, IndexError, TypeError):
+            raise
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ShardFormatError(f"{self.path}: cannot read field {name!r} ({exc}); {VERIFY_HINT}") from None
 
     def read_images(self, name: str, rows) -> np.ndarray:
         """Decoded uint8 RGB images of an image field ('face', 'eyes', 'mouth', 'swaps')."""
@@ -459,6 +596,12 @@ class ShardReader:
         if self.header.codecs.get(name, ImageCodec()).name == "raw":
             return data
         lead_shape = data.shape
+        try:
+            return self._decode_all(name, data, lead_shape)
+        except ShardFormatError as exc:
+            raise ShardFormatError(f"{self.path}: field {name!r}: {exc}; {VERIFY_HINT}") from None
+
+    def _decode_all(self, name: str, data: np.ndarray, lead_shape: tuple) -> np.ndarray:
         first = decode_jpeg(data.reshape(-1)[0]) if data.size else None
         if first is None:
             side = self.header.patch_size if name in ("eyes", "mouth") else self.header.image_size
@@ -467,8 +610,55 @@ class ShardReader:
         flat_out = out.reshape((-1,) + first.shape)
         flat_out[0] = first
         for i, buf in enumerate(data.reshape(-1)[1:], start=1):
-            flat_out[i] = decode_jpeg(buf)
+            image = decode_jpeg(buf)
+            if image.shape != first.shape:
+                raise ShardFormatError(f"JPEG of shape {image.shape} among images of shape {first.shape}")
+            flat_out[i] = image
         return out
+
+
+def check_sha256(path: Path, sha256: str) -> None:
+    """Refuse a file whose bytes do not hash to `sha256`; a file this machine has hashed since it last
+    changed is not read again."""
+    from sslfer_core import hash_cache
+
+    if hash_cache.cached_sha256(path) == sha256:
+        return
+    try:
+        digest = hash_cache.hash_and_remember(path)
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot read ({exc.strerror or exc}); {VERIFY_HINT}") from None
+    if digest != sha256:
+        raise ShardFormatError(f"{path}: content does not match the sha256 it is listed with (changed or "
+                               f"corrupt); {VERIFY_HINT}")
+
+
+def check_self_contained(h5: h5py.File, source: str) -> None:
+    """Refuse a file whose content is not all inside it: external links, soft links, datasets with
+    external storage (raw bytes in other files) and virtual datasets (mapped from other files). A
+    sha256 of the .h5 file covers only its own bytes, so any of these would let verified content change."""
+    problems: list[str] = []
+
+    def visit(group: h5py.Group, prefix: str) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}{name}"
+            if not isinstance(link, h5py.HardLink):
+                problems.append(f"{where} is a {type(link).__name__}")
+                continue
+            item = group.get(name)
+            if isinstance(item, h5py.Group):
+                visit(item, where + "/")
+            elif isinstance(item, h5py.Dataset):
+                if item.external:
+                    problems.append(f"{where} stores its data in another file ({item.external[0][0]!r})")
+                elif item.is_virtual:
+                    problems.append(f"{where} is a virtual dataset mapped from other files")
+
+    visit(h5, "")
+    if problems:
+        raise ShardFormatError(f"{source}: refused: content outside the file ({'; '.join(problems[:3])}); "
+                               "a shard must hold all of its data itself")
 
 
 def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:
@@ -523,6 +713,8 @@ def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:
     try:
         with h5py.File(path, "r") as h5:
-            return ShardHeader.from_attrs(h5.attrs, source=str(path))
+            header = ShardHeader.from_attrs(h5.attrs, source=str(path))
+            check_self_contained(h5, str(path))
+            return header
     except OSError as exc:
         raise ShardFormatError(f"{path}: cannot open as HDF5 ({exc})") from None

@@ -27,3 +27,10 @@ def fer2013() -> Path:
     if not (root / "train").is_dir():
         pytest.skip(f"FER2013 not found at {root} (set {DATA_ENV} to the folder holding fer2013/)")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _private_hash_cache(tmp_path_factory, monkeypatch):
+    """Keep the per-machine record of hashed shards (sslfer_core/hash_cache.py) out of the user's home;
+    subprocesses inherit it through the environment."""
+    monkeypatch.setenv("SSLFER_HASH_CACHE", str(tmp_path_factory.mktemp("hash-cache") / "verified-shards.json"))

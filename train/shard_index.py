@@ -23,6 +23,7 @@ class ShardIndex:
     video_names: list[str]
     identity_names: list[str]
     timestamps: list[np.ndarray]  # per global video, seconds, sorted
+    sha256: list[str] | None = None  # per shard, from the manifest: readers check the bytes they open
 
     @property
     def num_videos(self) -> int:

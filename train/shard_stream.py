@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from dataclasses import dataclass
 
 import cv2
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sslfer_core.shard_format import ShardReader
+from sslfer_core.shard_format import VERIFY_HINT, ShardFormatError, ShardReader, decode_jpeg_bgr
 from train.epoch_plan import (
     ANCHOR, FALLBACK_KINDS, POSITIVE_VIEWS, BatchPlan, PlanConfig, assign_videos, plan_unit, steps_per_epoch,
     unit_batches,
 )
 from train.shard_index import ShardIndex
+from train.shard_set import ShardSetError
 
 
 @dataclass
@@ -51,6 +53,7 @@ class ShardStream(IterableDataset):
         self.steps = steps_per_epoch(index.num_frames, world_size, config.batch_size)
         self._readers: dict[int, ShardReader] = {}
         self._readers_pid: int | None = None
+        self._warned: set[int] = set()  # shards whose corrupt images this process has reported
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Plan epoch `epoch` and leave out its first `skip_batches` batches (a resumed run). Call it
@@ -102,7 +105,8 @@ class ShardStream(IterableDataset):
             self._readers, self._readers_pid = {}, os.getpid()
         reader = self._readers.get(shard)
         if reader is None:
-            reader = self._readers[shard] = ShardReader(self.index.paths[shard])
+            sha256 = self.index.sha256[shard] if self.index.sha256 else None
+            reader = self._readers[shard] = ShardReader(self.index.paths[shard], sha256=sha256)
         return reader
 
     def close(self) -> None:
@@ -112,6 +116,17 @@ class ShardStream(IterableDataset):
         self._readers = {}
 
     def _load(self, video: int) -> _Video:
+        # A shard that breaks while training (it passed the start-up checks) stops the run with one line
+        # naming it; the DataLoader carries the ShardSetError's message to the main process.
+        try:
+            return self._read_video(video)
+        except ShardFormatError as error:
+            raise ShardSetError(str(error)) from None
+        except OSError as error:
+            path = self.index.paths[int(self.index.video_shard[video])]
+            raise ShardSetError(f"{path}: cannot read ({error}); {VERIFY_HINT}") from None
+
+    def _read_video(self, video: int) -> _Video:
         index = self.index
         reader = self._reader(int(index.video_shard[video]))
         start = int(index.video_first_row[video])
@@ -144,6 +159,8 @@ class ShardStream(IterableDataset):
         cutmix_target = np.full(n, -1, np.int64)
         fallbacks = dict(plan.fallbacks)
         first_use: dict[tuple, int] = {}  # decoded image -> first batch row holding it
+        corrupt: set[tuple] = set()  # images that failed to decode
+        bad_slots: set[int] = set()
         for slot in range(b):
             video = int(plan.video[slot])
             data = cache.get(video)
@@ -165,7 +182,11 @@ class ShardStream(IterableDataset):
                 else:
                     first_use[key] = r
                     stored = data.face[frame] if source[0] == "face" else data.swaps[frame, source[2]]
-                    self._put_image(images, r, stored)
+                    if not self._put_image(images, r, stored):
+                        corrupt.add(key)
+                        self._report_corrupt(video, frame)
+                if key in corrupt:
+                    bad_slots.add(slot)
                 # A swap keeps the expression frame's inner face at (nearly) the same aligned place, so
                 # the frame's own landmarks locate the masked regions (docs/training.md).
                 landmarks[r] = data.landmarks[frame]
@@ -178,6 +199,16 @@ class ShardStream(IterableDataset):
             masked = np.concatenate([np.zeros(2 * b, bool), ~plan.hardneg_valid, ~plan.hardneg_valid])
             row_valid &= ~masked
             has_descriptor &= ~masked
+        if bad_slots:
+            # Every view of a sample with a corrupt image leaves the loss (it is not trained on, and is
+            # nobody's negative); its pixels are zeros.
+            bad_slots |= {int(s) for s in np.flatnonzero(np.isin(plan.cutmix_target, list(bad_slots)).any(axis=0))}
+            slots = np.array(sorted(bad_slots))
+            for view in range(views):
+                row_valid[view * b + slots] = False
+                has_descriptor[view * b + slots] = False
+            if len(bad_slots) == b:
+                raise ShardSetError(f"every sample of batch {plan.index} holds a corrupt image; {VERIFY_HINT}")
         video_ids = np.tile(plan.video, views)
         return {
             "images": images_t,
@@ -189,17 +220,28 @@ class ShardStream(IterableDataset):
             "cutmix_target": torch.from_numpy(cutmix_target),
             "fallbacks": torch.tensor([fallbacks[k] for k in FALLBACK_KINDS], dtype=torch.int64),
             "batch_index": torch.tensor(plan.index, dtype=torch.int64),
+            "corrupt_images": torch.tensor(len(corrupt), dtype=torch.int64),
         }
 
+    def _report_corrupt(self, video: int, frame: int) -> None:
+        shard = int(self.index.video_shard[video])
+        if shard not in self._warned:  # one line per shard and process; the batch counts every image
+            self._warned.add(shard)
+            print(f"warning: {self.index.paths[shard]}: corrupt image in video {self.index.video_names[video]!r} "
+                  f"frame row {frame} skipped, not trained on; {VERIFY_HINT}", file=sys.stderr, flush=True)
+
     @staticmethod
-    def _put_image(images: np.ndarray, row: int, stored: np.ndarray) -> None:
+    def _put_image(images: np.ndarray, row: int, stored: np.ndarray) -> bool:
+        """Decode into images[row]; False (row zeroed) when the stored image is corrupt or mis-sized."""
         if stored.ndim == 3:  # raw codec
             images[row] = stored
-            return
-        bgr = cv2.imdecode(stored, cv2.IMREAD_COLOR)
+            return True
+        bgr = decode_jpeg_bgr(stored)
         if bgr is None or bgr.shape != images.shape[1:]:
-            raise ValueError(f"corrupt or mis-sized JPEG in shard (decoded shape {None if bgr is None else bgr.shape})")
+            images[row] = 0
+            return False
         cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=images[row])
+        return True
 
 
 def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool) -> DataLoader:

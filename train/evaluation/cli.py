@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -31,11 +32,21 @@ from train.evaluation.saliency import LinearHead, class_target, display_rgb, fea
 from train.precision import PRECISIONS, uses_bf16
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _floats(text: str, name: str = "grid") -> tuple[float, ...]:
+    """A non-empty grid of finite, non-negative numbers (weight decays, ridge alphas)."""
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}")
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=name) from None
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise click.BadParameter(f"expected one or more finite numbers >= 0, got {text!r}", param_hint=name)
+    return values
+
+
+def _finite_positive(ctx, param, value: float) -> float:
+    if not (math.isfinite(value) and value > 0 if param.name == "lr" else math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"must be a finite number {'> 0' if param.name == 'lr' else '>= 0'}, got {value}")
+    return value
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -109,6 +120,7 @@ def _finish(payload: dict, dataset, out_dir: str | None, table_keys=tuple(c[0] f
 
 
 def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing, int]:
+    session.check_output(params["out_dir"])
     device = session.configure_torch(params["threads"], params["device"])
     setup = session.prepare_data(params["data"], params["fmt"], params["classes"], params["image_root"],
                                  params["max_per_split"], params["seeds"], params["folds"], params["group"],
@@ -143,9 +155,10 @@ def linear(**params):
     setup, device, preprocessing, workers = _setup(params)
     dataset = setup.dataset
     tasks = tasks_for(dataset, params["task"])
-    config = LinearProbeConfig(weight_decays=_floats(params["weight_decays"]), max_iterations=params["max_iterations"],
-                               loss=params["loss"], select_metric=params["select_metric"],
-                               ridge_alphas=_floats(params["ridge_alphas"]))
+    config = LinearProbeConfig(weight_decays=_floats(params["weight_decays"], "--weight-decays"),
+                               max_iterations=params["max_iterations"], loss=params["loss"],
+                               select_metric=params["select_metric"],
+                               ridge_alphas=_floats(params["ridge_alphas"], "--ridge-alphas"))
     cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
     bf16 = uses_bf16(params["precision"], device)
     reported: set = set()
@@ -171,8 +184,8 @@ def linear(**params):
 @run_options
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, callback=_finite_positive, help="Adam learning rate.")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True, callback=_finite_positive)
 @click.option("--head-dims", default="1024,512", show_default=True, help="Hidden widths of the MLP head ('' = linear).")
 @click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=0.5, show_default=True)
 @click.option("--loss", type=click.Choice(LOSSES), default="balanced-softmax", show_default=True)
@@ -211,6 +224,7 @@ def finetune(**params):
 @run_options
 @precision_option
 def identity(**params):
+    session.check_output(params["out_dir"])
     device = session.configure_torch(params["threads"], params["device"])
     dataset = load_dataset(params["data"], "folder")
     if dataset.has_splits:
@@ -258,6 +272,7 @@ def identity(**params):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 def saliency(backbone, arch, data, fmt, split, count, image_size, head_path, target_class, columns, tile, seed, out_path):
+    session.check_output(out_path, is_file=True)
     session.configure_torch(None, "cpu")
     loaded = load_backbone(backbone, arch)
     dataset = load_dataset(data, fmt)
@@ -311,6 +326,7 @@ def _spread_over_classes(labels: np.ndarray, pool: np.ndarray, count: int, seed:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
 def compare(files, out_path):
+    session.check_output(out_path, is_file=True)
     table = compare_markdown([Path(f) for f in files])
     click.echo(table)
     if out_path:

@@ -293,6 +293,17 @@ def detect_format(path: Path) -> str:
 def load_dataset(path: str | Path, fmt: str = "auto", *, classes: list[str] | None = None,
                  image_root: str | Path | None = None) -> LabelledDataset:
     """Read a dataset; problems with single rows/files are collected in .problems, not raised."""
+    try:
+        return _load_dataset(path, fmt, classes=classes, image_root=image_root)
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"{path}: not UTF-8 text (byte {exc.start} of a file: {exc.reason}); "
+                                   "save the CSV as UTF-8") from None
+    except csv.Error as exc:
+        raise click.ClickException(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _load_dataset(path: str | Path, fmt: str, *, classes: list[str] | None,
+                  image_root: str | Path | None) -> LabelledDataset:
     path = Path(path)
     if not path.exists():
         raise click.ClickException(f"dataset not found: {path}")

@@ -9,9 +9,11 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -103,12 +105,34 @@ def extract_features(model: torch.nn.Module, backbone_sha256: str, records: list
     if cache_dir is not None:
         path = Path(cache_dir) / f"{cache_key(backbone_sha256, records, preprocessing, bf16)}.npz"
         if path.is_file():
-            with np.load(path) as cached:
-                return FeatureTable(cached["features"], cached["ok"], cached["aligned"], cache_hit=True)
+            cached = _read_cache(path, len(records))
+            if cached is not None:
+                return cached
     started = time.perf_counter()
     table = _extract(model, records, preprocessing, batch_size, workers, device, dlib_model_dir, label, bf16)
     table.seconds = time.perf_counter() - started
     if path is not None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, features=table.features, ok=table.ok, aligned=table.aligned)
+        try:
+            with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, features=table.features, ok=table.ok, aligned=table.aligned)
+        except OSError as exc:  # the features are still good; only the next run pays for them again
+            click.echo(f"warning: feature cache not written ({path.parent}: {exc.strerror or exc})", err=True)
+    return table
+
+
+def _read_cache(path: Path, count: int) -> FeatureTable | None:
+    """A cached table, or None (with a warning) when the file is damaged or does not fit `count` records;
+    it is then recomputed and overwritten."""
+    try:
+        with np.load(path, allow_pickle=False) as cached:
+            table = FeatureTable(cached["features"], cached["ok"].astype(bool), cached["aligned"].astype(bool),
+                                 cache_hit=True)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        click.echo(f"warning: damaged feature cache {path.name} ignored ({type(exc).__name__}); recomputing", err=True)
+        return None
+    shapes_fit = (table.features.ndim == 2 and len(table.features) == len(table.ok) == len(table.aligned) == count
+                  and np.all(np.isfinite(table.features)))
+    if not shapes_fit:
+        click.echo(f"warning: feature cache {path.name} does not fit the {count} images; recomputing", err=True)
+        return None
     return table

@@ -63,6 +63,7 @@ def score(dataset: LabelledDataset, predictions: Predictions, tasks: list[str], 
         if not has.any():
             raise click.ClickException(f"split '{split}' has no labelled images to score")
         result.update(metrics.classification_report(truth[has], predictions.labels[has], len(dataset.class_names)))
+        result.update(_macro_f1_over_tested(truth[has], predictions.labels[has], dataset.class_names))
     if "regression" in tasks:
         truth = dataset.regression_targets()[idx]
         for d, name in enumerate(metrics.REGRESSION_DIMENSIONS):
@@ -75,6 +76,18 @@ def score(dataset: LabelledDataset, predictions: Predictions, tasks: list[str], 
         if not any(k.startswith("ccc_") for k in result):
             raise click.ClickException(f"split '{split}' has no valence/arousal values to score")
     return result
+
+
+def _macro_f1_over_tested(truth: np.ndarray, predicted: np.ndarray, names: list[str]) -> dict:
+    """Macro F1 over the classes the split holds: a class without images there would add an F1 of 0
+    whenever it is predicted, which says nothing about it (sanity.py warns about such classes)."""
+    f1 = metrics.per_class_f1(truth, predicted, len(names))
+    support = np.bincount(truth, minlength=len(names))
+    untested = [names[c] for c in range(len(names)) if support[c] == 0]
+    out = {"macro_f1": float(np.mean(f1[support > 0]))}
+    if untested:
+        out["classes_without_images"] = untested
+    return out
 
 
 def write_predictions(path: Path, dataset: LabelledDataset, predictions: Predictions) -> None:

@@ -9,10 +9,12 @@ import click
 import numpy as np
 import torch
 
+from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.cpu_cores import available_cores
 from train.evaluation.datasets import LabelledDataset, load_dataset
 from train.evaluation.features import FeatureTable, default_cache_dir, extract_features
 from train.evaluation.images import Preprocessing
+from train.evaluation.sanity import check_plans
 from train.evaluation.splits import SplitPlan, make_plans, require_nonempty, subsample_per_split
 
 
@@ -23,6 +25,18 @@ def configure_torch(threads: int | None, device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise click.ClickException(f"--device {device}: CUDA is not available on this machine")
     return torch.device(device)
+
+
+def check_output(path: str | None, option: str = "--out", *, is_file: bool = False) -> None:
+    """Refuse an output path that cannot be written before any work is done (exit 2)."""
+    if not path:
+        return
+    target = Path(path)
+    if is_file and target.is_dir():
+        raise click.BadParameter(f"{target} is a directory; give a file name", param_hint=option)
+    problem = writable_dir_problem(target.parent if is_file else target)
+    if problem:
+        raise click.BadParameter(problem, param_hint=option)
 
 
 def default_workers() -> int:
@@ -66,6 +80,7 @@ def prepare_data(data: str, fmt: str, classes: str | None, image_root: str | Non
     plans = make_plans(dataset, list(range(seeds)), folds, group, val_fraction, test_fraction)
     for plan in plans:
         require_nonempty(plan, dataset.path)
+    notes += [f"warning: {text}" for text in check_plans(dataset, plans, warn)]
     return DataSetup(dataset, plans, notes)
 
 
