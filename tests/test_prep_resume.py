@@ -1,7 +1,6 @@
 """A killed or interrupted sslfer-prep run resumes to the same shards; a --part split merges to the same frames."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -113,8 +112,10 @@ def test_parts_merged_give_the_single_run_frames_landmarks_and_descriptors(clip_
     clips.assert_same_contents(reference, together, PHASE1_FIELDS)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dask") is not None, reason="dask is installed: the hint is not shown")
-def test_dask_backend_without_dask_says_how_to_install_it(clip_root, tmp_path):
+def test_dask_backend_without_dask_says_how_to_install_it(clip_root, tmp_path, monkeypatch):
+    # dask is in the test extra, so it is made unimportable here (None in sys.modules fails the import).
+    for name in ("dask", "dask.distributed"):
+        monkeypatch.setitem(sys.modules, name, None)
     result = prep("videos", clip_root, "--out", tmp_path / "out", *FAST, "--backend", "dask")
     assert result.exit_code == 1 and "pip install 'sslfer[dask]'" in result.output
     assert "Traceback" not in result.output
