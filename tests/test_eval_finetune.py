@@ -3,13 +3,12 @@ import csv
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
-from eval_fixtures import pattern_image, write_pattern_folder
+from eval_fixtures import SKEWED_VAL_TRUTH, macro_f1, write_pattern_folder, write_skewed_folder
 from train.evaluation.cli import main
 from train.evaluation.finetune import build_head
 from train.evaluation.linear_probe import class_log_prior
@@ -73,46 +72,17 @@ def test_selection_never_sees_the_test_labels(tmp_path):
     assert a["test"]["accuracy"] >= 0.75 and b["test"]["accuracy"] <= 0.25  # the poison did reach the test split
 
 
-def _write_copies(root, split, label, image, count):
-    folder = root / split / label
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(len(list(folder.glob("*.png"))), len(list(folder.glob("*.png"))) + count):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), image)
-
-
 @pytest.fixture(scope="module")
 def skewed_data(tmp_path_factory):
-    """Three fixed images X, Y, Z. train: class a = 8 X + 32 Y, class b = 4 X, class c = 4 Z.
-    For X, a is the more frequent label (8 against 4), but X is 1/5 of a and all of b: plain cross-entropy
-    predicts a for X (log-odds log 2), balanced softmax, which removes the class prior, predicts b (log 5)."""
-    rng = np.random.default_rng(3)
-    x, y, z = (pattern_image(kind, rng) for kind in ("horizontal", "vertical", "checker"))
-    root = tmp_path_factory.mktemp("skewed")
-    for split, counts in {"train": [("a", x, 8), ("a", y, 32), ("b", x, 4), ("c", z, 4)],
-                          "val": [("a", x, 2), ("a", y, 8), ("b", x, 1), ("c", z, 1)],
-                          "test": [("a", x, 2), ("a", y, 2), ("b", x, 2), ("c", z, 2)]}.items():
-        for label, image, count in counts:
-            _write_copies(root, split, label, image, count)
-    return root
-
-
-def _macro_f1(truth, predicted):
-    scores = []
-    for label in sorted(set(truth)):
-        tp = sum(t == p == label for t, p in zip(truth, predicted))
-        fp = sum(p == label != t for t, p in zip(truth, predicted))
-        fn = sum(t == label != p for t, p in zip(truth, predicted))
-        scores.append(2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / len(scores)
+    return write_skewed_folder(tmp_path_factory.mktemp("skewed"))
 
 
 @pytest.mark.parametrize("loss, x_means", [("ce", "a"), ("balanced-softmax", "b")])
 def test_balanced_softmax_removes_the_class_prior_on_a_skewed_split(skewed_data, tmp_path, loss, x_means):
     run = _finetune(skewed_data, tmp_path / loss, "--epochs", "6", "--loss", loss, "--lr", "1e-2", "--head-dims", "")
-    # val: a = 2 X + 8 Y, b = 1 X, c = 1 Z; once trained, Y -> a, Z -> c, and X -> x_means
-    truth = ["a"] * 10 + ["b", "c"]
+    # once trained, Y -> a, Z -> c, and X -> x_means (eval_fixtures.write_skewed_folder)
     predicted = [x_means] * 2 + ["a"] * 8 + [x_means, "c"]
-    assert run["history"][-1]["val_score"] == pytest.approx(_macro_f1(truth, predicted))
+    assert run["history"][-1]["val_score"] == pytest.approx(macro_f1(SKEWED_VAL_TRUTH, predicted))
     with open(run["predictions_file"]) as handle:  # test: a = 2 X + 2 Y, b = 2 X, c = 2 Z
         got = [row["predicted"] for row in csv.DictReader(handle)]
     assert sorted(got) == sorted([x_means] * 4 + ["a"] * 2 + ["c"] * 2)
