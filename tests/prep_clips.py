@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from needs import dlib_models, missing
 
 SIDE = 256
