@@ -31,12 +31,22 @@ def fer2013() -> Path:
     return root
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """Under $SSLFER_REQUIRE_DATA every skip is a failure, whatever raised it (a skipif, an importorskip)."""
-    outcome = yield
-    report = outcome.get_result()
+def _fail_a_skip(report) -> None:
     if required() and report.skipped and not hasattr(report, "wasxfail"):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped, but {REQUIRE_ENV}=1 needs every test to run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under $SSLFER_REQUIRE_DATA every skip is a failure, whatever raised it (a skipif, an importorskip)."""
+    outcome = yield
+    _fail_a_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while it is collected (a module-level importorskip)."""
+    outcome = yield
+    _fail_a_skip(outcome.get_result())

@@ -57,11 +57,16 @@ def test_broken_dlib_model_lookup_fails_even_locally(tmp_path):
 def test_any_other_skip_fails_under_ci(tmp_path):
     (tmp_path / "test_probe.py").write_text(
         "import pytest\n\ndef test_needs_a_module():\n    pytest.importorskip('no_such_module_here')\n")
-    # tests/conftest.py as a plugin, so its hook applies to a file outside tests/
+    (tmp_path / "test_module_probe.py").write_text(
+        "import pytest\n\npytest.importorskip('no_such_module_either')\n\ndef test_never_runs():\n    pass\n")
+    # tests/conftest.py as a plugin, so its hooks apply to files outside tests/
     ci = _pytest(["-p", "conftest", str(tmp_path / "test_probe.py")], require=True)
     assert ci.returncode == 1 and "1 failed" in ci.stdout and "no_such_module_here" in ci.stdout, ci.stdout
-    local = _pytest(["-p", "conftest", str(tmp_path / "test_probe.py")], require=False)
-    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout
+    ci = _pytest(["-p", "conftest", str(tmp_path / "test_module_probe.py")], require=True)
+    assert ci.returncode == 2 and "1 error" in ci.stdout and "no_such_module_either" in ci.stdout, ci.stdout
+    local = _pytest(["-p", "conftest", str(tmp_path / "test_probe.py"), str(tmp_path / "test_module_probe.py")],
+                    require=False)
+    assert local.returncode == 0 and "2 skipped" in local.stdout, local.stdout
 
 
 class _ClosedWriter:
