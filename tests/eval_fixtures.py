@@ -44,3 +44,38 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+# val of write_skewed_folder, in file order: a = 2 X + 8 Y, b = 1 X, c = 1 Z
+SKEWED_VAL_TRUTH = ["a"] * 10 + ["b", "c"]
+
+
+def write_skewed_folder(root: Path) -> Path:
+    """Three fixed images X, Y, Z. train: class a = 8 X + 32 Y, class b = 4 X, class c = 4 Z.
+    For X, a is the more frequent label (8 against 4), but X is 1/5 of a and all of b: plain cross-entropy
+    predicts a for X (log-odds log 2), balanced softmax, which removes the class prior, predicts b (log 5).
+    val: a = 2 X + 8 Y, b = 1 X, c = 1 Z; test: a = 2 X + 2 Y, b = 2 X, c = 2 Z."""
+    rng = np.random.default_rng(3)
+    x, y, z = (pattern_image(kind, rng) for kind in ("horizontal", "vertical", "checker"))
+    layout = {"train": [("a", x, 8), ("a", y, 32), ("b", x, 4), ("c", z, 4)],
+              "val": [("a", x, 2), ("a", y, 8), ("b", x, 1), ("c", z, 1)],
+              "test": [("a", x, 2), ("a", y, 2), ("b", x, 2), ("c", z, 2)]}
+    for split, counts in layout.items():
+        for label, image, count in counts:
+            folder = root / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            start = len(list(folder.glob("*.png")))
+            for i in range(start, start + count):
+                cv2.imwrite(str(folder / f"{i:03d}.png"), image)
+    return root
+
+
+def macro_f1(truth: list, predicted: list) -> float:
+    """Mean over the true classes of 2TP / (2TP + FP + FN), written out independently of sslfer_core.metrics."""
+    scores = []
+    for label in sorted(set(truth)):
+        tp = sum(t == p == label for t, p in zip(truth, predicted))
+        fp = sum(p == label != t for t, p in zip(truth, predicted))
+        fn = sum(t == label != p for t, p in zip(truth, predicted))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)

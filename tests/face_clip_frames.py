@@ -6,16 +6,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
-from sslfer_core.dlib_models import DlibModelsNotFound, locate_dlib_models
+from needs import dlib_models
 
 
 def dlib_models_or_skip():
-    try:
-        return locate_dlib_models()
-    except DlibModelsNotFound as error:
-        pytest.skip(str(error))
+    """The dlib models; a failure when the installed package's lookup breaks (needs.dlib_models)."""
+    return dlib_models()
 
 
 def clip_rows(root: Path) -> list[dict]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
+
+from needs import dlib_models, missing
 
 SIDE = 256
 
@@ -20,14 +21,9 @@ SIDE = 256
 def portraits() -> dict[str, np.ndarray]:
     """identity -> 256x256 RGB with a ~100 px face in the middle (four identities: two photos, mirrored)."""
     from preprocess.demo_sample import load_portraits
-    from sslfer_core.dlib_models import DlibModelsNotFound, locate_dlib_models
     from sslfer_core.face_detection import FaceDetector
 
-    try:
-        models = locate_dlib_models()
-    except DlibModelsNotFound as exc:
-        pytest.skip(str(exc))
-    found = load_portraits(FaceDetector(models))
+    found = load_portraits(FaceDetector(dlib_models()))
     out = {}
     for portrait in found:
         out[portrait.identity] = portrait.image
@@ -51,7 +47,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
-        pytest.skip("OpenCV cannot write mp4v video here")
+        missing("OpenCV cannot write mp4v video here")
     for frame in frames:
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()

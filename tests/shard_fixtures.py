@@ -6,12 +6,13 @@ import numpy as np
 from sslfer_core.shard_format import ImageCodec, ShardHeader, VideoFrames
 
 
-def make_header(*, size=32, patch=16, swaps=1, descriptor_dim=8, codec="raw", **kwargs) -> ShardHeader:
+def make_header(*, size=32, patch=16, swaps=1, descriptor_dim=8, codec="raw", fps=5.0, descriptor_kind=None,
+                **kwargs) -> ShardHeader:
     codecs = {name: ImageCodec.parse(codec) for name in ("face", "eyes", "mouth", "swaps")}
+    kind = descriptor_kind or ("landmark-geometry" if descriptor_dim else "none")
     return ShardHeader(
-        image_size=size, patch_size=patch, swaps_per_frame=swaps,
-        descriptor_kind="landmark-geometry" if descriptor_dim else "none", descriptor_dim=descriptor_dim,
-        codecs=codecs, prep_config={"fps": 5.0, "size": size}, dlib_model_sha256={"shape_predictor": "ab" * 32},
+        image_size=size, patch_size=patch, swaps_per_frame=swaps, descriptor_kind=kind, descriptor_dim=descriptor_dim,
+        codecs=codecs, prep_config={"fps": fps, "size": size}, dlib_model_sha256={"shape_predictor": "ab" * 32},
         **kwargs,
     )
 

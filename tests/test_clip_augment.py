@@ -4,6 +4,7 @@ interpolate, exact ImageNet normalisation, reproducible from the generator."""
 import pytest
 import torch
 import torch.nn.functional as F
+from needs import cuda_only
 
 from sslfer_core.clip_augment import (
     ClipAugmentConfig, apply_clip_params, augment_clips, crop_pairs, fixed_offsets, sample_clip_params,
@@ -124,7 +125,7 @@ def test_bad_input_is_refused():
             ClipAugmentConfig(**kwargs)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+@cuda_only()
 def test_runs_on_the_clips_device_and_matches_the_cpu():
     clips = _clips()
     cfg = ClipAugmentConfig(size=32, flip_p=0.5)

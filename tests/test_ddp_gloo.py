@@ -5,9 +5,12 @@ BatchNorm normalises each rank's own rows in training mode (unless --sync-bn, wh
 model runs in eval mode here: then every row's embedding is independent of the batch and the two
 set-ups must agree exactly up to float summation order."""
 import os
-import socket
+import time
+from datetime import timedelta
 
+import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sslfer_core.models import ContrastiveModel
@@ -65,16 +68,33 @@ def _rank_main(rank, port, state, out_dir):
         shutdown(ctx)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+RANK_TIMEOUT_S = 300  # a rank stuck in a collective fails the test instead of hanging the suite
+
+
+def spawn_ranks(fn, args, nprocs):
+    """Run fn(rank, port, *args) in nprocs processes. The store the ranks meet at is served by this process on
+    a port the kernel picked and that stays bound, so no other program can take it between choice and use
+    (TORCHELASTIC_USE_AGENT_STORE: every rank connects as a client, as under torchrun)."""
+    store = dist.TCPStore("127.0.0.1", 0, nprocs + 1, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=RANK_TIMEOUT_S))
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
+    try:
+        context = mp.spawn(fn, args=(store.port, *args), nprocs=nprocs, join=False)
+        deadline = time.monotonic() + RANK_TIMEOUT_S
+        while not context.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                pytest.fail(f"the gloo ranks did not finish within {RANK_TIMEOUT_S} s")
+    finally:
+        del os.environ["TORCHELASTIC_USE_AGENT_STORE"]
+        del store
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
     torch.manual_seed(0)
     state = ContrastiveModel("resnet18", proj_dim=16).state_dict()
-    mp.spawn(_rank_main, args=(_free_port(), state, str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_rank_main, (state, str(tmp_path)), WORLD)
 
     data = _global_batch()
     model = _model(state)

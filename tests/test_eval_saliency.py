@@ -69,3 +69,37 @@ def test_saliency_cli_with_norm_and_with_linear_head(tmp_path):
     result = runner.invoke(main, ["saliency", "--backbone", "random", "--data", str(data), "--head", str(head),
                                   "--target-class", "smile", "--image-size", "32", "--out", str(png)])
     assert result.exit_code == 1 and "not in checker, horizontal, vertical" in result.output
+
+
+def _tiles(png, count, tile):
+    """(image tiles, overlay tiles without the caption strip) of a one-row grid."""
+    grid = cv2.imread(str(png))
+    images, overlays = [], []
+    for i in range(count):
+        left = 4 + i * (2 * tile + 8)
+        images.append(grid[4:4 + tile, left:left + tile])
+        overlays.append(grid[4:4 + tile * 2 // 3, left + tile + 4:left + 2 * tile + 4])  # captions sit at the bottom
+    return np.stack(images).astype(int), np.stack(overlays).astype(int)
+
+
+def test_head_and_target_class_change_the_maps_not_the_images(tmp_path):
+    data = write_pattern_folder(tmp_path / "patterns", {"train": 6, "val": 2, "test": 2})
+    runner = CliRunner()
+    result = runner.invoke(main, ["linear", "--backbone", "random", "--data", str(data), "--out", str(tmp_path / "lin"),
+                                  "--image-size", "32", "--no-cache", "--max-iterations", "20", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    head = tmp_path / "lin" / "heads" / "random-resnet18" / "seed0.pt"
+    common = ["saliency", "--backbone", "random", "--data", str(data), "--count", "3", "--columns", "3",
+              "--tile", "48", "--image-size", "128"]  # layer4 is 4x4 here (1x1 at 32 px: a flat map)
+    pictures = {}
+    for name, extra in {"norm": [], "checker": ["--head", str(head), "--target-class", "checker"],
+                        "vertical": ["--head", str(head), "--target-class", "vertical"]}.items():
+        result = runner.invoke(main, [*common, *extra, "--out", str(tmp_path / f"{name}.png")])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        pictures[name] = _tiles(tmp_path / f"{name}.png", 3, 48)
+    for name in ("checker", "vertical"):
+        assert np.array_equal(pictures[name][0], pictures["norm"][0])  # the same images are shown
+    # each of the 3 maps changes with the target: feature norm vs a class logit, and one class vs another
+    for a, b in (("norm", "checker"), ("checker", "vertical")):
+        differences = [np.abs(pictures[a][1][i] - pictures[b][1][i]).mean() for i in range(3)]
+        assert min(differences) > 2.0, (a, b, differences)

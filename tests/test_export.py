@@ -30,10 +30,12 @@ def test_export_loads_into_torchvision_with_only_fc_missing(run_dir, tmp_path):
     net = torchvision.models.resnet18()
     missing, unexpected = net.load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
-    trained = torch.load(latest_checkpoint(run_dir), weights_only=True)["model"]
-    for key, value in state.items():  # the newest checkpoint's weights, not a fresh network
-        assert torch.equal(value, trained["backbone." + key])
-    assert not torch.equal(state["conv1.weight"], torchvision.models.resnet18().state_dict()["conv1.weight"])
+    # The step-2 checkpoint's weights, named by path (not by the lookup export itself uses), and not step 1's.
+    newest = torch.load(run_dir / "checkpoints" / "ckpt-step00000002.pt", weights_only=True)["model"]
+    older = torch.load(run_dir / "checkpoints" / "ckpt-step00000001.pt", weights_only=True)["model"]
+    for key, value in state.items():
+        assert torch.equal(value, newest["backbone." + key]), key
+    assert not torch.equal(state["conv1.weight"], older["backbone.conv1.weight"])
 
 
 def test_export_of_a_folder_without_checkpoints_is_one_error_line(tmp_path):

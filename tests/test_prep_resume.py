@@ -1,7 +1,6 @@
 """A killed or interrupted sslfer-prep run resumes to the same shards; a --part split merges to the same frames."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -67,17 +66,42 @@ def _sigint_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+# sslfer-prep that, once the first phase-1 clip is done, says so in $READY_FILE and then waits: the signal comes
+# neither before the interpreter's handlers exist nor after the run has finished, however loaded the machine.
+_READY_AFTER_FIRST_CLIP = """
+import os, pathlib, time
+import preprocess.progress
+advance = preprocess.progress.PhaseProgress.advance
+def advance_then_wait(self, *args, **kwargs):
+    advance(self, *args, **kwargs)
+    pathlib.Path(os.environ["READY_FILE"]).touch()
+    time.sleep(600)
+preprocess.progress.PhaseProgress.advance = advance_then_wait
+from preprocess.cli import main
+main()
+"""
+
+
 def test_ctrl_c_exits_130_cleanly_and_the_rerun_completes(clip_root, reference, tmp_path):
-    out = tmp_path / "out"
-    run = prep_process("videos", clip_root, "--out", out, "--jobs", "2", "--descriptor", "landmark-geometry",
-                       start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
-    deadline = time.monotonic() + 60
-    while not list((out / ".work" / "videos").glob("*.json")) and time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.02)  # wait until the workers are busy with phase 1
-    # Tells the two failure modes apart: the run ended before the signal, or it ignored the signal.
-    assert run.poll() is None, f"prep ended (exit {run.returncode}) before it could be interrupted"
+    out, ready = tmp_path / "out", tmp_path / "ready"
+    command = [sys.executable, "-c", _READY_AFTER_FIRST_CLIP, "videos", str(clip_root), "--out", str(out),
+               "--jobs", "2", "--descriptor", "landmark-geometry"]
+    run = subprocess.Popen(command, cwd=REPO, env={**os.environ, "READY_FILE": str(ready)}, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           preexec_fn=_sigint_as_in_a_terminal)
+    deadline = time.monotonic() + 300
+    while not ready.exists() and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    if not ready.exists():
+        run.kill()
+        _, stderr = run.communicate(timeout=60)
+        pytest.fail(f"prep never finished its first clip (exit {run.returncode}): {stderr[-2000:]}")
     os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-    _, stderr = run.communicate(timeout=120)
+    try:
+        _, stderr = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # it ignored the signal: leave nothing running
+        raise
     assert run.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not (out / "manifest.json").exists()
@@ -113,8 +137,10 @@ def test_parts_merged_give_the_single_run_frames_landmarks_and_descriptors(clip_
     clips.assert_same_contents(reference, together, PHASE1_FIELDS)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dask") is not None, reason="dask is installed: the hint is not shown")
-def test_dask_backend_without_dask_says_how_to_install_it(clip_root, tmp_path):
+def test_dask_backend_without_dask_says_how_to_install_it(clip_root, tmp_path, monkeypatch):
+    # dask is in the test extra, so it is made unimportable here (None in sys.modules fails the import).
+    for name in ("dask", "dask.distributed"):
+        monkeypatch.setitem(sys.modules, name, None)
     result = prep("videos", clip_root, "--out", tmp_path / "out", *FAST, "--backend", "dask")
     assert result.exit_code == 1 and "pip install 'sslfer[dask]'" in result.output
     assert "Traceback" not in result.output

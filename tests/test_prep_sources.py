@@ -1,7 +1,11 @@
 """Input discovery, frame sampling and --part slicing of sslfer-prep (no face work: fast)."""
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -141,4 +145,27 @@ def test_part_slices_are_disjoint_complete_and_stable_under_additions(tmp_path):
     for i in range(3):
         before = {s.video_id for s in slices[i]}
         assert before <= {s.video_id for s in select_inputs(grown, (i, 3), None)}
-    assert part_of("id1/yt/00001", 5) == part_of("id1/yt/00001", 5)
+
+
+# part_of = first 8 bytes of sha1(video id), big-endian, mod parts; the values below were computed once from
+# that formula, so they hold on any machine and in any process.
+PARTS_OF = {"id1/yt/00001": [1, 1, 0, 6], "id00012/abc/00003": [0, 1, 2, 6], "a": [0, 1, 3, 5], "clip-7": [1, 1, 0, 5]}
+
+
+def test_part_of_is_a_fixed_function_of_the_id():
+    for video_id, expected in PARTS_OF.items():
+        assert [part_of(video_id, parts) for parts in (2, 3, 5, 7)] == expected, video_id
+    head = int.from_bytes(hashlib.sha1(b"id1/yt/00001").digest()[:8], "big")
+    assert [part_of("id1/yt/00001", parts) for parts in (11, 13, 1000)] == [head % 11, head % 13, head % 1000]
+
+
+def test_part_of_does_not_depend_on_the_process_hash_seed():
+    code = ("from preprocess.runner import part_of; "
+            f"print([[part_of(v, p) for p in (2, 3, 5, 7)] for v in {list(PARTS_OF)!r}])")
+    seen = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        seen.add(result.stdout.strip())
+    assert seen == {str(list(PARTS_OF.values()))}

@@ -53,7 +53,10 @@ def test_short_run_writes_config_metrics_and_checkpoints(shards, tmp_path):
     for r in records:
         assert r["loss"] > 0 and r["images_per_s"] > 0 and -1 <= r["pos_cos"] <= 1 and -1 <= r["neg_cos"] <= 1
         assert set(r["fallbacks"]) == {"timeaug", "hardneg", "faceswap", "cutmix"}
-    assert records[0]["lr"] < records[1]["lr"] or records[1]["lr"] > records[2]["lr"]  # warm-up, then cosine
+    # 3 steps: the default warm-up is 1 step (5 %, at least 1), then cosine over the other 2. Each line logs the
+    # rate its step used: 3e-4 * [(0+1)/1, (1 + cos(0))/2, (1 + cos(pi/2))/2] (no warm-up: [1, 0.75, 0.25]).
+    assert config["warmup_steps_used"] == 1
+    assert [r["lr"] for r in records] == pytest.approx([3e-4, 3e-4, 1.5e-4], rel=1e-9)
 
 
 def test_empty_shard_folder(tmp_path):

@@ -1,6 +1,9 @@
 """A run interrupted and resumed lands on the same weights as an uninterrupted one; a non-finite loss stops
 the run with a clear message and leaves the last good checkpoint in place."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,5 +125,52 @@ def test_deferred_loss_read_logs_and_trains_exactly_as_reading_every_step(shards
     a = torch.load(list_checkpoints(tmp_path / "each")[-1], weights_only=True)
     b = torch.load(list_checkpoints(tmp_path / "deferred")[-1], weights_only=True)
     assert a["step"] == b["step"] == 5 and a["sampler"] == b["sampler"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+# sslfer-train in a fresh interpreter, SIGKILLed right after it appends the metrics line of step $KILL_AT_STEP.
+_KILLED_AFTER_LOGGING = """
+import os, signal, sys
+import train.metrics_log
+write = train.metrics_log.MetricsLog.write
+def write_then_die(self, record):
+    write(self, record)
+    if record.get("step") == int(os.environ.get("KILL_AT_STEP", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
+train.metrics_log.MetricsLog.write = write_then_die
+from train.cli import main
+main()
+"""
+
+
+def _train_process(args, kill_at_step=0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT_STEP": str(kill_at_step)}  # same threads in every run
+    return subprocess.run([sys.executable, "-c", _KILLED_AFTER_LOGGING, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_killed_between_checkpoints_resumes_across_the_epoch_end_in_a_fresh_process(tmp_path):
+    # 3 videos x 10 frames / batch 6 = 5 steps per epoch; checkpoints at 3, 5 (epoch end), 6 and 8.
+    shards = make_train_shards(tmp_path / "shards", shards=1, videos=3, frames=10)
+    common = ["--shards", shards, *TINY_TRAIN, *ABLATION, "--steps", "8", "--ckpt-every", "3", "--warmup-steps", "2"]
+    straight = _train_process([*common, "--out", tmp_path / "straight"])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # killed after step 4 is logged: the newest checkpoint is step 3's, so step 4's line is replayed on resume
+    killed = _train_process([*common, "--out", tmp_path / "split"], kill_at_step=4)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "split" / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [p.name for p in list_checkpoints(tmp_path / "split")] == ["ckpt-step00000003.pt"]
+    resumed = _train_process(["--out", tmp_path / "split", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    ra, rb = read_metrics(tmp_path / "straight" / "metrics.jsonl"), read_metrics(tmp_path / "split" / "metrics.jsonl")
+    assert [r["step"] for r in rb] == list(range(1, 9))  # step 4 once: the killed run's line was dropped
+    assert [r["epoch"] for r in rb] == [0] * 5 + [1] * 3
+    for key in ("loss", "loss_last", "lr", "fallbacks", "pos_cos", "neg_cos", "false_negatives"):
+        assert [r[key] for r in ra] == [r[key] for r in rb], key
+    a = torch.load(list_checkpoints(tmp_path / "straight")[-1], weights_only=True)
+    b = torch.load(list_checkpoints(tmp_path / "split")[-1], weights_only=True)
+    assert a["step"] == b["step"] == 8 and a["epoch"] == b["epoch"] and a["sampler"] == b["sampler"]
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
