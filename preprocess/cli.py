@@ -49,8 +49,8 @@ def common_options(func):
     options = [
         click.option("--profile", default="contrastive", show_default=True, type=click.Choice(PROFILES),
                      help="video: aligned faces only (no swaps, patches or descriptors) at --fps 25, "
-                          "--size 160, with zero-phase alignment smoothing (--smooth-sigma 2), for video "
-                          "(MAE) pretraining; explicit options override those defaults."),
+                          "--size 160, --smooth 1 (per-frame alignment), for video (MAE) pretraining; "
+                          "explicit options override those defaults."),
         click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Output folder: shards, manifest.json, failures.jsonl, .work/."),
         click.option("--fps", default=5.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -201,9 +201,9 @@ def _resolve_config(source_kind: str, params: dict) -> PrepConfig:
         except RuntimeError as exc:  # e.g. an unknown or unavailable torch device
             raise click.UsageError(f"--device {params['device']}: {str(exc).splitlines()[0]}") from None
         kind, dim, weights = descriptor.kind, int(descriptor.dim), descriptor.weights_sha256
-    video = params["profile"] == "video"
+    video = params.get("profile") == "video"
     return PrepConfig(
-        source=source_kind, profile=params["profile"], smooth_sigma=params["smooth_sigma"],
+        source=source_kind, profile=params.get("profile", "contrastive"), smooth_sigma=params.get("smooth_sigma", 0.0),
         patch_size=0 if video else PATCH_SIZE, fps=params["fps"], frames_fps=params.get("frames_fps", 25.0), size=params["size"],
         min_frames=params["min_frames"], min_face_px=params["min_face_px"], redetect_every=params["redetect_every"],
         smooth=params["smooth"], cnn_fallback=params["cnn_fallback"], swaps=params["swaps"], seed=params["seed"],

@@ -8,8 +8,10 @@ from sslfer_core.shard_format import IMAGE_FIELDS, ImageCodec
 PATCH_SIZE = 64
 PROFILES = ("contrastive", "video")
 # --profile video: what video (MAE) pretraining needs; explicit options override fps, size, codec and
-# smoothing. Aligned faces only: no swaps, no eye/mouth patches (patch_size 0), no descriptors.
-VIDEO_PROFILE_DEFAULTS = {"fps": 25.0, "size": 160, "codec": "jpeg:90", "smooth_sigma": 2.0}
+# smoothing. Aligned faces only: no swaps, no eye/mouth patches (patch_size 0), no descriptors. No
+# temporal smoothing of the alignment: at 25 fps every smoothing measured leaves more motion of the
+# eyes and nose in the crop than per-frame alignment (benchmarks/bench_jitter.py, docs/preprocessing.md).
+VIDEO_PROFILE_DEFAULTS = {"fps": 25.0, "size": 160, "codec": "jpeg:90", "smooth": 1.0}
 # Keys written into prep_config only when they differ from these values: older shard sets and work
 # folders, made before the keys existed, keep matching (resume, merge).
 OPTIONAL_PREP_KEYS = {"profile": "contrastive", "smooth_sigma": 0.0}
