@@ -20,7 +20,7 @@ JPEG_HEADER_BYTES = 350
 HDF5_VLEN_OVERHEAD = 16
 # h264 bytes per pixel-channel of aligned 160 px faces at 25 fps by CRF, streams of 32 frames (measured
 # on voxceleb_mini by benchmarks/bench_video_codec.py, docs/preprocessing.md "Video profile").
-H264_RATIO = ((0, 0.30), (18, 0.0079), (23, 0.0043), (28, 0.0025), (51, 0.0005))
+H264_RATIO = ((0, 0.30), (18, 0.0111), (23, 0.0059), (28, 0.0034), (51, 0.0005))
 SAFETY_FACTOR = 1.1
 
 

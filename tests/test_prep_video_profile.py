@@ -138,3 +138,14 @@ def test_contrastive_prep_config_has_no_new_keys():
     config = PrepConfig(source="videos").prep_config()
     assert "profile" not in config and "smooth_sigma" not in config and config["patch_size"] == 64
     assert PrepConfig(source="videos", smooth_sigma=2.0).prep_config()["smooth_sigma"] == 2.0
+
+
+def test_space_estimate_of_a_video_profile_frame():
+    from preprocess.prep_config import PrepConfig
+    from preprocess.space_estimate import shard_bytes_per_frame
+
+    config = PrepConfig(source="videos", profile="video", size=160, patch_size=0, swaps=0, codec="h264:23",
+                        fps=25.0, descriptor="none")
+    # Face at 0.0059 bytes per pixel-channel (measured), no patches, then landmarks 544 + 20 bytes of
+    # per-frame scalars + 1.
+    assert shard_bytes_per_frame(config) == pytest.approx(160 * 160 * 3 * 0.0059 + 544 + 20 + 1)
