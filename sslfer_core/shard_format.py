@@ -562,10 +562,12 @@ class ShardReader:
             raise KeyError(f"{self.path}: shard has no field {name!r} (fields: {', '.join(self.fields)})")
         side = self.header.patch_size if name in ("eyes", "mouth") else self.header.image_size
         h5 = self._file()
-        group = h5[STREAMS_GROUP][name]
-        first_row = self._streams.first_rows.get(name)
-        if first_row is None:
-            first_row = self._streams.first_rows[name] = group["first_row"][()]
+        data = self._streams.data.get(name)
+        if data is None:  # looked up once per handle, as the frames/ datasets
+            group = h5[STREAMS_GROUP][name]
+            data = self._streams.data[name] = group["data"]
+            self._streams.first_rows[name] = group["first_row"][()]
+        first_row = self._streams.first_rows[name]
         n = self.num_frames
         shape, flat = _row_indices(rows, n)
         out = np.empty((flat.size, side, side, 3), np.uint8)
@@ -579,7 +581,7 @@ class ShardReader:
             if frames is None:
                 count = int(ends[stream] - first_row[stream])
                 try:
-                    frames = decode_stream(group["data"][stream], count, side, side)
+                    frames = decode_stream(data[stream], count, side, side)
                 except StreamCodecError as exc:
                     raise ShardFormatError(f"{self.path}: {name} stream {stream}: {exc}") from None
                 self._streams.put((name, stream), frames)
@@ -594,6 +596,7 @@ class StreamCache:
     def __init__(self, max_bytes: int | None = None):
         self.max_bytes = STREAM_CACHE_BYTES if max_bytes is None else max_bytes
         self.first_rows: dict[str, np.ndarray] = {}
+        self.data: dict[str, h5py.Dataset] = {}  # streams/<field>/data of the current handle
         self._frames: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._bytes = 0
 
