@@ -524,11 +524,11 @@ class ShardReader:
 
     def read_array(self, name: str, rows) -> np.ndarray:
         """A field's rows, as numpy would index the whole array: `rows` is a slice or an integer sequence
-        (any order, repeats and negative indices allowed). JPEG image fields come back encoded (use read_images)."""
+        (any order, repeats and negative indices allowed). JPEG image fields come back encoded (use read_images);
+        h264 fields, which have no per-row encoded form, come back decoded, as raw ones do."""
         codec = self.header.codecs.get(name)
         if codec is not None and codec.is_stream:
-            raise KeyError(f"{self.path}: field {name!r} is stored as {codec.name} streams, which have no "
-                           f"per-row encoded form; read it with read_images")
+            return self._read_stream_images(name, rows)
         return _read_rows(self._dataset(name), rows)
 
     def read_images(self, name: str, rows) -> np.ndarray:
