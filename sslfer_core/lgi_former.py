@@ -294,7 +294,9 @@ class LGIBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, rep: Tensor, loc: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, rep: Tensor, loc: Tensor, need_local: bool = True) -> tuple[Tensor, Tensor]:
+        """need_local=False skips steps 3 and 4 for the local tokens (returned as they are after step 1):
+        the last block of a classifier, whose local tokens nothing reads."""
         b, r, l, d = loc.shape
         # 1. local: self-attention inside each region over [representative, region tokens].
         x = torch.cat([rep[:, :, None], loc], dim=2).reshape(b * r, l + 1, d)
@@ -302,6 +304,8 @@ class LGIBlock(nn.Module):
         rep, loc = x[:, :, 0], x[:, :, 1:]
         # 2. global: self-attention among the representative tokens.
         rep = rep + self.drop_path(self.global_attn(self.global_norm(rep)))
+        if not need_local:
+            return rep + self.drop_path(self.mlp(self.mlp_norm(rep))), loc
         # 3. local-global: every local token queries the representative tokens.
         flat = loc.reshape(b, r * l, d)
         flat = flat + self.drop_path(self.cross_attn(self.cross_norm_q(flat), self.cross_norm_kv(rep)))
@@ -356,9 +360,12 @@ class LGIFormerEncoder(nn.Module):
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
         return tokens + self.pos_embed.to(tokens.dtype)
 
-    def forward_features(self, x: Tensor, visible: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward_features(self, x: Tensor, visible: Tensor | None = None,
+                         need_local: bool = True) -> tuple[Tensor, Tensor]:
         """-> (rep (B, R, dim), local (B, N_vis, dim)), before the final norm. The local tokens come back in
-        raster order of the visible tokens, i.e. the order tokens[visible] has (all N without visible)."""
+        raster order of the visible tokens, i.e. the order tokens[visible] has (all N without visible).
+        need_local=False skips the last block's work on local tokens (see LGIBlock.forward); the local tokens
+        returned are then not the encoder's output."""
         tokens = self.embed(x)
         b = tokens.shape[0]
         if visible is not None:
@@ -368,8 +375,9 @@ class LGIFormerEncoder(nn.Module):
             tokens = tokens[visible].reshape(b, -1, tokens.shape[-1])
         loc = partition_regions(tokens, self.cfg, visible)
         rep = self.rep_tokens.to(loc.dtype).expand(b, -1, -1)
-        for block in self.blocks:
-            rep, loc = block(rep, loc)
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            rep, loc = block(rep, loc, need_local=need_local or i < last)
         return rep, merge_regions(loc, self.cfg, visible)
 
     def forward(self, x: Tensor, visible: Tensor | None = None) -> Tensor:
@@ -379,11 +387,15 @@ class LGIFormerEncoder(nn.Module):
 
     def pooled(self, x: Tensor) -> Tensor:
         """(B, dim): mean of the representative tokens -> final LayerNorm (the clip feature for heads)."""
-        rep, _ = self.forward_features(x)
+        rep, _ = self.forward_features(x, need_local=False)
         return self.norm(rep.mean(dim=1))
 
 
 class LGIFormerClassifier(nn.Module):
+    """Encoder -> pooled (mean of representative tokens, LayerNorm) -> Linear. The last block's
+    cross-attention and its two norms get no gradient here (only the representative tokens are read): DDP
+    needs find_unused_parameters=True, or those parameters frozen."""
+
     def __init__(self, cfg: LGIFormerConfig, num_classes: int):
         super().__init__()
         if num_classes < 1:
