@@ -358,7 +358,8 @@ class LGIFormerEncoder(nn.Module):
         if x.dim() != 5 or tuple(x.shape[1:]) != expected:
             raise ValueError(f"clip must be (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)
-        return tokens + self.pos_embed.to(tokens.dtype)
+        # No cast of the table: under autocast the sum promotes to fp32, so the residual stream stays fp32.
+        return tokens + self.pos_embed
 
     def forward_features(self, x: Tensor, visible: Tensor | None = None,
                          need_local: bool = True) -> tuple[Tensor, Tensor]:
@@ -374,7 +375,7 @@ class LGIFormerEncoder(nn.Module):
             check_visible_regions(visible, self.cfg)
             tokens = tokens[visible].reshape(b, -1, tokens.shape[-1])
         loc = partition_regions(tokens, self.cfg, visible)
-        rep = self.rep_tokens.to(loc.dtype).expand(b, -1, -1)
+        rep = self.rep_tokens.expand(b, -1, -1)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             rep, loc = block(rep, loc, need_local=need_local or i < last)

@@ -137,11 +137,11 @@ class VideoMAE(nn.Module):
         """latent (B, N_vis, dim) from forward_encoder -> predictions (B, N_masked, pred_dim) for the masked
         tokens, in their raster order (the order target[mask] has)."""
         b, n_vis, _ = latent.shape
-        pos = self.decoder_pos_embed.to(latent.dtype).expand(b, -1, -1)
+        pos = self.decoder_pos_embed.expand(b, -1, -1)  # fp32 under autocast: the stream stays fp32
         d = pos.shape[-1]
         visible = self.encoder_to_decoder(latent) + pos[~mask].reshape(b, n_vis, d)
         pos_masked = pos[mask].reshape(b, -1, d)
-        x = torch.cat([visible, self.mask_token.to(latent.dtype) + pos_masked], dim=1)
+        x = torch.cat([visible, self.mask_token + pos_masked], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x[:, n_vis:]))
