@@ -10,6 +10,15 @@ from sslfer_core.lgi_former import (PRESETS, LGIFormerClassifier, LGIFormerConfi
 from sslfer_core.tube_masking import tube_window_mask
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads wait on each other (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_cfg(**changes):
     """A fast config whose regions (2, 2, 2) are narrower than the grid (8, 4, 4), unlike the presets."""
     base = dict(frames=16, img_size=32, tubelet=2, patch=8, dim=32, depth=2, heads=4, region=(2, 2, 2),

@@ -11,6 +11,15 @@ from sslfer_core.video_mae import (VideoMAE, mae_targets, param_groups, patchify
                                    unnormalise, unpatchify_frames)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on the shared 2-core machine two threads wait on each other (10x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_cfg(**changes):
     base = dict(frames=8, img_size=32, tubelet=2, patch=16, dim=32, depth=1, heads=4, region=(2, 1, 2),
                 dec_dim=32, dec_depth=1, dec_heads=4)
@@ -216,3 +225,40 @@ def test_visible_tokens_meet_their_own_decoder_positions():
     visible_idx = (~mask[0]).nonzero().flatten()
     expected = model.encoder_to_decoder(latent[0]) + model.decoder_pos_embed[visible_idx]
     assert torch.allclose(captured["x"][0, :len(visible_idx)], expected, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_the_residual_stream_and_loss_in_fp32():
+    cfg = preset("tiny")
+    model = VideoMAE(cfg)
+    mask = tube_window_mask(1, cfg, generator=torch.Generator().manual_seed(0), device="cpu")
+    clip_01 = torch.rand(1, 3, cfg.frames, cfg.img_size, cfg.img_size)
+    seen = []
+    model.encoder.blocks[1].register_forward_hook(lambda m, args, out: seen.append((args[1].dtype, out[1].dtype)))
+    app, mot = mae_targets(clip_01, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pred = model(clip_01 * 4 - 2, mask)
+        loss, _ = mae_loss(pred, app, mot, mask)
+    assert pred.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert seen == [(torch.float32, torch.float32)]
+    assert app.dtype == torch.float32
+
+
+def test_tiny_model_fits_one_batch():
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    model = VideoMAE(cfg)
+    g = torch.Generator().manual_seed(1)
+    # Smooth clips with a moving gradient, so both targets have structure to learn.
+    ramp = torch.linspace(0, 1, cfg.img_size)
+    frames = torch.stack([torch.roll(ramp[None, :] * ramp[:, None], i, dims=1) for i in range(cfg.frames)])
+    clip_01 = frames[None, None].expand(2, 3, -1, -1, -1) * torch.rand(2, 3, 1, 1, 1, generator=g)
+    mask = tube_window_mask(2, cfg, generator=g, device="cpu")
+    app, mot = mae_targets(clip_01, cfg)
+    zero_loss, _ = mae_loss(torch.zeros(2, 720, cfg.pred_dim), app, mot, mask)
+    optimiser = torch.optim.AdamW(param_groups(model, 0.05), lr=2e-3, betas=(0.9, 0.95))
+    for _ in range(25):
+        loss, _ = mae_loss(model(clip_01 * 4 - 2, mask), app, mot, mask)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5 * zero_loss.item()
