@@ -169,18 +169,20 @@ def region_of_token(cfg: LGIFormerConfig, device=None) -> Tensor:
     return ((it[:, None, None] * nh + ih[None, :, None]) * nw + iw[None, None, :]).reshape(-1)
 
 
-def region_order(cfg: LGIFormerConfig, visible: Tensor | None = None, device=None) -> Tensor:
+def region_order(cfg: LGIFormerConfig, visible: Tensor | None = None, device=None,
+                 per_region: int | None = None) -> Tensor:
     """Token indices that lay the (visible) tokens out region by region, raster order inside each region.
 
     Without visible: (num_tokens,) with order[r * region_tokens + j] = raster index of region r's j-th token.
-    With visible (B, N) bool: (B, N_vis) raster indices; check_visible_regions must hold first."""
+    With visible (B, N) bool: (B, N_vis) raster indices; check_visible_regions must hold first (it returns
+    per_region; without it the count is read from visible, a host sync)."""
     region = region_of_token(cfg, device=device if visible is None else visible.device)
     n = cfg.num_tokens
     raster = torch.arange(n, device=region.device)
     key = region * n + raster  # sorts by region, then raster position
     if visible is None:
         return torch.argsort(key)
-    per_sample = int(visible[0].sum())
+    per_sample = int(visible[0].sum()) if per_region is None else per_region * cfg.num_regions
     key = torch.where(visible, key[None, :], key[None, :] + cfg.num_regions * n)  # hidden tokens sort last
     return torch.argsort(key, dim=1)[:, :per_sample]
 
@@ -194,37 +196,40 @@ def check_visible_regions(visible: Tensor, cfg: LGIFormerConfig) -> int:
     region = region_of_token(cfg, device=visible.device)
     counts = torch.zeros(visible.shape[0], cfg.num_regions, dtype=torch.long, device=visible.device)
     counts.index_add_(1, region, visible.long())
-    first = int(counts[0, 0])
-    if first < 1 or bool((counts != first).any()):
+    low, high = torch.stack([counts.min(), counts.max()]).tolist()  # one host sync
+    if low < 1 or low != high:
         raise ValueError(f"the visible tokens must fall equally into the {cfg.num_regions} regions of {cfg.region} "
-                         f"tokens (at least one each); per-region counts range {int(counts.min())}.."
-                         f"{int(counts.max())} — draw the mask with sslfer_core.tube_masking.tube_window_mask")
-    return first
+                         f"tokens (at least one each); per-region counts range {low}..{high} — draw the mask "
+                         f"with sslfer_core.tube_masking.tube_window_mask")
+    return low
 
 
-def partition_regions(tokens: Tensor, cfg: LGIFormerConfig, visible: Tensor | None = None) -> Tensor:
-    """(B, N or N_vis, D) tokens in raster order (the visible ones only when visible is given, in the order
-    tokens[visible] has) -> (B, R, L, D) region by region, L tokens per region in raster order."""
-    b, _, d = tokens.shape
+def partition_regions(tokens: Tensor, cfg: LGIFormerConfig, visible: Tensor | None = None,
+                      per_region: int | None = None) -> tuple[Tensor, Tensor]:
+    """All tokens (B, N, D) in raster order -> (grouped (B, R, L, D), order (B, R*L)).
+
+    grouped holds each region's tokens (only the visible ones when visible (B, N) is given) in raster
+    order; order holds their raster indices in that layout, for merge_regions. per_region is
+    check_visible_regions' result (read from visible otherwise). Indices are gathered, not selected by a
+    boolean mask, so nothing here waits for the device."""
+    b, n, d = tokens.shape
+    if n != cfg.num_tokens:
+        raise ValueError(f"tokens must be (B, {cfg.num_tokens}, D), got {tuple(tokens.shape)}")
     if visible is None:
-        return tokens[:, region_order(cfg, device=tokens.device)].reshape(b, cfg.num_regions, -1, d)
-    # Position of each visible token inside the compacted sequence tokens[visible].
-    compact = torch.cumsum(visible.long(), dim=1) - 1
-    order = torch.gather(compact, 1, region_order(cfg, visible))
-    return torch.gather(tokens, 1, order[..., None].expand(-1, -1, d)).reshape(b, cfg.num_regions, -1, d)
+        order = region_order(cfg, device=tokens.device)[None, :].expand(b, -1)
+    else:
+        order = region_order(cfg, visible, per_region=per_region)
+    grouped = torch.gather(tokens, 1, order[..., None].expand(-1, -1, d))
+    return grouped.reshape(b, cfg.num_regions, -1, d), order
 
 
-def merge_regions(grouped: Tensor, cfg: LGIFormerConfig, visible: Tensor | None = None) -> Tensor:
-    """Inverse of partition_regions: (B, R, L, D) -> (B, R*L, D) in raster order of the (visible) tokens."""
+def merge_regions(grouped: Tensor, order: Tensor) -> Tensor:
+    """(B, R, L, D) and partition_regions' order -> (B, R*L, D) in raster order of the tokens grouped:
+    all N tokens, or the visible ones in the order tokens[visible] has."""
     b, r, l, d = grouped.shape
-    flat = grouped.reshape(b, r * l, d)
-    if visible is None:
-        order = region_order(cfg, device=grouped.device)
-        return flat[:, torch.argsort(order)]
-    compact = torch.cumsum(visible.long(), dim=1) - 1
-    order = torch.gather(compact, 1, region_order(cfg, visible))  # grouped slot -> compact index
-    out = torch.empty_like(flat)
-    return out.scatter(1, order[..., None].expand(-1, -1, d), flat)
+    # order is ascending inside each region, so its argsort sorts the slots by raster index.
+    back = torch.argsort(order, dim=1)
+    return torch.gather(grouped.reshape(b, r * l, d), 1, back[..., None].expand(-1, -1, d))
 
 
 # -------------------------------------------------------------------------------------------------- layers
@@ -367,19 +372,20 @@ class LGIFormerEncoder(nn.Module):
         raster order of the visible tokens, i.e. the order tokens[visible] has (all N without visible).
         need_local=False skips the last block's work on local tokens (see LGIBlock.forward); the local tokens
         returned are then not the encoder's output."""
+        cfg = self.cfg
         tokens = self.embed(x)
         b = tokens.shape[0]
+        per_region = None
         if visible is not None:
-            if visible.shape != (b, self.cfg.num_tokens):
-                raise ValueError(f"visible must be ({b}, {self.cfg.num_tokens}), got {tuple(visible.shape)}")
-            check_visible_regions(visible, self.cfg)
-            tokens = tokens[visible].reshape(b, -1, tokens.shape[-1])
-        loc = partition_regions(tokens, self.cfg, visible)
+            if visible.shape != (b, cfg.num_tokens):
+                raise ValueError(f"visible must be ({b}, {cfg.num_tokens}), got {tuple(visible.shape)}")
+            per_region = check_visible_regions(visible, cfg)  # the one host sync of a masked forward
+        loc, order = partition_regions(tokens, cfg, visible, per_region)
         rep = self.rep_tokens.expand(b, -1, -1)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             rep, loc = block(rep, loc, need_local=need_local or i < last)
-        return rep, merge_regions(loc, self.cfg, visible)
+        return rep, merge_regions(loc, order)
 
     def forward(self, x: Tensor, visible: Tensor | None = None) -> Tensor:
         """-> (B, R + N_vis, dim): representative tokens first, then local tokens (see forward_features)."""

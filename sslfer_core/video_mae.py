@@ -135,13 +135,15 @@ class VideoMAE(nn.Module):
 
     def forward_decoder(self, latent: Tensor, mask: Tensor) -> Tensor:
         """latent (B, N_vis, dim) from forward_encoder -> predictions (B, N_masked, pred_dim) for the masked
-        tokens, in their raster order (the order target[mask] has)."""
+        tokens, in their raster order (the order target[mask] has). mask must be the one forward_encoder
+        saw (it checked that every sample has N_vis visible tokens)."""
         b, n_vis, _ = latent.shape
-        pos = self.decoder_pos_embed.expand(b, -1, -1)  # fp32 under autocast: the stream stays fp32
-        d = pos.shape[-1]
-        visible = self.encoder_to_decoder(latent) + pos[~mask].reshape(b, n_vis, d)
-        pos_masked = pos[mask].reshape(b, -1, d)
-        x = torch.cat([visible, self.mask_token + pos_masked], dim=1)
+        # Visible raster indices first, then masked ones, each ascending (a stable sort of the mask); an
+        # index gather instead of boolean selection needs no host sync.
+        order = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+        pos = self.decoder_pos_embed  # fp32 under autocast: the stream stays fp32
+        visible = self.encoder_to_decoder(latent) + pos[order[:, :n_vis]]
+        x = torch.cat([visible, self.mask_token + pos[order[:, n_vis:]]], dim=1)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x[:, n_vis:]))

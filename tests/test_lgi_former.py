@@ -105,13 +105,13 @@ def test_region_of_token_matches_loops(cfg):
 def test_partition_groups_each_region_in_raster_order_and_merge_inverts(cfg):
     n = cfg.num_tokens
     tokens = torch.arange(2 * n, dtype=torch.float32).reshape(2, n, 1)  # value = sample * n + raster index
-    grouped = partition_regions(tokens, cfg)
+    grouped, order = partition_regions(tokens, cfg)
     assert grouped.shape == (2, cfg.num_regions, cfg.region_tokens, 1)
     region = region_of_token(cfg).tolist()
     for r in range(cfg.num_regions):
         members = [i for i in range(n) if region[i] == r]
         assert grouped[1, r, :, 0].tolist() == [float(n + i) for i in members]
-    assert torch.equal(merge_regions(grouped, cfg), tokens)
+    assert torch.equal(merge_regions(grouped, order), tokens)
 
 
 @pytest.mark.parametrize("cfg", [preset("full"), small_cfg()])
@@ -121,15 +121,16 @@ def test_partition_of_visible_tokens_round_trips(cfg):
     visible = ~mask
     per_region = check_visible_regions(visible, cfg)
     everything = torch.arange(3 * n, dtype=torch.float32).reshape(3, n, 1)
-    tokens = everything[visible].reshape(3, -1, 1)
-    grouped = partition_regions(tokens, cfg, visible)
+    grouped, order = partition_regions(everything, cfg, visible, per_region)
     assert grouped.shape == (3, cfg.num_regions, per_region, 1)
     region = region_of_token(cfg).tolist()
     for b in range(3):
         for r in range(cfg.num_regions):
             members = [float(b * n + i) for i in range(n) if region[i] == r and bool(visible[b, i])]
             assert grouped[b, r, :, 0].tolist() == members
-    assert torch.equal(merge_regions(grouped, cfg, visible), tokens)
+    assert torch.equal(merge_regions(grouped, order), everything[visible].reshape(3, -1, 1))
+    # The count read from the mask itself gives the same layout.
+    assert torch.equal(partition_regions(everything, cfg, visible)[0], grouped)
 
 
 def test_unequal_regions_are_refused():
