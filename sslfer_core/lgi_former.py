@@ -227,7 +227,7 @@ def merge_regions(grouped: Tensor, order: Tensor) -> Tensor:
     """(B, R, L, D) and partition_regions' order -> (B, R*L, D) in raster order of the tokens grouped:
     all N tokens, or the visible ones in the order tokens[visible] has."""
     b, r, l, d = grouped.shape
-    # order is ascending inside each region, so its argsort sorts the slots by raster index.
+    # order gives each slot's raster index; sorting the slots by it restores raster order.
     back = torch.argsort(order, dim=1)
     return torch.gather(grouped.reshape(b, r * l, d), 1, back[..., None].expand(-1, -1, d))
 
