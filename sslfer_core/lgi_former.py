@@ -284,7 +284,9 @@ class Mlp(nn.Module):
 
 
 class LGIBlock(nn.Module):
-    """One LGI-Former block on representative tokens rep (B, R, D) and local tokens loc (B, R, L, D)."""
+    """One LGI-Former block on representative tokens rep (B, R, D) and local tokens loc (B, R, L, D).
+    Stochastic depth drops step 1 per (clip, region) and the other steps per clip, with separate draws for
+    the representative and the local tokens in step 4."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
