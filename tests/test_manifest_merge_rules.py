@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from data_manifest.cli import main
 from data_manifest.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from manifest_fixtures import make_shard_set
+from sslfer_core.shard_format import SCHEMA_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def test_merge_refuses_another_schema_major_version(tmp_path):
     a = make_shard_set(tmp_path / "a", prefix="a", shards=1)
     b = make_shard_set(tmp_path / "b", prefix="b", shards=1)
     obj = json.loads((b / MANIFEST_NAME).read_text())
-    assert obj["shard_schema_version"] == "1.0"
+    assert obj["shard_schema_version"] == "{}.{}".format(*SCHEMA_VERSION)
     for version, major in (("2.0", 2), ("0.9", 0)):  # a newer and an older lab
         (b / MANIFEST_NAME).write_text(json.dumps({**obj, "shard_schema_version": version}))
         _merge_refused(tmp_path, a, b, f"shard_schema_major: 00-a=1, 01-b={major}", "--allow-mixed")
