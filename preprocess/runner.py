@@ -9,7 +9,6 @@ finish (main process)         failures.jsonl, manifest.json, records folded into
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -31,6 +30,7 @@ from preprocess.space_estimate import estimate_space, shard_bytes_per_frame
 from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz
 from preprocess.worker_models import single_thread_env, worker_init
 from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.folder_lock import FolderLocked, folder_lock
 
 # Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
 KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"
@@ -106,16 +106,11 @@ def clear_outputs(out: Path) -> None:
 
 @contextlib.contextmanager
 def run_lock(work: WorkDir):
-    work.root.mkdir(parents=True, exist_ok=True)
-    handle = open(work.lock_file, "w")
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PrepError(f"{work.out}: another sslfer-prep run is writing here") from None
-        yield
-    finally:
-        handle.close()
+        with folder_lock(work.lock_file, "sslfer-prep"):
+            yield
+    except FolderLocked as locked:
+        raise PrepError(f"{work.out}: another sslfer-prep run is writing here ({locked.holder})") from None
 
 
 def check_ownership(work: WorkDir, config: PrepConfig, part: tuple[int, int] | None) -> dict:

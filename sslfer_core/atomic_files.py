@@ -62,3 +62,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def writable_dir_problem(directory: str | os.PathLike) -> str | None:
+    """Why files cannot be created in `directory` (made if missing), or None. Tried for real, with a
+    probe file, since permission bits say nothing for root, read-only mounts or full disks' inodes."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = _create_temp_file(directory / "write-probe")
+        probe.unlink()
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+        return f"cannot write to {directory}: {exc.strerror or exc}{where}"
+    return None
