@@ -326,19 +326,21 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                 continue
             # Settled before anything is written, so no log line or checkpoint follows a non-finite loss.
             _settle(losses, meter, state, last_checkpoint, applied=True)
-            # A method's loss may hide a non-finite embedding (rows it skips); its outputs and the gradient
-            # norm are small, so they are checked here; weights and optimiser state before each checkpoint.
+            # A method's loss may hide a non-finite embedding (rows it skips): its outputs and the gradient
+            # norm, small, are checked at every sync point; weights and optimiser state (a pass over all of
+            # them) where a checkpoint follows.
             checked = [*outputs.items(), *([("grad_norm", grad_norm)] if grad_norm is not None else [])]
             _stop_if_non_finite(ctx, state, written, last_checkpoint, "the step's outputs",
                                 non_finite_names(checked), len(checked))
+            if save_now:
+                _stop_if_non_finite(ctx, state, written, last_checkpoint, "the model or optimiser state",
+                                    *_non_finite_state(state))
             if state.counters:
                 state.add_counts(sum_across(counts, ctx).tolist())
                 counts.zero_()
             if log_now:
                 _log(metrics, bar, meter, state, method, outputs, grad_norm, lr, epoch_of_step)
             if save_now:
-                _stop_if_non_finite(ctx, state, written, last_checkpoint, "the model or optimiser state",
-                                    *_non_finite_state(state))
                 if ctx.is_main:
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
                     method.on_checkpoint(state.model, run_dir, state.step, batch)
