@@ -30,7 +30,6 @@ from preprocess.space_estimate import estimate_space, shard_bytes_per_frame
 from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz
 from preprocess.worker_models import single_thread_env, worker_init
 from sslfer_core.byte_sizes import human_bytes
-from sslfer_core.folder_lock import FolderLocked, folder_lock
 
 # Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
 KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"
@@ -106,6 +105,8 @@ def clear_outputs(out: Path) -> None:
 
 @contextlib.contextmanager
 def run_lock(work: WorkDir):
+    from sslfer_core.folder_lock import FolderLocked, folder_lock
+
     try:
         with folder_lock(work.lock_file, "sslfer-prep"):
             yield
