@@ -188,7 +188,8 @@ def test_eval_refuses_non_finite_weights(tmp_path):
     state = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
     state["layer2.0.bn1.running_mean"][3] = float("nan")
     torch.save(state, tmp_path / "diverged.pt")
-    with pytest.raises(click.ClickException, match=r"refusing to evaluate: 1 of 100 tensors .* \(first: layer2.0.bn1.running_mean\)"):
+    expected = r"refusing to evaluate: 1 of 100 tensors .* \(first: layer2.0.bn1.running_mean\)"
+    with pytest.raises(click.ClickException, match=expected):
         load_backbone(str(tmp_path / "diverged.pt"))
 
 
@@ -275,3 +276,17 @@ def test_an_unwritable_export_output_is_one_error_line(finished, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     _one_error_line(_run(["export", finished, "-o", blocker / "sub" / "b.pt"]), "cannot write to")
+
+
+def test_prep_uses_the_same_lock_and_names_the_holder(tmp_path):
+    from preprocess.runner import PrepError, run_lock
+    from preprocess.work_files import WorkDir
+
+    work = WorkDir(tmp_path / "out")
+    with run_lock(work):
+        expected = rf"another sslfer-prep run is writing here \(sslfer-prep, pid {os.getpid()} on "
+        with pytest.raises(PrepError, match=expected):
+            with run_lock(work):
+                pass
+    with run_lock(work):  # released at the end of the block
+        pass
