@@ -9,7 +9,6 @@ finish (main process)         failures.jsonl, manifest.json, records folded into
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -106,16 +105,13 @@ def clear_outputs(out: Path) -> None:
 
 @contextlib.contextmanager
 def run_lock(work: WorkDir):
-    work.root.mkdir(parents=True, exist_ok=True)
-    handle = open(work.lock_file, "w")
+    from sslfer_core.folder_lock import FolderLocked, folder_lock
+
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PrepError(f"{work.out}: another sslfer-prep run is writing here") from None
-        yield
-    finally:
-        handle.close()
+        with folder_lock(work.lock_file, "sslfer-prep"):
+            yield
+    except FolderLocked as locked:
+        raise PrepError(f"{work.out}: another sslfer-prep run is writing here ({locked.holder})") from None
 
 
 def check_ownership(work: WorkDir, config: PrepConfig, part: tuple[int, int] | None) -> dict:

@@ -32,7 +32,8 @@ def multi_positive_nt_xent(
 ) -> Tensor:
     """Mean over contributing rows i of  -sum_p w_ip * log(exp(s_ip) / sum_{k in D_i} exp(s_ik)) / sum_p w_ip,
     with s = cos / temperature and D_i = {k != i, not excluded}. A row contributes when row_valid[i] and its
-    weights sum to > 0 and D_i is not empty; every row still serves as a negative.
+    weights sum to > 0 and D_i is not empty; every row still serves as a negative. A NaN or infinite
+    embedding makes the loss NaN (it is never skipped as an empty row).
     Computed in fp32 whatever the input dtype."""
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {tuple(embeddings.shape)}")
@@ -65,8 +66,10 @@ def multi_positive_nt_xent(
         log_prob = torch.where(has_positive, positive_logits - log_norm[:, None], torch.zeros_like(positive_logits))
 
         weight_sum = weight.sum(dim=1)
-        # A row whose denominator is empty (everything excluded) has no defined term: skip it.
-        contributes = (weight_sum > 0) & torch.isfinite(log_norm)
+        # A row whose denominator is empty (everything excluded) has no defined term: skip it. Only that
+        # row: a NaN or +inf normaliser (diverged embeddings, an absurd temperature) stays in the loss, so
+        # the trainer's non-finite-loss check sees it.
+        contributes = (weight_sum > 0) & (log_norm != float("-inf"))
         if row_valid is not None:
             contributes = contributes & row_valid.to(device=device, dtype=torch.bool)
         row_loss = -(weight * log_prob).sum(dim=1) / weight_sum.clamp(min=torch.finfo(torch.float32).tiny)

@@ -8,12 +8,14 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from sslfer_core.atomic_files import atomic_path
+from sslfer_core.atomic_files import TEMP_PREFIX, atomic_path
 from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from train.run_config import method_of_config, resume_command
 
 CHECKPOINT_DIR = "checkpoints"
@@ -71,6 +73,70 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be used: truncated, empty, foreign, or holding non-finite weights."""
+
+
+def read_checkpoint(path: Path, *, finite: bool = True) -> dict:
+    """A checkpoint of sslfer-train (a dict with model and config), its model weights finite unless
+    finite=False; raises CheckpointReadError with a one-line reason."""
+    try:
+        state = load_checkpoint(path)
+    except MemoryError:
+        raise
+    except Exception as error:  # torch raises EOFError, RuntimeError, UnpicklingError, ... for damaged files
+        text = str(error).strip()
+        reason = f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+        if isinstance(error, EOFError):
+            reason = "it ends early" if path.stat().st_size else "an empty file"
+        raise CheckpointReadError(f"{path}: unreadable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(
+            state.get("config"), dict):
+        raise CheckpointReadError(f"{path}: not an sslfer-train checkpoint (no model/config)")
+    if finite:
+        check_finite_weights(state, path)
+    return state
+
+
+def check_finite_weights(state: dict, path: Path) -> None:
+    """Raise CheckpointReadError when the checkpoint's model holds NaN or infinite values."""
+    bad = non_finite_names(state["model"].items())
+    if bad:
+        raise CheckpointReadError(f"{path}: the weights of a diverged run: "
+                                  f"{describe_non_finite(bad, count_floating(state['model'].values()))}")
+
+
+def newest_readable_checkpoint(run_dir: Path, skipped: Callable[[Path, CheckpointReadError], None]
+                               ) -> tuple[Path, dict] | None:
+    """The newest checkpoint that reads (and holds finite weights) with its content; `skipped` is told of
+    each newer one that does not, newest first. None when none reads."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointReadError as error:
+            skipped(path, error)
+    return None
+
+
+def remove_stale_partials(run_dir: Path, run_files: tuple[str, ...]) -> tuple[int, int]:
+    """Delete the temporary files that killed writes of checkpoints and of the run folder's `run_files`
+    (config.json) left behind; returns (files, bytes). Only for the process holding the run folder's
+    lock: no other writer is live then. Other temporaries (an export written into the folder, say) stay."""
+    run_dir = Path(run_dir)
+    found = list((run_dir / CHECKPOINT_DIR).glob(f"{TEMP_PREFIX}ckpt-step*"))
+    for name in run_files:
+        found += list(run_dir.glob(f"{TEMP_PREFIX}{name}.*"))
+    removed = size = 0
+    for path in found:
+        try:
+            length = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed, size = removed + 1, size + length
+    return removed, size
 
 
 def rng_states() -> dict:

@@ -19,7 +19,7 @@ from train.distributed import cores_per_local_rank
 from train.export import ExportError, export_run
 from train.methods import Method, field_default, get_method, method_names
 from train.precision import PRECISIONS
-from train.run_config import DEFAULT_METHOD, TrainConfig, resume_command
+from train.run_config import DEFAULT_METHOD, LIMITS, TrainConfig, resume_command
 from train.shard_set import ShardSetError
 from train.trainer import TrainingError, check_same_method, read_run_config, train
 
@@ -46,6 +46,14 @@ def _default_workers() -> int:
     return max(1, min(8, cores_per_local_rank() - 1))
 
 
+def _limited(name: str) -> click.ParamType:
+    """The option type of a shared numeric setting, from run_config.LIMITS (the config checks the same)."""
+    low, high, low_open = LIMITS[name]
+    if isinstance(low, float):
+        return click.FloatRange(min=low, max=high, min_open=low_open)
+    return click.IntRange(min=low, max=high, min_open=low_open)
+
+
 def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[click.Option]]:
     """Options of every method, defaults from its config class: (those listed first, the rest)."""
     config = method.config_class
@@ -63,19 +71,20 @@ def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[clic
         click.Option(["--resume"], is_flag=True, help="Continue the run in --out from its newest checkpoint."),
     ]
     rest = [
-        option("batch_size", type=click.IntRange(min=1), help="Samples per optimiser step over all ranks."),
-        option("epochs", type=click.IntRange(min=1),
+        option("batch_size", type=_limited("batch_size"), help="Samples per optimiser step over all ranks."),
+        option("epochs", type=_limited("epochs"),
                help=f"Passes over the data [default: {config.default_epochs} unless --steps]."),
-        option("steps", type=click.IntRange(min=1), help="Total optimiser steps instead of --epochs."),
-        option("warmup_steps", type=click.IntRange(min=0), help="Learning-rate warm-up steps [default: the method's]."),
-        option("lr", type=click.FloatRange(min=0, min_open=True)),
-        option("weight_decay", type=click.FloatRange(min=0)),
-        option("workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 8",
+        option("steps", type=_limited("steps"), help="Total optimiser steps instead of --epochs."),
+        option("warmup_steps", type=_limited("warmup_steps"),
+               help="Learning-rate warm-up steps, at most the run's steps [default: the method's]."),
+        option("lr", type=_limited("lr")),
+        option("weight_decay", type=_limited("weight_decay")),
+        option("workers", type=_limited("workers"), default=_default_workers, show_default="cores - 1, at most 8",
                help="DataLoader worker processes per rank."),
-        option("seed", type=int),
-        option("ckpt_every", type=click.IntRange(min=1), help="Checkpoint every N steps (and at every epoch end)."),
-        option("keep_checkpoints", type=click.IntRange(min=1)),
-        option("log_every", type=click.IntRange(min=1)),
+        option("seed", type=_limited("seed")),
+        option("ckpt_every", type=_limited("ckpt_every"), help="Checkpoint every N steps (and at every epoch end)."),
+        option("keep_checkpoints", type=_limited("keep_checkpoints")),
+        option("log_every", type=_limited("log_every")),
         option("device", type=click.Choice(["auto", "cpu", "cuda"])),
         option("precision", type=click.Choice(PRECISIONS),
                help="bf16 autocast for the network (auto: the method's rule)."),
@@ -160,7 +169,7 @@ main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=Tru
 def export_command(run: Path, output: Path, checkpoint: Path | None):
     """Write what RUN's newest checkpoint learnt, as its method exports it."""
     try:
-        used, description, step = export_run(run, output, checkpoint)
+        used, description, step = export_run(run, output, checkpoint, warn=lambda text: click.echo(text, err=True))
     except ExportError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{output}: {description} from {used.name} (step {step})", err=True)

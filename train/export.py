@@ -3,34 +3,62 @@ contrastive backbone as a plain torchvision ResNet state_dict."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from sslfer_core.atomic_files import atomic_path
-from train.checkpoints import latest_checkpoint, load_checkpoint
+from sslfer_core.atomic_files import atomic_path, writable_dir_problem
+from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, get_method
 from train.run_config import method_of_config
 
 __all__ = ["ExportError", "export_run"]
 
 
-def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None) -> tuple[Path, str, int]:
-    """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
-    description of what was written, step)."""
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(run_dir))
-    if path is None:
+def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
+    """The newest checkpoint that reads; newer ones that do not (truncated, empty) are named in a warning.
+    A checkpoint with non-finite weights stops the export instead: an older one is a choice to make."""
+    found = list_checkpoints(run_dir)
+    if not found:
         raise ExportError(f"{run_dir}: no checkpoint to export (expected checkpoints/ckpt-step*.pt)")
+    for path in reversed(found):
+        try:
+            return path, read_checkpoint(path, finite=False)
+        except CheckpointReadError as error:
+            warn(f"warning: {error}; trying the one before")
+    raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
+
+
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None,
+               warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
+    """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
+    description of what was written, step). Non-finite weights are refused."""
+    problem = writable_dir_problem(Path(out_path).parent)
+    if problem:
+        raise ExportError(problem)
+    if checkpoint:
+        path = Path(checkpoint)
+        try:
+            state = read_checkpoint(path, finite=False)
+        except CheckpointReadError as error:
+            raise ExportError(str(error)) from None
+    else:
+        path, state = _newest_usable(Path(run_dir), warn)
     try:
-        state = load_checkpoint(path)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise ExportError(f"{path}: unreadable checkpoint ({type(error).__name__}: {str(error)[:200]})") from None
-    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
-        raise ExportError(f"{path}: not an sslfer-train checkpoint (no model/config)")
+        check_finite_weights(state, path)
+    except CheckpointReadError as error:
+        older = "" if checkpoint else "; export an earlier checkpoint with --checkpoint"
+        raise ExportError(f"{error}{older}") from None
     try:
         method = get_method(method_of_config(state["config"]))
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
     exported = method.export(state, path)
-    with atomic_path(out_path) as tmp:
-        torch.save(exported.payload, tmp)
+    try:
+        with atomic_path(out_path) as tmp:
+            torch.save(exported.payload, tmp)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        text = str(error).strip()
+        raise ExportError(f"could not write {out_path} ({text.splitlines()[0] if text else type(error).__name__})"
+                          ) from None
     return path, exported.description, int(state.get("step", -1))

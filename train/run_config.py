@@ -3,6 +3,7 @@ every checkpoint. A method's config (train/methods/) subclasses TrainConfig with
 re-declare a shared field to give it another default; config.json holds them all flat, plus `method`."""
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,6 +16,14 @@ from train.precision import PRECISIONS
 RUNTIME_KEYS = frozenset({"shards", "out", "device", "workers", "verify", "log_every", "keep_checkpoints", "compile"})
 # config.json of runs made before there were methods has no "method" entry: they are all contrastive.
 DEFAULT_METHOD = "contrastive"
+# Ranges of the shared numeric settings, (lowest, highest, lowest excluded); None = unbounded. The CLI's
+# option types and TrainConfig's own check both read them. numpy seeds are below 2**32.
+LIMITS = {
+    "batch_size": (1, None, False), "epochs": (1, None, False), "steps": (1, None, False),
+    "warmup_steps": (0, None, False), "workers": (0, None, False), "seed": (0, 2**32 - 1, False),
+    "ckpt_every": (1, None, False), "keep_checkpoints": (1, None, False), "log_every": (1, None, False),
+    "lr": (0.0, None, True), "weight_decay": (0.0, None, False),
+}
 
 
 @dataclass
@@ -42,6 +51,7 @@ class TrainConfig:
     default_epochs: ClassVar[int] = 100  # the CLI's --epochs when neither --epochs nor --steps is given
 
     def __post_init__(self):
+        check_numbers(self)
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if self.steps is None and self.epochs is None:
@@ -61,6 +71,29 @@ class TrainConfig:
         """Settings (other than the runtime keys) on which two configs disagree."""
         mine, theirs = self.to_json(), other.to_json()
         return sorted(k for k in mine if k not in self.runtime_keys and mine[k] != theirs.get(k))
+
+
+def _option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def check_numbers(cfg) -> None:
+    """Raise ValueError (one line naming the option) for a float setting of any method that is NaN or
+    infinite, and for a shared setting outside LIMITS. Every float field is checked, so a method's own
+    options (temperature, a mask ratio, ...) need no check of their own for NaN."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            shown = " ".join(map(str, items))
+            raise ValueError(f"{_option_name(f.name)} must be a finite number, got {shown}")
+        if f.name in LIMITS and value is not None:
+            low, high, low_open = LIMITS[f.name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{_option_name(f.name)} must be a number, got {value!r}")
+            if value < low or (low_open and value == low) or (high is not None and value > high):
+                wanted = (f"> {low}" if low_open else f">= {low}") + (f" and <= {high}" if high is not None else "")
+                raise ValueError(f"{_option_name(f.name)} must be {wanted}, got {value}")
 
 
 def method_of_config(obj) -> str:

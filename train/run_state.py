@@ -47,8 +47,9 @@ class RunState:
         }
         return save_checkpoint(run_dir, self.step, state, keep)
 
-    def restore(self, path: Path) -> None:
-        state = load_checkpoint(path)
+    def restore(self, path: Path, state: dict | None = None) -> None:
+        """Continue from the checkpoint at `path` (its content `state` when already read)."""
+        state = load_checkpoint(path) if state is None else state
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

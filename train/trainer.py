@@ -7,6 +7,7 @@ run reaches the same weights as an uninterrupted one (tests/test_trainer_resume.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,15 +15,19 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from sslfer_core.atomic_files import write_json_atomic
-from train.checkpoints import latest_checkpoint
+from sslfer_core.atomic_files import writable_dir_problem, write_json_atomic
+from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
+from sslfer_core.folder_lock import FolderLocked, folder_lock
+from train.checkpoints import (CheckpointReadError, latest_checkpoint, newest_readable_checkpoint,
+                               remove_stale_partials)
 from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
 from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
 from train.methods import BatchStream, Method, get_method
@@ -36,6 +41,8 @@ from train.step_io import batch_to_device, step_generator
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = "train.lock"  # flock'ed by the run's rank 0 while it trains
+UNUSABLE_SUFFIX = ".unusable"  # a checkpoint that does not read is renamed to this on resume, not deleted
 
 
 class TrainingError(RuntimeError):
@@ -93,16 +100,55 @@ def check_batch_divides(batch_size: int, world_size: int) -> None:
                             f"give a multiple of {world_size} (e.g. {multiples})")
 
 
-def _check_run_dir(run_dir: Path, resume: bool, method: str) -> Path | None:
-    """The checkpoint to resume from (None for a fresh run)."""
-    newest = latest_checkpoint(run_dir)
+@contextlib.contextmanager
+def _hold_run_dir(run_dir: Path, ctx: DistContext, echo) -> Iterator[None]:
+    """Rank 0 makes sure it can write the run folder and locks it for the run; every rank stops alike
+    when it cannot. Holding the lock, it removes what killed writes left behind."""
+    problem = None
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:
+            problem = writable_dir_problem(run_dir)
+            if problem is None:
+                try:
+                    stack.enter_context(folder_lock(run_dir / LOCK_NAME, "sslfer-train"))
+                except FolderLocked as locked:
+                    problem = (f"{run_dir} is in use by another run ({locked.holder}); wait for it to end or "
+                               "choose another --out")
+                except OSError as error:
+                    problem = f"cannot lock {run_dir / LOCK_NAME}: {error.strerror or error}"
+        failed = problem is not None
+        if ctx.distributed:
+            failed = bool(sum_across(torch.tensor([int(failed)], device=ctx.device), ctx).item())
+        if failed:
+            raise TrainingError(problem or f"rank 0 cannot use {run_dir} (its error line says why)")
+        if ctx.is_main:
+            files, size = remove_stale_partials(run_dir, (CONFIG_NAME,))
+            if files:
+                echo(f"note: removed {files} temporary file(s) of interrupted writes ({human_bytes(size)})")
+        yield
+
+
+def _check_run_dir(run_dir: Path, resume: bool, method: str, ctx: DistContext,
+                   echo) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from and its content (None for a fresh run). On resume, a newer checkpoint
+    that does not read (truncated by a full disk or a copy) is set aside and an older one used."""
     if resume:
         if (run_dir / CONFIG_NAME).exists():
             check_same_method(read_run_config(run_dir), method, run_dir)
-        if newest is None:
+        if latest_checkpoint(run_dir) is None:
             raise TrainingError(f"{run_dir}: no checkpoint to resume from")
-        return newest
-    if newest is not None or (run_dir / CONFIG_NAME).exists():
+
+        def skipped(path: Path, error: CheckpointReadError) -> None:
+            if ctx.is_main:  # one rank renames; the others find the file gone or unreadable alike
+                path.replace(path.with_name(path.name + UNUSABLE_SUFFIX))
+            echo(f"warning: {error}; renamed it to {path.name}{UNUSABLE_SUFFIX}, falling back to an older checkpoint")
+
+        found = newest_readable_checkpoint(run_dir, skipped)
+        if found is None:
+            raise TrainingError(f"{run_dir}: no checkpoint reads (each was renamed to *{UNUSABLE_SUFFIX}); "
+                                "start the run again with another --out")
+        return found
+    if latest_checkpoint(run_dir) is not None or (run_dir / CONFIG_NAME).exists():
         raise TrainingError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     return None
 
@@ -117,6 +163,9 @@ def _prepare_data(cfg: TrainConfig, ctx: DistContext, method: Method, echo) -> _
     workers = method.loader_workers(index, cfg.workers)
     stream = method.make_stream(index, workers)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * stream.steps
+    if cfg.warmup_steps is not None and cfg.warmup_steps > total:
+        raise TrainingError(f"--warmup-steps {cfg.warmup_steps} is more than the run's {total} steps: the "
+                            "learning rate would never reach --lr; give at most that")
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else method.default_warmup(total, stream.steps)
     return _Data(index, manifest_sha256, stream, workers, total, warmup)
 
@@ -193,7 +242,14 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progress) -> 
     except TrainingError:
         barrier(ctx)  # every rank fails alike; all have joined the process group before any leaves it
         raise
-    resume_from = _check_run_dir(run_dir, resume, cfg.method)
+    with _hold_run_dir(run_dir, ctx, echo):
+        return _train_locked(cfg, ctx, resume, echo, progress, run_dir, started)
+
+
+def _train_locked(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progress, run_dir: Path,
+                  started: float) -> TrainSummary:
+    found = _check_run_dir(run_dir, resume, cfg.method, ctx, echo)
+    resume_from = found[0] if found is not None else None
     barrier(ctx)  # every rank has looked before rank 0 writes config.json
     method = get_method(cfg.method)(cfg, ctx)
     data = _prepare_data(cfg, ctx, method, echo)
@@ -201,7 +257,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progress) -> 
     _record_config(cfg, ctx, method, data, run_dir, resume_from is not None)
     state = _build_state(cfg, method, data)
     if resume_from is not None:
-        state.restore(resume_from)
+        state.restore(resume_from, found[1])
         echo(f"resuming {run_dir} from {resume_from.name} (step {state.step}, epoch {state.epoch})")
     net = _wrap(state.model, cfg, ctx)
     echo(f"{method.title}, seed {cfg.seed}: {data.index.num_videos} videos / {data.index.num_frames} "
@@ -239,6 +295,7 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
     losses, check_each_step = LossWatch(), settles_each_step(ctx.device)
     counts = torch.zeros(len(state.counters), dtype=torch.int64, device=ctx.device)
     clip = method.grad_clip
+    written = state.step  # the newest step whose log line or checkpoint was written (or the start)
     while state.step < data.total_steps:
         data.stream.set_epoch(state.epoch, state.batch_in_epoch)
         for batch in loader:
@@ -269,6 +326,15 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                 continue
             # Settled before anything is written, so no log line or checkpoint follows a non-finite loss.
             _settle(losses, meter, state, last_checkpoint, applied=True)
+            # A method's loss may hide a non-finite embedding (rows it skips): its outputs and the gradient
+            # norm, small, are checked at every sync point; weights and optimiser state (a pass over all of
+            # them) where a checkpoint follows.
+            checked = [*outputs.items(), *([("grad_norm", grad_norm)] if grad_norm is not None else [])]
+            _stop_if_non_finite(ctx, state, written, last_checkpoint, "the step's outputs",
+                                non_finite_names(checked), len(checked))
+            if save_now:
+                _stop_if_non_finite(ctx, state, written, last_checkpoint, "the model or optimiser state",
+                                    *_non_finite_state(state))
             if state.counters:
                 state.add_counts(sum_across(counts, ctx).tolist())
                 counts.zero_()
@@ -279,6 +345,7 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
                     method.on_checkpoint(state.model, run_dir, state.step, batch)
                 barrier(ctx)
+            written = state.step
             if epoch_end or final:
                 break
     return meter.last, last_checkpoint
@@ -297,6 +364,30 @@ def _settle(losses: LossWatch, meter: IntervalMeter, state: RunState, last_check
                             f"last good checkpoint: {where}") from None
     for value in values:
         meter.add(value)
+
+
+def _non_finite_state(state: RunState) -> tuple[list[str], int]:
+    """Names of the model's parameters and buffers (BatchNorm statistics too) and optimiser state entries
+    that hold NaN or infinite values, and how many tensors were looked at."""
+    named = list(state.model.state_dict().items())
+    names = {param: name for name, param in state.model.named_parameters()}
+    for param, entries in state.optimizer.state.items():
+        named += [(f"optimiser {key} of {names.get(param, 'a parameter')}", value) for key, value in entries.items()]
+    return non_finite_names(named), count_floating(value for _, value in named)
+
+
+def _stop_if_non_finite(ctx: DistContext, state: RunState, written: int, last_checkpoint: Path | None, what: str,
+                        bad: list[str], total: int) -> None:
+    """Stop the run, on every rank alike, when any rank found non-finite tensors."""
+    found = len(bad)
+    if ctx.distributed:
+        found = int(sum_across(torch.tensor([found], device=ctx.device), ctx).item())
+    if not found:
+        return
+    where = last_checkpoint if last_checkpoint is not None else "none written yet"
+    detail = describe_non_finite(bad, total) if bad else "on another rank"
+    raise TrainingError(f"training diverged: {what} became non-finite by step {state.step} ({detail}); stopped "
+                        f"without writing anything after step {written}; last good checkpoint: {where}")
 
 
 def _log(metrics: MetricsLog | None, bar: TrainProgress, meter: IntervalMeter, state: RunState, method: Method,

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sslfer_core.file_hash import file_sha256
+from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.models import ARCHS, build_backbone, infer_arch
 
 RANDOM_SEED = 0  # `random` is the same network every time
@@ -69,6 +70,10 @@ def _into_resnet(state: dict, arch: str | None, where: str) -> tuple[nn.Module, 
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise click.ClickException(f"{where}: weights do not fit torchvision {found}: {str(error).splitlines()[0]}")
+    bad = non_finite_names(state.items())  # a diverged run's weights would score at chance, silently
+    if bad:
+        total = count_floating(state.values())
+        raise click.ClickException(f"{where}: refusing to evaluate: {describe_non_finite(bad, total)}")
     return model, found
 
 
