@@ -4,7 +4,7 @@
     sslfer-train contrastive --shards SHARDS --out RUN ...
     torchrun --nproc-per-node G -m train.cli --shards SHARDS --out RUN ...
     sslfer-train --out RUN --resume
-    sslfer-train export RUN -o backbone.pt
+    sslfer-train export RUN -o backbone.safetensors [--format torch]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from train.precision import PRECISIONS
 from train.run_config import DEFAULT_METHOD, TrainConfig, resume_command
 from train.shard_set import ShardSetError
 from train.trainer import TrainingError, check_same_method, read_run_config, train
+from train.weights_file import DEFAULT_FORMAT, FORMATS
 
 
 class _ContrastiveByDefault(click.Group):
@@ -157,10 +158,13 @@ main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=Tru
               help="Where to write the export (contrastive: the backbone state_dict, torchvision ResNet keys, no fc).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A specific checkpoint instead of the run's newest.")
-def export_command(run: Path, output: Path, checkpoint: Path | None):
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True,
+              help="safetensors: tensors plus metadata in the header, no pickle; torch: a torch.save state_dict "
+                   "(metadata in OUTPUT.json beside it).")
+def export_command(run: Path, output: Path, checkpoint: Path | None, fmt: str):
     """Write what RUN's newest checkpoint learnt, as its method exports it."""
     try:
-        used, description, step = export_run(run, output, checkpoint)
+        used, description, step = export_run(run, output, checkpoint, fmt)
     except ExportError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{output}: {description} from {used.name} (step {step})", err=True)

@@ -1,20 +1,21 @@
 """`sslfer-train export`: what the run's method exports from its newest (or a given) checkpoint, e.g. the
-contrastive backbone as a plain torchvision ResNet state_dict."""
+contrastive backbone as a plain torchvision ResNet state_dict, in safetensors (default) or torch format,
+with the method's metadata plus method, source checkpoint sha256 and code version (train/weights_file.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from sslfer_core.atomic_files import atomic_path
+from sslfer_core.file_hash import file_sha256
 from train.checkpoints import latest_checkpoint, load_checkpoint
 from train.methods import ExportError, get_method
-from train.run_config import method_of_config
+from train.run_config import code_version, method_of_config
+from train.weights_file import DEFAULT_FORMAT, write_weights
 
 __all__ = ["ExportError", "export_run"]
 
 
-def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None) -> tuple[Path, str, int]:
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None,
+               fmt: str = DEFAULT_FORMAT) -> tuple[Path, str, int]:
     """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
     description of what was written, step)."""
     path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(run_dir))
@@ -31,6 +32,7 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None) ->
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
     exported = method.export(state, path)
-    with atomic_path(out_path) as tmp:
-        torch.save(exported.payload, tmp)
+    metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
+                "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
+    write_weights(out_path, exported.payload, metadata, fmt)
     return path, exported.description, int(state.get("step", -1))

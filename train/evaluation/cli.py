@@ -22,7 +22,7 @@ from train.evaluation.backbones import load_backbone, load_backbones
 from train.evaluation.datasets import FORMATS, load_dataset
 from train.evaluation.finetune import SCHEDULES, FinetuneConfig, make_finetune_fit
 from train.evaluation.identity_probe import identity_run
-from train.evaluation.images import Preprocessing, RecordImages
+from train.evaluation.images import DEFAULT_IMAGE_SIZE, Preprocessing, RecordImages, preprocessing_for
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
 from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
 from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
@@ -66,9 +66,13 @@ input_options = _options(
     click.option("--classes", default=None, help="Comma-separated class names (order = class index); others are unknown."),
     click.option("--image-root", type=click.Path(file_okay=False), default=None,
                  help="Folder that CSV image paths are relative to (default: the CSV's folder)."),
-    click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True,
-                 help="Input side in pixels (the backbone's training size)."),
-    click.option("--align", is_flag=True, help="Align faces with dlib landmarks first (failures stay unaligned)."),
+    click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+                 help=f"Input side in pixels [default: the backbone's recorded training size, else {DEFAULT_IMAGE_SIZE}]."),
+    click.option("--align", is_flag=True, help="Align faces with dlib landmarks first, cropped as the backbone's "
+                                               "training did (failures stay unaligned)."),
+    click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=None,
+                 help="With --align: central fraction of the aligned face the network sees [default: the backbone's "
+                      "training view (its --face-crop x crop/resize), else 1]."),
     click.option("--dlib-models", type=click.Path(file_okay=False), default=None, help="Folder with dlib model files."),
 )
 protocol_options = _options(
@@ -116,9 +120,9 @@ def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing
     if params["align"]:
         from train.evaluation.alignment import FaceAligner
 
-        FaceAligner(params["image_size"], params["dlib_models"])  # fail now, not inside a worker
+        FaceAligner(params["image_size"] or DEFAULT_IMAGE_SIZE, params["dlib_models"])  # fail now, not in a worker
     workers = session.default_workers() if params["workers"] is None else params["workers"]
-    return setup, device, Preprocessing(params["image_size"], params["align"]), workers
+    return setup, device, Preprocessing(params["image_size"] or DEFAULT_IMAGE_SIZE, params["align"]), workers
 
 
 @click.group(help=__doc__.split("\n\n")[0])
@@ -151,14 +155,16 @@ def linear(**params):
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        applied_pre, applied = preprocessing_for(backbone.trained_preprocessing, params["image_size"],
+                                                   params["align"], params["face_crop"])
         table, bad, extraction = session.backbone_features(
-            backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
+            backbone, dataset, applied_pre, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
             device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
         plans = session.usable_plans(setup.plans, bad, dataset.path)
         heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
-        fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, preprocessing.image_size)
+        fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, applied_pre.image_size)
         runs = run_backbone(backbone, dataset, plans, tasks, fit, params["out_dir"])
-        entries.append(backbone_entry(backbone, runs, features=extraction))
+        entries.append(backbone_entry(backbone, runs, features=extraction, preprocessing=applied))
     config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
                      "probe": vars(config)}
     _finish(results_payload("linear", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
@@ -190,10 +196,12 @@ def finetune(**params):
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
-        fit, finetuner = make_finetune_fit(backbone, dataset, tasks, preprocessing, config, device, params["dlib_models"])
+        applied_pre, applied = preprocessing_for(backbone.trained_preprocessing, params["image_size"],
+                                                   params["align"], params["face_crop"])
+        fit, finetuner = make_finetune_fit(backbone, dataset, tasks, applied_pre, config, device, params["dlib_models"])
         runs = run_backbone(backbone, dataset, setup.plans, tasks, fit, params["out_dir"])
         session.record_problems(dataset, "corrupt image", sorted(finetuner.undecodable), reported)
-        entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable)))
+        entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable), preprocessing=applied))
     config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
                      "finetune": vars(config), "device_used": str(device)}
     _finish(results_payload("finetune", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])

@@ -10,7 +10,7 @@ offers it, with the options its config class and cli_options() declare (docs/tra
 from __future__ import annotations
 
 import importlib
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Iterable, Protocol
 
@@ -48,8 +48,11 @@ class BatchStream(Protocol):
 
 @dataclass
 class Exported:
-    payload: dict  # what the export file holds (torch.save of tensors and plain values)
+    payload: dict  # what the export file holds: tensor name -> tensor (safetensors or a torch state_dict)
     description: str  # for the CLI line "OUT: <description> from ckpt-... (step N)", e.g. "resnet18 backbone"
+    # header metadata (values become strings): "arch" or "preset", and the input preprocessing the weights
+    # were trained with (train/weights_file.py PREPROCESSING_KEYS); export_run adds method, source, version
+    metadata: dict = field(default_factory=dict)
 
 
 class Method:

@@ -216,4 +216,9 @@ class Contrastive(Method):
             model.load_state_dict(state["model"], strict=True)
         except RuntimeError as error:
             raise ExportError(f"{source}: weights do not fit {arch}: {str(error).splitlines()[0]}") from None
-        return Exported(backbone_state_dict(model), f"{arch} backbone")
+        config = state["config"]
+        crop = int(config.get("crop", field_default(ContrastiveConfig, "crop")))
+        metadata = {"arch": arch, "input_size": crop, "crop_convention": "centre", "normalisation": "imagenet",
+                    "face_crop": float(config.get("face_crop", field_default(ContrastiveConfig, "face_crop"))),
+                    "resize": int(config.get("resize", field_default(ContrastiveConfig, "resize")))}
+        return Exported(backbone_state_dict(model), f"{arch} backbone", metadata)
