@@ -137,3 +137,14 @@ def test_eval_align_applies_the_training_crop_and_records_it(exported, tmp_path,
     assert recorded["override"]["from"] == {"image_size": "option", "face_crop": "option"}
     assert recorded["unaligned"]["face_crop"] == 1.0 and recorded["unaligned"]["align"] is False
     assert round(32 / 0.64) in _FakeAligner.sides  # aligned at 50 px so that its central 32 px are the view
+
+
+def test_a_payload_with_a_state_dict_round_trips_in_both_formats(tmp_path):
+    from train.weights_file import read_payload, write_weights
+
+    payload = {"format": "x", "input_size": 16, "clip": {"frames": 8}, "state_dict": {"w": torch.arange(6.0)}}
+    for fmt in ("safetensors", "torch"):
+        path = write_weights(tmp_path / f"e.{fmt}", payload, {"method": "m"}, fmt)
+        back = read_payload(path)
+        assert back["format"] == "x" and back["input_size"] == 16 and back["clip"] == {"frames": 8}
+        assert torch.equal(back["state_dict"]["w"], torch.arange(6.0))

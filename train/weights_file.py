@@ -35,19 +35,32 @@ def sidecar_path(path: Path) -> Path:
     return Path(str(path) + ".json")
 
 
-def write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict, fmt: str = DEFAULT_FORMAT) -> Path:
-    """Write tensors with metadata (values stringified) atomically; returns the path written."""
+def split_payload(payload: dict) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """(tensors, the rest) of an export payload: either name -> tensor, or a dict whose "state_dict" holds
+    the tensors beside plain JSON-able values (the rest goes into the header as "payload", JSON)."""
+    if all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return payload, None
+    if isinstance(payload.get("state_dict"), dict):
+        return payload["state_dict"], {k: v for k, v in payload.items() if k != "state_dict"}
+    raise ValueError("an export payload is name -> tensor, or has its tensors under 'state_dict'")
+
+
+def write_weights(path: Path, payload: dict, metadata: dict, fmt: str = DEFAULT_FORMAT) -> Path:
+    """Write an export payload with metadata (values stringified) atomically; returns the path written. The
+    torch format saves the payload as it is."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown weights format {fmt!r}; use one of {', '.join(FORMATS)}")
+    tensors, rest = split_payload(payload)
     text = {str(k): str(v) for k, v in metadata.items() if v is not None}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    if rest is not None:
+        text["payload"] = json.dumps(rest, sort_keys=True)
     with atomic_path(Path(path)) as tmp:
         if fmt == "safetensors":
             from safetensors.torch import save_file
 
-            save_file(tensors, str(tmp), metadata=text)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=text)
         else:
-            torch.save(tensors, tmp)
+            torch.save(payload, tmp)
     if fmt == "torch":
         write_bytes_atomic(sidecar_path(path), (json.dumps(text, indent=1, sort_keys=True) + "\n").encode())
     return Path(path)
@@ -101,3 +114,22 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             raise WeightsFileError(f"{sidecar}: unreadable metadata ({type(error).__name__})") from None
         metadata = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
     return state, metadata
+
+
+def read_payload(path: Path) -> dict:
+    """An export payload as it was given to write_weights, from either format (for payloads with a
+    "state_dict"; a plain name -> tensor file comes back as it is)."""
+    if not is_safetensors(path):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated / foreign files
+            raise WeightsFileError(f"{path}: cannot read weights ({type(error).__name__}: {str(error)[:200]})") \
+                from None
+    tensors, metadata = read_weights(path)
+    if "payload" not in metadata:
+        return tensors
+    try:
+        rest = json.loads(metadata["payload"])
+    except ValueError:
+        raise WeightsFileError(f"{path}: damaged 'payload' metadata (not JSON)") from None
+    return {**rest, "state_dict": tensors}
