@@ -82,6 +82,8 @@ def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[clic
                help="bf16 autocast for the network (auto: the method's rule)."),
         click.Option(["--compile", "compile_"], is_flag=True, help="torch.compile the model."),
         option("verify", is_flag=True, help="Hash every shard against the manifest before training (slow)."),
+        click.Option(["--tensorboard/--no-tensorboard"], default=field_default(config, "tensorboard"),
+                     help="TensorBoard event files beside metrics.jsonl [default: on when tensorboard is installed]."),
     ]
     return first, rest
 

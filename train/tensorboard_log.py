@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ class TensorBoardLog:
         self._writer.flush()
 
     def pngs(self, paths: list[Path], step: int) -> None:
-        """Figures a method wrote (e.g. the MAE reconstruction), under their file stem."""
+        """Figures a method wrote (e.g. the MAE reconstruction), under their file stem without its step
+        number ("reconstruction-step00000100.png" -> "reconstruction"), so that one tag has every step."""
         import cv2
 
         for path in paths:
@@ -67,8 +69,22 @@ class TensorBoardLog:
             if bgr is None:
                 continue
             rgb = np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
-            self._writer.add_image(Path(path).stem, torch.from_numpy(rgb), step)
+            tag = re.sub(r"[-_.]?step\d+$", "", Path(path).stem) or Path(path).stem
+            self._writer.add_image(tag, torch.from_numpy(rgb), step)
         self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()
+
+
+def write_curves(folder: Path, runs_by_backbone: dict[str, list[dict]]) -> None:
+    """Fine-tuning curves of sslfer-eval: each run's "history" (one record per epoch) as scalars tagged
+    "<backbone>/<run>/<name>" at step = epoch."""
+    board = TensorBoardLog(folder, step_key="epoch")
+    try:
+        for backbone, runs in runs_by_backbone.items():
+            for run in runs:
+                for record in run.get("history", []):
+                    board.scalars({"epoch": record["epoch"], f"{backbone}/{run['name']}": record})
+    finally:
+        board.close()

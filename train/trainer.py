@@ -208,8 +208,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progress) -> 
          f"frames in {len(data.index.paths)} shards; {ctx.world_size} rank(s) x {data.workers} loader worker(s) "
          f"on {ctx.device} ({threads} torch threads{', bf16' if method.bf16 else ''}); "
          f"{method.batch_description}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps")
-    metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None)
-               if ctx.is_main else None)
+    metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None,
+                          tensorboard=cfg.tensorboard) if ctx.is_main else None)
     bar = TrainProgress(data.total_steps, state.step, enabled=progress if ctx.is_main else False,
                         unit=method.rate_unit)
     try:
@@ -246,6 +246,8 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                 raise TrainingError(f"data order broke: got batch {int(batch['batch_index'])}, "
                                     f"expected {state.batch_in_epoch} of epoch {state.epoch}")
             batch = batch_to_device(batch, ctx.device)
+            if metrics is not None and metrics.board is not None and state.step == 0:
+                metrics.images(method.start_images(batch), state.step)
             net.train()
             loss, outputs = method.step(net, batch, step_generator(cfg.seed, ctx.rank, state.step, ctx.device))
             losses.add(state.step + 1, state.epoch, loss)
@@ -277,7 +279,7 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
             if save_now:
                 if ctx.is_main:
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
-                    method.on_checkpoint(state.model, run_dir, state.step, batch)
+                    metrics.figures(method.on_checkpoint(state.model, run_dir, state.step, batch), state.step)
                 barrier(ctx)
             if epoch_end or final:
                 break

@@ -29,6 +29,7 @@ from train.evaluation.results import (COLUMNS, code_version, compare_markdown, n
                                       table_rows, write_results)
 from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
 from train.precision import PRECISIONS, uses_bf16
+from train.tensorboard_log import tensorboard_available, write_curves
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -185,6 +186,8 @@ def linear(**params):
 @click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
 @click.option("--no-augment", is_flag=True, help="No random crop / flip during training.")
 @click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+@click.option("--tensorboard/--no-tensorboard", default=tensorboard_available,
+              help="With --out: the training curves as TensorBoard event files there [default: on when installed].")
 def finetune(**params):
     setup, device, preprocessing, workers = _setup(params)
     dataset = setup.dataset
@@ -202,6 +205,8 @@ def finetune(**params):
         runs = run_backbone(backbone, dataset, setup.plans, tasks, fit, params["out_dir"])
         session.record_problems(dataset, "corrupt image", sorted(finetuner.undecodable), reported)
         entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable), preprocessing=applied))
+    if params["out_dir"] and params["tensorboard"]:
+        write_curves(Path(params["out_dir"]), {e["backbone"]["name"]: e["runs"] for e in entries})
     config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
                      "finetune": vars(config), "device_used": str(device)}
     _finish(results_payload("finetune", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])

@@ -61,7 +61,8 @@ class Method:
     loader_workers, make_stream, default_warmup, config_record, [RNGs seeded] build_model, build_optimizer,
     build_scheduler, [checkpoint restored, DDP/compile] title, batch_description, make_loader; then per
     step: step -> backward -> [clip to grad_clip] -> optimiser and scheduler step -> counts; at log lines
-    log_record (every rank), after each checkpoint on_checkpoint (rank 0 only); final_summary at the end.
+    log_record (every rank), after each checkpoint on_checkpoint (rank 0 only; PNGs it returns also go to
+    TensorBoard); before the first step start_images (rank 0, TensorBoard on); final_summary at the end.
     Per-rank batch size: cfg.batch_size // ctx.world_size."""
 
     name: ClassVar[str]
@@ -168,6 +169,11 @@ class Method:
     def final_summary(self, counters: dict[str, int]) -> str:
         """Appended to the run's last log line ("done: ... last loss X<summary>")."""
         return ""
+
+    def start_images(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Images for TensorBoard from the run's first batch (rank 0 only, no collectives, no global RNGs):
+        name -> (N, 3, H, W) floats in [0, 1], e.g. a few augmented views."""
+        return {}
 
     def on_checkpoint(self, model: nn.Module, run_dir: Path, step: int, batch: dict[str, Tensor]) -> list[Path]:
         """After a checkpoint is written, on rank 0 only (no collectives): e.g. a figure from the newest

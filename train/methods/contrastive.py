@@ -11,7 +11,7 @@ import click
 import torch
 from torch import Tensor, nn
 
-from sslfer_core.gpu_augment import valid_crop_area
+from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD, valid_crop_area
 from sslfer_core.models import ContrastiveModel, backbone_state_dict
 from train.batch_builder import MaskFNConfig, similarity_stats
 from train.contrastive_step import ContrastiveStep
@@ -24,6 +24,7 @@ from train.shard_stream import ShardStream, make_loader
 
 MASKFN_MODES = ("positive", "mask")
 ARCHS = ("resnet50", "resnet18")
+PREVIEW_VIEWS = 16  # augmented views in TensorBoard's start image
 
 
 @dataclass
@@ -182,6 +183,15 @@ class Contrastive(Method):
         return result.loss, {"embeddings": result.embeddings, "partner": inputs.positive_index[:, 0],
                              "row_valid": inputs.row_valid,
                              "false_negatives": torch.tensor(inputs.false_negatives)}
+
+    def start_images(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The first anchors' augmented views as the network gets them, un-normalised."""
+        generator = torch.Generator(device=self.ctx.device).manual_seed(self.cfg.seed)
+        with torch.no_grad():
+            x = self.objective.views(batch, generator)[:PREVIEW_VIEWS].float()
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return {"augmented_views": (x * std + mean).clamp(0, 1)}
 
     def counts(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> Tensor:
         return batch["fallbacks"]
