@@ -24,13 +24,13 @@ from preprocess.donor_pool import build_pool, load_pool, save_pool
 from preprocess.failures import FAILURES_NAME, read_failures, write_failures
 from preprocess.phase_tasks import extract_task, shard_task, swap_task
 from preprocess.prep_config import PrepConfig, config_differences
-from preprocess.progress import PhaseProgress
 from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.sources import VideoSource
 from preprocess.space_estimate import estimate_space, shard_bytes_per_frame
 from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz
 from preprocess.worker_models import single_thread_env, worker_init
 from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.progress import PhaseProgress
 
 # Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
 KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"

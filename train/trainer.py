@@ -22,12 +22,12 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from sslfer_core.atomic_files import write_json_atomic
+from sslfer_core.progress import TrainProgress
 from train.checkpoints import latest_checkpoint
 from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
 from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
 from train.methods import BatchStream, Method, get_method
 from train.metrics_log import IntervalMeter, MetricsLog
-from train.progress_bar import TrainProgress
 from train.run_config import TrainConfig, code_version, method_of_config, resume_command
 from train.run_state import RunState
 from train.shard_index import ShardIndex
