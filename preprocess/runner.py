@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import os
 import shutil
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,8 +30,6 @@ from preprocess.worker_models import single_thread_env, worker_init
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.progress import PhaseProgress
 
-# Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
-KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"
 DASK_HINT = "pip install 'sslfer[dask]'"
 
 
@@ -201,19 +197,10 @@ def run_tasks(tasks: list, options: RunOptions, phase: str, on_done: Callable[[o
 
     if not tasks:
         return
-    kill_after = _kill_after(phase)
     jobs = 1 if options.backend != "dask" and len(tasks) == 1 else options.jobs
     results: Iterable = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)(tasks)
-    for count, result in enumerate(results, start=1):
+    for result in results:
         on_done(result)
-        if kill_after is not None and count >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _kill_after(phase: str) -> int | None:
-    value = os.environ.get(KILL_AFTER_ENV, "")
-    name, _, count = value.partition(":")
-    return int(count) if name == phase and count.isdigit() else None
 
 
 # ----------------------------------------------------------------------------- the run

@@ -10,10 +10,10 @@ import importlib.util
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch is imported where it is used, so run_config can ask tensorboard_available() cheaply
+    from torch import Tensor
 
 
 def tensorboard_available() -> bool:
@@ -61,6 +61,8 @@ class TensorBoardLog:
         """Figures a method wrote (e.g. the MAE reconstruction), under their file stem without its step
         number ("reconstruction-step00000100.png" -> "reconstruction"), so that one tag has every step."""
         import cv2
+        import numpy as np
+        import torch
 
         for path in paths:
             if Path(path).suffix.lower() != ".png":

@@ -122,8 +122,8 @@ def _prepare_data(cfg: TrainConfig, ctx: DistContext, method: Method, echo) -> _
 
 
 def _cpu_threads(ctx: DistContext, workers: int) -> int:
-    """On CPU, torch threads = this rank's cores minus its loader workers: oversubscribed cores were 2-3x
-    slower per step here. An explicit OMP_NUM_THREADS wins."""
+    """On CPU, torch threads = this rank's cores minus its loader workers, since threads that share a core
+    with a worker wait on each other (docs/training.md, "Torch threads"). An explicit OMP_NUM_THREADS wins."""
     if ctx.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     torch.set_num_threads(max(1, cores_per_local_rank() - workers))
@@ -174,8 +174,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str], None]
     except ValueError as error:
         raise TrainingError(str(error)) from None
     threads_before, autotune_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    # A run's input shapes never change, so cuDNN's per-shape algorithm search is paid once. On an H200
-    # three comparisons gave +12 %, -4 % and +3.5 % (docs/training.md): no loss seen, the GPU figures used it.
+    # A run's input shapes never change, so cuDNN's per-shape algorithm search is paid once and its
+    # choice reused for every step (measurements: docs/training.md, "Measurements behind defaults").
     torch.backends.cudnn.benchmark = ctx.device.type == "cuda" or autotune_before
     try:
         return _train(cfg, ctx, resume, echo if ctx.is_main else (lambda text: None), progress)

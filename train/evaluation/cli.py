@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sslfer_core.atomic_files import write_bytes_atomic
+from sslfer_core.models import ARCHS
 from train.evaluation import session
 from train.evaluation.backbones import load_backbone, load_backbones
 from train.evaluation.datasets import FORMATS, load_dataset
@@ -58,7 +59,7 @@ backbone_options = _options(
     click.option("--backbone", "backbones", multiple=True, required=True,
                  help="Exported backbone .pt, training run folder, 'random' ('random:N' for init seed N) or 'imagenet'. "
                       "Repeat for more rows."),
-    click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True,
+    click.option("--arch", type=click.Choice(ARCHS), default=ARCHS[0], show_default=True,
                  help="Architecture for 'random' and 'imagenet' (files and runs carry their own)."),
 )
 input_options = _options(
@@ -139,10 +140,11 @@ def main():
 @precision_option
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Feature extraction batch.")
 @click.option("--weight-decays", default="0,1e-4,1e-3,1e-2,1e-1", show_default=True, help="Grid searched on validation.")
-@click.option("--max-iterations", type=click.IntRange(1), default=300, show_default=True,
+@click.option("--max-iterations", type=click.IntRange(1), default=LinearProbeConfig.max_iterations, show_default=True,
               help="L-BFGS iterations per weight decay (FER2013 converged by ~260).")
-@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True)
-@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default=LinearProbeConfig.loss, show_default=True)
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS),
+              default=LinearProbeConfig.select_metric, show_default=True)
 @click.option("--ridge-alphas", default="1e-3,1e-2,1e-1,1,10,100", show_default=True, help="Valence/arousal ridge grid.")
 def linear(**params):
     setup, device, preprocessing, workers = _setup(params)
@@ -176,16 +178,17 @@ def linear(**params):
 @input_options
 @protocol_options
 @run_options
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=FinetuneConfig.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=FinetuneConfig.batch_size, show_default=True)
+@click.option("--lr", type=float, default=FinetuneConfig.learning_rate, show_default=True, help="Adam learning rate.")
+@click.option("--weight-decay", type=float, default=FinetuneConfig.weight_decay, show_default=True)
 @click.option("--head-dims", default="1024,512", show_default=True, help="Hidden widths of the MLP head ('' = linear).")
-@click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=0.5, show_default=True)
-@click.option("--loss", type=click.Choice(LOSSES), default="balanced-softmax", show_default=True)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=FinetuneConfig.dropout, show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default=FinetuneConfig.loss, show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=FinetuneConfig.schedule, show_default=True)
 @click.option("--no-augment", is_flag=True, help="No random crop / flip during training.")
-@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS),
+              default=FinetuneConfig.select_metric, show_default=True)
 @click.option("--tensorboard/--no-tensorboard", default=tensorboard_available,
               help="With --out: the training curves as TensorBoard event files there [default: on when installed].")
 def finetune(**params):

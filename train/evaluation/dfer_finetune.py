@@ -43,9 +43,9 @@ class DferFinetuneConfig:
     min_learning_rate: float = 1e-6
     warmup_epochs: int = 5
     weight_decay: float = 0.05
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
+    mixup: float = MixConfig.mixup_alpha  # the reference's batch mixing
+    cutmix: float = MixConfig.cutmix_alpha
+    label_smoothing: float = MixConfig.label_smoothing
     randaugment_ops: int = 4
     randaugment_magnitude: int = 7
     erase_prob: float = 0.25
