@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MODES = ("positive", "mask")
-DEFAULT_LAMBDA = 0.8  # weight of a promoted false negative ("positive" mode), as in the paper
+DEFAULT_LAMBDA = 0.8  # weight of a promoted false negative in "positive" mode (--maskfn-lambda)
 
 
 def candidate_mask(has_descriptor: Tensor, group_ids: Tensor, positive_index: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_TEMPERATURE = 0.07  # SimCLR's temperature, as in the paper
+DEFAULT_TEMPERATURE = 0.07  # NT-Xent temperature of the contrastive loss (--temperature)
 
 def nt_xent_pair_indices(batch_size: int, num_views: int) -> Tensor:
     """positive_index for rows laid out as [view 0 of samples 0..B-1, view 1 of samples 0..B-1, ...]:
