@@ -114,7 +114,7 @@ def _finish(payload: dict, dataset, out_dir: str | None, table_keys=tuple(c[0] f
         click.echo(f"results: {path}", err=True)
 
 
-def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing, int]:
+def _setup(params: dict) -> tuple[session.DataSetup, torch.device, int]:
     device = session.configure_torch(params["threads"], params["device"])
     setup = session.prepare_data(params["data"], params["fmt"], params["classes"], params["image_root"],
                                  params["max_per_split"], params["seeds"], params["folds"], params["group"],
@@ -124,7 +124,7 @@ def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing
 
         FaceAligner(params["image_size"] or DEFAULT_IMAGE_SIZE, params["dlib_models"])  # fail now, not in a worker
     workers = session.default_workers() if params["workers"] is None else params["workers"]
-    return setup, device, Preprocessing(params["image_size"] or DEFAULT_IMAGE_SIZE, params["align"]), workers
+    return setup, device, workers
 
 
 @click.group(help=__doc__.split("\n\n")[0])
@@ -147,7 +147,7 @@ def main():
               default=LinearProbeConfig.select_metric, show_default=True)
 @click.option("--ridge-alphas", default="1e-3,1e-2,1e-1,1,10,100", show_default=True, help="Valence/arousal ridge grid.")
 def linear(**params):
-    setup, device, preprocessing, workers = _setup(params)
+    setup, device, workers = _setup(params)
     dataset = setup.dataset
     tasks = tasks_for(dataset, params["task"])
     config = LinearProbeConfig(weight_decays=_floats(params["weight_decays"]), max_iterations=params["max_iterations"],
@@ -168,7 +168,8 @@ def linear(**params):
         fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, applied_pre.image_size)
         runs = run_backbone(backbone, dataset, plans, tasks, fit, params["out_dir"])
         entries.append(backbone_entry(backbone, runs, features=extraction, preprocessing=applied))
-    config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
+    # what each backbone got is in its entry ("preprocessing"); params hold the options as given
+    config_record = {**params, "tasks": tasks, "notes": setup.notes,
                      "probe": vars(config)}
     _finish(results_payload("linear", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
 
@@ -192,7 +193,7 @@ def linear(**params):
 @click.option("--tensorboard/--no-tensorboard", default=tensorboard_available,
               help="With --out: the training curves as TensorBoard event files there [default: on when installed].")
 def finetune(**params):
-    setup, device, preprocessing, workers = _setup(params)
+    setup, device, workers = _setup(params)
     dataset = setup.dataset
     tasks = tasks_for(dataset, params["task"])
     config = FinetuneConfig(epochs=params["epochs"], batch_size=params["batch_size"], learning_rate=params["lr"],
@@ -210,7 +211,8 @@ def finetune(**params):
         entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable), preprocessing=applied))
     if params["out_dir"] and params["tensorboard"]:
         write_curves(Path(params["out_dir"]), {e["backbone"]["name"]: e["runs"] for e in entries})
-    config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
+    # what each backbone got is in its entry ("preprocessing"); params hold the options as given
+    config_record = {**params, "tasks": tasks, "notes": setup.notes,
                      "finetune": vars(config), "device_used": str(device)}
     _finish(results_payload("finetune", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
 
