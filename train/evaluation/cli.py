@@ -220,8 +220,11 @@ def finetune(**params):
 @main.command(help="Identity 1-NN accuracy and macro F1 on a folder with one sub-folder per person.")
 @backbone_options
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True)
-@click.option("--align", is_flag=True)
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+              help=f"[default: the backbone's recorded training size, else {DEFAULT_IMAGE_SIZE}]")
+@click.option("--align", is_flag=True, help="Align faces first, cropped as the backbone's training did.")
+@click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="With --align: central fraction of the aligned face the network sees [default: the backbone's].")
 @click.option("--dlib-models", type=click.Path(file_okay=False), default=None)
 @click.option("--gallery-fraction", type=click.FloatRange(0.01, 0.99), default=0.5, show_default=True)
 @click.option("--seeds", type=click.IntRange(1), default=1, show_default=True)
@@ -233,15 +236,16 @@ def identity(**params):
     dataset = load_dataset(params["data"], "folder")
     if dataset.has_splits:
         raise click.ClickException(f"{params['data']}: expected one sub-folder per person, found split folders")
-    preprocessing = Preprocessing(params["image_size"], params["align"])
     workers = session.default_workers() if params["workers"] is None else params["workers"]
     cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
     bf16 = uses_bf16(params["precision"], device)
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        applied_pre, applied = preprocessing_for(backbone.trained_preprocessing, params["image_size"],
+                                                 params["align"], params["face_crop"])
         table, bad, extraction = session.backbone_features(
-            backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
+            backbone, dataset, applied_pre, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
             device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
         good = np.flatnonzero(table.ok)
         runs = []
@@ -251,9 +255,9 @@ def identity(**params):
                 raise click.ClickException(f"{params['data']}: no identity has two or more usable images")
             runs.append({"name": f"seed{seed}", "seed": seed, **run})
         entries.append({"backbone": backbone.describe(), "runs": runs, "features": extraction,
-                        "summary": summarise([r["test"] for r in runs])})
+                        "preprocessing": applied, "summary": summarise([r["test"] for r in runs])})
     payload = {"command": "identity", "created": now_utc(), "code_version": code_version(),
-               "config": {**params, "preprocessing": preprocessing.as_dict()},
+               "config": params,
                "dataset": {"path": dataset.path, "format": "folder", "identities": len(dataset.class_names),
                            "images": len(dataset.records), "problems": dataset.problems.as_dict()},
                "backbones": entries}
