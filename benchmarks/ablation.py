@@ -137,7 +137,7 @@ def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budge
     """The exported backbone, the seconds this call trained (0 when it was already there) and whether the
     training resumed a run that an earlier invocation had started (its seconds then miss that part)."""
     name = run_name(row, seed)
-    run, backbone = out / "runs" / name, out / "backbones" / f"{name}.pt"
+    run, backbone = out / "runs" / name, out / "backbones" / f"{name}.safetensors"
     if backbone.is_file():
         return backbone, 0.0, False
     command = train_command(shards, run, row, seed, budget)

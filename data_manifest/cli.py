@@ -12,9 +12,9 @@ from data_manifest.manifest import (
     MANIFEST_NAME, ManifestError, build_manifest, find_shard_files, load_manifest, save_manifest,
 )
 from data_manifest.merge import merge_shard_sets
-from data_manifest.progress import Progress
 from data_manifest.verify import ERROR, verify_shards
 from sslfer_core import __version__
+from sslfer_core.progress import Progress
 from sslfer_core.shard_format import ShardFormatError
 
 EXIT_CODES = "Exit codes: 0 all well; 1 problems found (or the operation was refused); 2 usage error."

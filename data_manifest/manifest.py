@@ -16,7 +16,7 @@ from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, write_json_atomic
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.shard_format import SCHEMA_VERSION as SHARD_SCHEMA_VERSION
-from sslfer_core.shard_format import ShardHeader, ShardReader
+from sslfer_core.shard_format import ShardFormatError, ShardHeader, ShardReader, parse_schema_version
 
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.jsonl"
@@ -376,10 +376,9 @@ def _expect(value, kind, name):
 
 def _parse_version(text, source: str, what: str = "manifest schema version") -> tuple[int, int]:
     try:
-        major, minor = (int(p) for p in str(text).split("."))
-    except ValueError:
+        return parse_schema_version(str(text), source)
+    except ShardFormatError:
         raise ManifestError(f"{source}: unreadable {what} {text!r}") from None
-    return major, minor
 
 
 __all__ = [

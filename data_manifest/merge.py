@@ -24,7 +24,7 @@ from data_manifest.manifest import (
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, fsync_directory
 from sslfer_core.file_hash import HASH_BLOCK
-from sslfer_core.shard_format import ShardFormatError, check_self_contained
+from sslfer_core.shard_format import ShardFormatError, check_self_contained, parse_schema_version
 
 MAX_LISTED = 5
 
@@ -204,7 +204,7 @@ def _merged_manifest(manifests: list[Manifest], labels: list[str], entries, fail
         }
         for i, (label, m) in enumerate(zip(labels, manifests))
     ]
-    shard_versions = [tuple(int(x) for x in m.shard_schema_version.split(".")) for m in manifests]
+    shard_versions = [parse_schema_version(m.shard_schema_version, "manifest") for m in manifests]
     return replace(
         first,
         schema_version="{}.{}".format(*MANIFEST_VERSION),

@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from preprocess.prep_config import PATCH_SIZE, PROFILES, VIDEO_PROFILE_DEFAULTS, PrepConfig
-from preprocess.progress import summary_table
 from preprocess.runner import PrepError, PrepUsageError, RunOptions, RunSummary, run_prep
 from preprocess.sources import (
     SourceError, discover_frame_folders, discover_video_folder, discover_video_list, discover_voxceleb,
@@ -23,6 +22,12 @@ from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.cpu_cores import available_cores
 from sslfer_core.shard_format import MAX_SWAPS
+
+def summary_table(rows: list[tuple[str, str]]) -> str:
+    """Two aligned columns, e.g. [('videos kept', '34'), ...]."""
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
 
 EPILOG = ("Exit codes: 0 at least one clip stored; 1 none stored, empty input or run refused; 2 usage error; "
           "130 interrupted (rerun the same command to resume).")

@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from preprocess.work_files import load_npz, save_npz
+from sslfer_core.shard_format import NUM_LANDMARKS
 
 
 @dataclass
@@ -36,7 +37,7 @@ class DonorPool:
 
     @classmethod
     def empty(cls, size: int) -> "DonorPool":
-        return cls(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, 68, 2), np.float32),
+        return cls(np.zeros((0, size, size, 3), np.uint8), np.zeros((0, NUM_LANDMARKS, 2), np.float32),
                    np.zeros(0, dtype="<U1"), np.zeros(0, dtype="<U1"), np.zeros(0, np.int32))
 
 

@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_manifest.manifest import FAILURES_NAME
 from sslfer_core.atomic_files import write_bytes_atomic
 
-FAILURES_NAME = "failures.jsonl"
 
 # Video-level reasons.
 UNREADABLE = "unreadable"

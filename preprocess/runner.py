@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,16 +21,14 @@ from preprocess.donor_pool import build_pool, load_pool, save_pool
 from preprocess.failures import FAILURES_NAME, read_failures, write_failures
 from preprocess.phase_tasks import extract_task, shard_task, swap_task
 from preprocess.prep_config import PrepConfig, config_differences
-from preprocess.progress import PhaseProgress
 from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.sources import VideoSource
 from preprocess.space_estimate import estimate_space, shard_bytes_per_frame
 from preprocess.work_files import WORK_DIR_NAME, WorkDir, load_npz, npz_problem
 from preprocess.worker_models import single_thread_env, worker_init
 from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.progress import PhaseProgress
 
-# Test hook: "extract:3" SIGKILLs the run after the 3rd finished phase-1 task (also swap:N, shard:N).
-KILL_AFTER_ENV = "SSLFER_PREP_KILL_AFTER"
 DASK_HINT = "pip install 'sslfer[dask]'"
 
 
@@ -197,19 +193,10 @@ def run_tasks(tasks: list, options: RunOptions, phase: str, on_done: Callable[[o
 
     if not tasks:
         return
-    kill_after = _kill_after(phase)
     jobs = 1 if options.backend != "dask" and len(tasks) == 1 else options.jobs
     results: Iterable = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered", batch_size=1)(tasks)
-    for count, result in enumerate(results, start=1):
+    for result in results:
         on_done(result)
-        if kill_after is not None and count >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _kill_after(phase: str) -> int | None:
-    value = os.environ.get(KILL_AFTER_ENV, "")
-    name, _, count = value.partition(":")
-    return int(count) if name == phase and count.isdigit() else None
 
 
 # ----------------------------------------------------------------------------- the run

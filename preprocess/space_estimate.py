@@ -11,6 +11,7 @@ from preprocess.prep_config import PrepConfig
 from preprocess.sources import VideoSource
 from preprocess.video_decode import probe_duration
 from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.shard_format import NUM_LANDMARKS
 
 MAX_PROBES = 200  # durations of at most this many inputs are read; the rest is extrapolated
 # JPEG bytes per pixel-channel of aligned faces by quality, measured on voxceleb_mini crops (q75 0.057,
@@ -41,14 +42,14 @@ def shard_bytes_per_frame(config: PrepConfig) -> float:
     codec = config.image_codec()
     face = image_bytes(config.size, codec.name, codec.quality)
     patch = image_bytes(config.patch_size, codec.name, codec.quality)
-    scalars = 68 * 2 * 4 + 2 * config.descriptor_dim + 8 + 4 + 4 + 4 + config.swaps + 1
+    scalars = NUM_LANDMARKS * 2 * 4 + 2 * config.descriptor_dim + 8 + 4 + 4 + 4 + config.swaps + 1
     return face * (1 + config.swaps) + 2 * patch + scalars
 
 
 def work_bytes_per_frame(config: PrepConfig) -> float:
     """Raw arrays in .work/ (phase 1 and 2) for a frame until its shard is written."""
     s2, p2 = config.size ** 2 * 3, config.patch_size ** 2 * 3
-    return s2 * (1 + config.swaps) + 2 * p2 + 68 * 2 * 4 + 4 * config.descriptor_dim + 24 + config.swaps
+    return s2 * (1 + config.swaps) + 2 * p2 + NUM_LANDMARKS * 2 * 4 + 4 * config.descriptor_dim + 24 + config.swaps
 
 
 @dataclass

@@ -21,6 +21,7 @@ from sslfer_core.face_alignment import (
 
 # dlib's frontal HOG detector scans an 80x80 window: smaller faces need the image upsampled.
 HOG_WINDOW_PX = 80
+SHRINK_BELOW = 0.8  # a downscale factor at or above this is not applied: the image keeps its full size
 # A second face at least this fraction of the chosen face's area makes the choice ambiguous.
 AMBIGUOUS_AREA_RATIO = 0.6
 
@@ -109,7 +110,7 @@ class FaceDetector:
         # faces; for large expected faces shrink the image instead, which makes HOG much cheaper.
         factor = HOG_WINDOW_PX / min_face_px
         self.upsample = max(0, math.ceil(math.log2(factor) - 1e-9)) if factor > 1 else 0
-        self.downscale = factor * 1.1 if factor * 1.1 < 0.8 else 1.0
+        self.downscale = factor * 1.1 if factor * 1.1 < SHRINK_BELOW else 1.0
 
     def detect(self, image_rgb: np.ndarray) -> FaceObservation | None:
         """The largest/most central face, or None when there is none (an all-black frame included)."""

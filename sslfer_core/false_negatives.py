@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 MODES = ("positive", "mask")
+DEFAULT_LAMBDA = 0.8  # weight of a promoted false negative in "positive" mode (--maskfn-lambda)
 
 
 def candidate_mask(has_descriptor: Tensor, group_ids: Tensor, positive_index: Tensor) -> Tensor:
@@ -63,7 +64,7 @@ def apply_false_negatives(
     positive_weight: Tensor | None,
     selected: Tensor,
     mode: str = "positive",
-    lam: float = 0.8,
+    lam: float = DEFAULT_LAMBDA,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fold the selected columns into the loss inputs; returns (positive_index, positive_weight,
     exclude_from_denominator). "positive": appended as positives of weight lam, nothing excluded.

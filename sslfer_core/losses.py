@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+DEFAULT_TEMPERATURE = 0.07  # NT-Xent temperature of the contrastive loss (--temperature)
 
 def nt_xent_pair_indices(batch_size: int, num_views: int) -> Tensor:
     """positive_index for rows laid out as [view 0 of samples 0..B-1, view 1 of samples 0..B-1, ...]:
@@ -26,7 +27,7 @@ def multi_positive_nt_xent(
     embeddings: Tensor,
     positive_index: Tensor,
     positive_weight: Tensor | None = None,
-    temperature: float = 0.07,
+    temperature: float = DEFAULT_TEMPERATURE,
     exclude_from_denominator: Tensor | None = None,
     row_valid: Tensor | None = None,
 ) -> Tensor:
@@ -48,7 +49,7 @@ def multi_positive_nt_xent(
     if bool((positive_index == rows[:, None]).any()):
         raise ValueError("a row lists itself as a positive; self-similarity never enters the loss")
 
-    # bf16/fp16 logits at temperature 0.07 lose too much precision in the exponent: force fp32.
+    # bf16/fp16 logits at temperatures near DEFAULT_TEMPERATURE lose too much precision in the exponent: force fp32.
     with torch.autocast(device_type=device.type, enabled=False):
         z = F.normalize(embeddings.float(), dim=1)
         logits = z @ z.T / temperature

@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import torchvision
 from click.testing import CliRunner
+from safetensors import safe_open
 
 from data_manifest.verify import ERROR, verify_shards
 from needs import missing
@@ -81,7 +81,9 @@ def test_demo_trains_the_requested_steps_with_all_four_strategies(demo_out):
 
 def test_demo_backbone_loads_into_torchvision_resnet18_with_only_fc_missing(demo_out):
     out, _, _ = demo_out
-    state = torch.load(out / "backbone.pt", weights_only=True)
+    with safe_open(str(out / "backbone.safetensors"), framework="pt") as handle:  # the default export format
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+        assert handle.metadata()["arch"] == "resnet18" and handle.metadata()["method"] == "contrastive"
     missing, unexpected = torchvision.models.resnet18().load_state_dict(state, strict=False)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
 
@@ -91,7 +93,7 @@ def test_demo_results_compare_the_pretrained_and_random_backbones(demo_out):
     results = json.loads((out / "eval" / "results.json").read_text())
     rows = results["backbones"]
     assert [row["backbone"]["name"] for row in rows] == ["backbone", "random-resnet18"]
-    assert rows[0]["backbone"]["source"] == str(out / "backbone.pt")
+    assert rows[0]["backbone"]["source"] == str(out / "backbone.safetensors")
     for row in rows:
         test = row["runs"][0]["test"]
         assert 0.0 <= test["macro_f1"] <= 1.0 and test["count"] > 0
@@ -100,7 +102,7 @@ def test_demo_results_compare_the_pretrained_and_random_backbones(demo_out):
     for stage in STAGES:
         assert f"\n  {stage}" in report
     assert "\nbackbone " in report and "\nrandom-resnet18 " in report
-    for path in (out / "shards" / "manifest.json", out / "run" / "metrics.jsonl", out / "backbone.pt",
+    for path in (out / "shards" / "manifest.json", out / "run" / "metrics.jsonl", out / "backbone.safetensors",
                  out / "eval" / "results.json"):
         assert str(path) in report
 

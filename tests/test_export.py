@@ -22,7 +22,7 @@ def run_dir(tmp_path_factory):
 
 def test_export_loads_into_torchvision_with_only_fc_missing(run_dir, tmp_path):
     out = tmp_path / "backbone.pt"
-    result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(out)])
+    result = CliRunner().invoke(main, ["export", str(run_dir), "-o", str(out), "--format", "torch"])
     assert result.exit_code == 0, result.output
     assert "step 2" in result.output
     state = torch.load(out, weights_only=True)

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 from data_manifest.cli import main
 from data_manifest.manifest import MANIFEST_NAME
-from data_manifest.progress import Progress
 from data_manifest.verify import ERROR, WARNING, verify_shards
 from manifest_fixtures import flip_byte, make_shard_set
 from shard_fixtures import make_header, make_video
+from sslfer_core.progress import Progress
 from sslfer_core.shard_format import write_shard
 
 
@@ -127,4 +127,4 @@ def test_progress_is_quiet_unless_stderr_is_a_terminal():
     bar.advance(4)
     bar.advance(6)
     bar.close()
-    assert "verify: 4/10" in shown.getvalue() and "verify: 10/10" in shown.getvalue()
+    assert "verify:" in shown.getvalue() and "| 4/10 [" in shown.getvalue() and "| 10/10 [" in shown.getvalue()

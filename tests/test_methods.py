@@ -26,6 +26,7 @@ from train.metrics_log import read_metrics
 from train.run_config import TrainConfig
 from train.shard_stream import ShardStream, make_loader
 from train.trainer import TrainingError
+from train.weights_file import read_weights
 from train_fixtures import TINY_TRAIN, make_train_shards
 
 CLIP = 0.05
@@ -181,7 +182,8 @@ def test_export_dispatches_to_the_run_method(toy, shards, tmp_path):
     trainer.train(_toy_config(shards, run), echo=_quiet)
     used, description, step = export_run(run, tmp_path / "toy.pt")
     assert description == "toy bottleneck" and step == 4 and used == latest_checkpoint(run)
-    exported = torch.load(tmp_path / "toy.pt", weights_only=True)
+    exported, metadata = read_weights(tmp_path / "toy.pt")  # safetensors, the default format
+    assert metadata["method"] == "toy" and metadata["step"] == "4"
     assert list(exported) == ["first.weight"] and exported["first.weight"].shape == (3, 3)
 
 

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 
 import prep_clips as clips
 from preprocess.cli import main
-from preprocess.runner import KILL_AFTER_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--jobs", "1", "--descriptor", "landmark-geometry"]
@@ -25,9 +24,12 @@ def prep(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def prep_process(*args, env_extra=None, **popen):
+def prep_process(*args, env_extra=None, kill_after: str | None = None, **popen):
+    """sslfer-prep in a subprocess; kill_after="PHASE:N" SIGKILLs it after the N-th task of PHASE."""
     env = {**os.environ, **(env_extra or {})}
-    command = [sys.executable, "-c", "from preprocess.cli import main; main()", *map(str, args)]
+    entry = ("from preprocess.cli import main; main()" if kill_after is None else
+             "import sys; sys.path.insert(0, 'tests'); from prep_killed import main; main()")
+    command = [sys.executable, "-c", entry, *([kill_after] if kill_after else []), *map(str, args)]
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
 
@@ -48,7 +50,7 @@ def reference(clip_root, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("kill_at", ["extract:3", "swap:2"])
 def test_killed_run_resumes_to_the_uninterrupted_result(clip_root, reference, tmp_path, kill_at):
     out = tmp_path / "out"
-    killed = prep_process("videos", clip_root, "--out", out, *FAST, env_extra={KILL_AFTER_ENV: kill_at})
+    killed = prep_process("videos", clip_root, "--out", out, *FAST, kill_after=kill_at)
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "manifest.json").exists() and not list(out.glob("*.h5"))  # nothing partial is visible
@@ -70,13 +72,13 @@ def _sigint_as_in_a_terminal() -> None:
 # neither before the interpreter's handlers exist nor after the run has finished, however loaded the machine.
 _READY_AFTER_FIRST_CLIP = """
 import os, pathlib, time
-import preprocess.progress
-advance = preprocess.progress.PhaseProgress.advance
+import sslfer_core.progress
+advance = sslfer_core.progress.PhaseProgress.advance
 def advance_then_wait(self, *args, **kwargs):
     advance(self, *args, **kwargs)
     pathlib.Path(os.environ["READY_FILE"]).touch()
     time.sleep(600)
-preprocess.progress.PhaseProgress.advance = advance_then_wait
+sslfer_core.progress.PhaseProgress.advance = advance_then_wait
 from preprocess.cli import main
 main()
 """

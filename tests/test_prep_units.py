@@ -9,10 +9,10 @@ import pytest
 from preprocess import failures as why
 from preprocess.donor_pool import DonorPool, build_pool, evenly_spaced, load_pool, save_pool
 from preprocess.prep_config import PrepConfig, config_differences
-from preprocess.progress import PhaseProgress
 from preprocess.shard_planner import plan_shards, shard_prefix
 from preprocess.space_estimate import shard_bytes_per_frame, work_bytes_per_frame
 from preprocess.swap_pass import DonorIndex
+from sslfer_core.progress import PhaseProgress
 
 
 def test_drop_log_merges_adjacent_samples_with_the_same_reason():
@@ -118,7 +118,8 @@ def test_progress_line_draws_only_when_enabled():
     bar.advance(3, frames=90)
     bar.close()
     last = stream.getvalue().split("\r")[-1]
-    assert "1/3 faces" in last and "4/4 videos" in last and "skipped 1" in last and last.endswith("\n")
+    assert "1/3 faces" in last and "4/4" in last and "videos/s" in last and "skipped 1" in last
+    assert "frames/s" in last and last.endswith("\n")
     quiet = io.StringIO()
     bar = PhaseProgress("x", 2, stream=quiet)  # StringIO is not a TTY
     bar.advance(2, frames=5)

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sslfer_core.false_negatives import apply_false_negatives, select_false_negatives
+from sslfer_core.false_negatives import DEFAULT_LAMBDA, MODES, apply_false_negatives, select_false_negatives
 
 
 @dataclass(frozen=True)
 class MaskFNConfig:
-    mode: str = "positive"
+    mode: str = MODES[0]
     k: int = 1
-    lam: float = 0.8
+    lam: float = DEFAULT_LAMBDA
 
 
 @dataclass

@@ -4,7 +4,7 @@
     sslfer-train contrastive --shards SHARDS --out RUN ...
     torchrun --nproc-per-node G -m train.cli --shards SHARDS --out RUN ...
     sslfer-train --out RUN --resume
-    sslfer-train export RUN -o backbone.pt
+    sslfer-train export RUN -o backbone.safetensors [--format torch]
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from train.precision import PRECISIONS
 from train.run_config import DEFAULT_METHOD, LIMITS, TrainConfig, resume_command
 from train.shard_set import ShardSetError
 from train.trainer import TrainingError, check_same_method, read_run_config, train
+from train.weights_file import DEFAULT_FORMAT, FORMATS
 
 
 class _ContrastiveByDefault(click.Group):
@@ -90,6 +91,8 @@ def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[clic
                help="bf16 autocast for the network (auto: the method's rule)."),
         click.Option(["--compile", "compile_"], is_flag=True, help="torch.compile the model."),
         option("verify", is_flag=True, help="Hash every shard against the manifest before training (slow)."),
+        click.Option(["--tensorboard/--no-tensorboard"], default=field_default(config, "tensorboard"),
+                     help="TensorBoard event files beside metrics.jsonl [default: on when tensorboard is installed]."),
     ]
     return first, rest
 
@@ -166,10 +169,14 @@ main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=Tru
               help="Where to write the export (contrastive: the backbone state_dict, torchvision ResNet keys, no fc).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A specific checkpoint instead of the run's newest.")
-def export_command(run: Path, output: Path, checkpoint: Path | None):
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True,
+              help="safetensors: tensors plus metadata in the header, no pickle; torch: a torch.save state_dict "
+                   "(metadata in OUTPUT.json beside it).")
+def export_command(run: Path, output: Path, checkpoint: Path | None, fmt: str):
     """Write what RUN's newest checkpoint learnt, as its method exports it."""
     try:
-        used, description, step = export_run(run, output, checkpoint, warn=lambda text: click.echo(text, err=True))
+        used, description, step = export_run(run, output, checkpoint, fmt,
+                                              warn=lambda text: click.echo(text, err=True))
     except ExportError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{output}: {description} from {used.name} (step {step})", err=True)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from sslfer_core.gpu_augment import AugmentConfig, BatchAugment, cutmix_inner_face
-from sslfer_core.losses import multi_positive_nt_xent
+from sslfer_core.losses import DEFAULT_TEMPERATURE, multi_positive_nt_xent
 from train.batch_builder import LossInputs, MaskFNConfig, build_loss_inputs
 from train.distributed import DistContext, gather, gather_with_grad
 from train.precision import uses_bf16
@@ -36,7 +36,7 @@ def centre_crop(images: Tensor, landmarks: Tensor, fraction: float) -> tuple[Ten
 
 class ContrastiveStep:
     def __init__(self, ctx: DistContext, *, batch_size: int, num_views: int, resize: int, crop: int,
-                 temperature: float = 0.07, maskfn: MaskFNConfig | None = None, face_crop: float = 1.0,
+                 temperature: float = DEFAULT_TEMPERATURE, maskfn: MaskFNConfig | None = None, face_crop: float = 1.0,
                  crop_area: tuple[float, float] | None = None, precision: str = "auto"):
         if not 0 < face_crop <= 1:
             raise ValueError(f"face_crop must be in (0, 1], got {face_crop}")
@@ -47,7 +47,7 @@ class ContrastiveStep:
         self.temperature = temperature
         self.maskfn = maskfn
         self.bf16 = uses_bf16(precision, ctx.device)
-        # channels_last pays off on CUDA and with bf16 kernels; in fp32 on CPU it was slower. The trainer lays
+        # channels_last pays off on CUDA and with bf16 kernels, not in fp32 on CPU. The trainer lays
         # the model out to match.
         self.channels_last = ctx.device.type == "cuda" or self.bf16
 

@@ -29,7 +29,7 @@ TOOL_MODULES = {
 }
 SUMMARY_NAME = "demo.json"
 # Everything the demo writes into OUT; a rerun removes exactly these.
-OWNED_NAMES = ("sample", "shards", "run", "backbone.pt", "eval", "feature-cache", SUMMARY_NAME)
+OWNED_NAMES = ("sample", "shards", "run", "backbone.safetensors", "eval", "feature-cache", SUMMARY_NAME)
 ABLATION_FLAGS = ("--timeaug", "--hardneg", "--faceswap", "--maskfn")
 
 
@@ -63,7 +63,7 @@ class DemoPaths:
 
     @property
     def backbone(self) -> Path:
-        return self.out / "backbone.pt"
+        return self.out / "backbone.safetensors"
 
     @property
     def eval(self) -> Path:

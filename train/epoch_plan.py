@@ -23,6 +23,9 @@ POSITIVE_VIEWS = (POSITIVE, HARDNEG_POSITIVE)
 FALLBACK_KINDS = ("timeaug", "hardneg", "faceswap", "cutmix")
 
 
+DEFAULT_SWAP_P = 0.8  # probability that a positive view is replaced by its FaceSwap (or CutMix)
+
+
 @dataclass(frozen=True)
 class PlanConfig:
     seed: int
@@ -31,7 +34,7 @@ class PlanConfig:
     hardneg: bool = False
     faceswap: bool = False
     cutmix: bool = False
-    swap_p: float = 0.8  # probability that a positive view is replaced by its FaceSwap (or CutMix)
+    swap_p: float = DEFAULT_SWAP_P
     pool_videos: int = 64
     rules: OffsetRules = OffsetRules()
 

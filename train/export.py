@@ -1,16 +1,17 @@
 """`sslfer-train export`: what the run's method exports from its newest (or a given) checkpoint, e.g. the
-contrastive backbone as a plain torchvision ResNet state_dict."""
+contrastive backbone as a plain torchvision ResNet state_dict, in safetensors (default) or torch format,
+with the method's metadata plus method, source checkpoint sha256 and code version (train/weights_file.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from sslfer_core.atomic_files import atomic_path, writable_dir_problem
+from sslfer_core.atomic_files import writable_dir_problem
+from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, get_method
-from train.run_config import method_of_config
+from train.run_config import code_version, method_of_config
+from train.weights_file import DEFAULT_FORMAT, write_weights
 
 __all__ = ["ExportError", "export_run"]
 
@@ -29,7 +30,7 @@ def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, di
     raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
 
 
-def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None,
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str = DEFAULT_FORMAT,
                warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
     """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
     description of what was written, step). Non-finite weights are refused."""
@@ -54,9 +55,10 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None,
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
     exported = method.export(state, path)
+    metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
+                "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
     try:
-        with atomic_path(out_path) as tmp:
-            torch.save(exported.payload, tmp)
+        write_weights(out_path, exported.payload, metadata, fmt)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         text = str(error).strip()
         raise ExportError(f"could not write {out_path} ({text.splitlines()[0] if text else type(error).__name__})"

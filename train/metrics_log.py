@@ -1,4 +1,5 @@
-"""RUN/metrics.jsonl: one JSON object per logged step, appended and flushed as training goes."""
+"""RUN/metrics.jsonl: one JSON object per logged step, appended and flushed as training goes; with
+tensorboard=True the same records (and images) also go to TensorBoard event files in RUN/."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,13 @@ def _clean(value):
 
 
 class MetricsLog:
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
         self.path = Path(path)
+        self.board = None
+        if tensorboard:
+            from train.tensorboard_log import TensorBoardLog
+
+            self.board = TensorBoardLog(self.path.parent, None if resume_step is None else resume_step + 1)
         if resume_step is not None and self.path.exists():
             # Steps after the checkpoint will be trained again: drop their old lines.
             kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
@@ -28,9 +34,23 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         self._handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._handle.flush()
+        if self.board is not None:
+            self.board.scalars(record)
+
+    def images(self, images: dict, step: int) -> None:
+        """name -> (N, 3, H, W) floats in [0, 1]; TensorBoard only."""
+        if self.board is not None and images:
+            self.board.images(images, step)
+
+    def figures(self, paths, step: int) -> None:
+        """PNG files written at `step` (a method's on_checkpoint); TensorBoard only."""
+        if self.board is not None and paths:
+            self.board.pngs(list(paths), step)
 
     def close(self) -> None:
         self._handle.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

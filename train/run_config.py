@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import math
 import subprocess
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
 from sslfer_core import __version__
 from train.precision import PRECISIONS
+from train.tensorboard_log import tensorboard_available
 
 # May differ when a run is resumed (where the data lives, how it is read, how often to log).
-RUNTIME_KEYS = frozenset({"shards", "out", "device", "workers", "verify", "log_every", "keep_checkpoints", "compile"})
+RUNTIME_KEYS = frozenset({"shards", "out", "device", "workers", "verify", "log_every", "keep_checkpoints", "compile",
+                          "tensorboard"})
 # config.json of runs made before there were methods has no "method" entry: they are all contrastive.
 DEFAULT_METHOD = "contrastive"
 # Ranges of the shared numeric settings, (lowest, highest, lowest excluded); None = unbounded. The CLI's
@@ -45,6 +47,7 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast; what auto means is the method's rule
     compile: bool = False
     verify: bool = False
+    tensorboard: bool = field(default_factory=tensorboard_available)  # event files beside metrics.jsonl
 
     method: ClassVar[str] = ""  # the registered method name; set by each method's config class
     runtime_keys: ClassVar[frozenset[str]] = RUNTIME_KEYS

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from sslfer_core.shard_format import VERIFY_HINT, ShardFormatError, ShardReader, decode_jpeg_bgr
+from sslfer_core.shard_format import NUM_LANDMARKS, VERIFY_HINT, ShardFormatError, ShardReader, decode_jpeg_bgr
 from train.epoch_plan import (
     ANCHOR, FALLBACK_KINDS, POSITIVE_VIEWS, BatchPlan, PlanConfig, assign_videos, plan_unit, steps_per_epoch,
     unit_batches,
@@ -151,7 +151,7 @@ class ShardStream(IterableDataset):
             # Fill the shared-memory block the batch travels in, instead of copying into it afterwards.
             images_t.share_memory_()
         images = images_t.numpy()
-        landmarks = np.empty((n, 68, 2), np.float32)
+        landmarks = np.empty((n, NUM_LANDMARKS, 2), np.float32)
         dim = index.descriptor_dim if self.with_descriptors else 0
         descriptors = np.zeros((n, dim), np.float32)
         has_descriptor = np.zeros(n, bool)

@@ -26,13 +26,13 @@ from sslfer_core.atomic_files import writable_dir_problem, write_json_atomic
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.folder_lock import FolderLocked, folder_lock
+from sslfer_core.progress import TrainProgress
 from train.checkpoints import (CheckpointReadError, latest_checkpoint, newest_readable_checkpoint,
                                remove_stale_partials)
 from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
 from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
 from train.methods import BatchStream, Method, get_method
 from train.metrics_log import IntervalMeter, MetricsLog
-from train.progress_bar import TrainProgress
 from train.run_config import TrainConfig, code_version, method_of_config, resume_command
 from train.run_state import RunState
 from train.shard_index import ShardIndex
@@ -171,8 +171,8 @@ def _prepare_data(cfg: TrainConfig, ctx: DistContext, method: Method, echo) -> _
 
 
 def _cpu_threads(ctx: DistContext, workers: int) -> int:
-    """On CPU, torch threads = this rank's cores minus its loader workers: oversubscribed cores were 2-3x
-    slower per step here. An explicit OMP_NUM_THREADS wins."""
+    """On CPU, torch threads = this rank's cores minus its loader workers, since threads that share a core
+    with a worker wait on each other (docs/training.md, "Torch threads"). An explicit OMP_NUM_THREADS wins."""
     if ctx.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     torch.set_num_threads(max(1, cores_per_local_rank() - workers))
@@ -223,8 +223,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str], None]
     except ValueError as error:
         raise TrainingError(str(error)) from None
     threads_before, autotune_before = torch.get_num_threads(), torch.backends.cudnn.benchmark
-    # A run's input shapes never change, so cuDNN's per-shape algorithm search is paid once. On an H200
-    # three comparisons gave +12 %, -4 % and +3.5 % (docs/training.md): no loss seen, the GPU figures used it.
+    # A run's input shapes never change, so cuDNN's per-shape algorithm search is paid once and its
+    # choice reused for every step (measurements: docs/training.md, "Measurements behind defaults").
     torch.backends.cudnn.benchmark = ctx.device.type == "cuda" or autotune_before
     try:
         return _train(cfg, ctx, resume, echo if ctx.is_main else (lambda text: None), progress)
@@ -264,8 +264,8 @@ def _train_locked(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progre
          f"frames in {len(data.index.paths)} shards; {ctx.world_size} rank(s) x {data.workers} loader worker(s) "
          f"on {ctx.device} ({threads} torch threads{', bf16' if method.bf16 else ''}); "
          f"{method.batch_description}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps")
-    metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None)
-               if ctx.is_main else None)
+    metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None,
+                          tensorboard=cfg.tensorboard) if ctx.is_main else None)
     bar = TrainProgress(data.total_steps, state.step, enabled=progress if ctx.is_main else False,
                         unit=method.rate_unit)
     try:
@@ -303,6 +303,8 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                 raise TrainingError(f"data order broke: got batch {int(batch['batch_index'])}, "
                                     f"expected {state.batch_in_epoch} of epoch {state.epoch}")
             batch = batch_to_device(batch, ctx.device)
+            if metrics is not None and metrics.board is not None and state.step == 0:
+                metrics.images(method.start_images(batch), state.step)
             net.train()
             loss, outputs = method.step(net, batch, step_generator(cfg.seed, ctx.rank, state.step, ctx.device))
             losses.add(state.step + 1, state.epoch, loss)
@@ -343,7 +345,7 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
             if save_now:
                 if ctx.is_main:
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
-                    method.on_checkpoint(state.model, run_dir, state.step, batch)
+                    metrics.figures(method.on_checkpoint(state.model, run_dir, state.step, batch), state.step)
                 barrier(ctx)
             written = state.step
             if epoch_end or final:

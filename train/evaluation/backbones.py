@@ -1,4 +1,6 @@
-"""Backbones to evaluate: an exported SSL backbone file, a training run folder, `random`, or `imagenet`.
+"""Backbones to evaluate: an exported SSL backbone file (safetensors or a plain torch state_dict), a training
+run folder, `random`, or `imagenet`. Exports and run folders also carry the input preprocessing the backbone
+was trained with (train/weights_file.py), which evaluation applies unless told otherwise.
 
 Each loads into an unmodified torchvision ResNet whose fc is Identity, so the output is the pooled feature
 (512-d for resnet18, 2048-d for resnet50). Nothing is downloaded.
@@ -8,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -18,6 +20,7 @@ from torch import nn
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.models import ARCHS, build_backbone, infer_arch
+from train.weights_file import PREPROCESSING_KEYS, WeightsFileError, read_weights
 
 RANDOM_SEED = 0  # `random` is the same network every time
 IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
@@ -32,6 +35,8 @@ class LoadedBackbone:
     model: nn.Module  # outputs (B, feature_dim)
     sha256: str  # of the weights file; for `random`, of the initialised tensors
     source: str
+    # what the weights were trained on (PREPROCESSING_KEYS, strings as recorded); empty when unknown
+    trained_preprocessing: dict = field(default_factory=dict)
 
     @property
     def feature_dim(self) -> int:
@@ -39,7 +44,7 @@ class LoadedBackbone:
 
     def describe(self) -> dict:
         return {"name": self.name, "arch": self.arch, "sha256": self.sha256, "source": self.source,
-                "feature_dim": self.feature_dim}
+                "feature_dim": self.feature_dim, "trained_preprocessing": self.trained_preprocessing}
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -78,13 +83,15 @@ def _into_resnet(state: dict, arch: str | None, where: str) -> tuple[nn.Module, 
 
 
 def load_exported(path: Path) -> LoadedBackbone:
-    state = _load_state(path)
-    if not isinstance(state, dict):
-        raise click.ClickException(f"{path}: expected a state_dict, found {type(state).__name__}")
+    try:
+        state, metadata = read_weights(path)
+    except WeightsFileError as error:
+        raise click.ClickException(str(error)) from None
     if any(k.startswith(BACKBONE_PREFIX) for k in state):
         state = {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    model, arch = _into_resnet(state, None, str(path))
-    return LoadedBackbone(path.stem, arch, model, file_sha256(path), str(path))
+    model, arch = _into_resnet(state, metadata.get("arch"), str(path))
+    trained = {key: metadata[key] for key in PREPROCESSING_KEYS if key in metadata}
+    return LoadedBackbone(path.stem, arch, model, file_sha256(path), str(path), trained)
 
 
 def newest_checkpoint(run_dir: Path) -> tuple[Path, int]:
@@ -110,7 +117,22 @@ def load_run(run_dir: Path) -> LoadedBackbone:
     if not state:
         raise click.ClickException(f"{path}: no '{BACKBONE_PREFIX}*' keys in the model state_dict")
     model, arch = _into_resnet(state, arch, str(path))
-    return LoadedBackbone(f"{run_dir.name}@step{step}", arch, model, file_sha256(path), str(path))
+    return LoadedBackbone(f"{run_dir.name}@step{step}", arch, model, file_sha256(path), str(path),
+                          _run_preprocessing(checkpoint, path))
+
+
+def _run_preprocessing(checkpoint: dict, path: Path) -> dict:
+    """The preprocessing the run's method records in its export (nothing when the checkpoint has no config)."""
+    if not isinstance(checkpoint.get("config"), dict):
+        return {}
+    from train.methods import ExportError, get_method
+    from train.run_config import method_of_config
+
+    try:
+        metadata = get_method(method_of_config(checkpoint["config"])).export(checkpoint, path).metadata
+    except (ExportError, ValueError):
+        return {}
+    return {key: str(metadata[key]) for key in PREPROCESSING_KEYS if key in metadata}
 
 
 def load_random(arch: str, seed: int = RANDOM_SEED) -> LoadedBackbone:

@@ -18,18 +18,20 @@ import numpy as np
 import torch
 
 from sslfer_core.atomic_files import write_bytes_atomic
+from sslfer_core.models import ARCHS
 from train.evaluation import session
 from train.evaluation.backbones import load_backbone, load_backbones
 from train.evaluation.datasets import FORMATS, load_dataset
 from train.evaluation.finetune import SCHEDULES, FinetuneConfig, make_finetune_fit
 from train.evaluation.identity_probe import identity_run
-from train.evaluation.images import Preprocessing, RecordImages
+from train.evaluation.images import DEFAULT_IMAGE_SIZE, Preprocessing, RecordImages, preprocessing_for
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
 from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
 from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
                                       table_rows, write_results)
 from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
 from train.precision import PRECISIONS, uses_bf16
+from train.tensorboard_log import tensorboard_available, write_curves
 
 
 def _floats(text: str, name: str = "grid") -> tuple[float, ...]:
@@ -68,7 +70,7 @@ backbone_options = _options(
     click.option("--backbone", "backbones", multiple=True, required=True,
                  help="Exported backbone .pt, training run folder, 'random' ('random:N' for init seed N) or 'imagenet'. "
                       "Repeat for more rows."),
-    click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True,
+    click.option("--arch", type=click.Choice(ARCHS), default=ARCHS[0], show_default=True,
                  help="Architecture for 'random' and 'imagenet' (files and runs carry their own)."),
 )
 input_options = _options(
@@ -77,9 +79,13 @@ input_options = _options(
     click.option("--classes", default=None, help="Comma-separated class names (order = class index); others are unknown."),
     click.option("--image-root", type=click.Path(file_okay=False), default=None,
                  help="Folder that CSV image paths are relative to (default: the CSV's folder)."),
-    click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True,
-                 help="Input side in pixels (the backbone's training size)."),
-    click.option("--align", is_flag=True, help="Align faces with dlib landmarks first (failures stay unaligned)."),
+    click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+                 help=f"Input side in pixels [default: the backbone's recorded training size, else {DEFAULT_IMAGE_SIZE}]."),
+    click.option("--align", is_flag=True, help="Align faces with dlib landmarks first, cropped as the backbone's "
+                                               "training did (failures stay unaligned)."),
+    click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=None,
+                 help="With --align: central fraction of the aligned face the network sees [default: the backbone's "
+                      "training view (its --face-crop x crop/resize), else 1]."),
     click.option("--dlib-models", type=click.Path(file_okay=False), default=None, help="Folder with dlib model files."),
 )
 protocol_options = _options(
@@ -119,7 +125,7 @@ def _finish(payload: dict, dataset, out_dir: str | None, table_keys=tuple(c[0] f
         click.echo(f"results: {path}", err=True)
 
 
-def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing, int]:
+def _setup(params: dict) -> tuple[session.DataSetup, torch.device, int]:
     session.check_output(params["out_dir"])
     device = session.configure_torch(params["threads"], params["device"])
     setup = session.prepare_data(params["data"], params["fmt"], params["classes"], params["image_root"],
@@ -128,9 +134,9 @@ def _setup(params: dict) -> tuple[session.DataSetup, torch.device, Preprocessing
     if params["align"]:
         from train.evaluation.alignment import FaceAligner
 
-        FaceAligner(params["image_size"], params["dlib_models"])  # fail now, not inside a worker
+        FaceAligner(params["image_size"] or DEFAULT_IMAGE_SIZE, params["dlib_models"])  # fail now, not in a worker
     workers = session.default_workers() if params["workers"] is None else params["workers"]
-    return setup, device, Preprocessing(params["image_size"], params["align"]), workers
+    return setup, device, workers
 
 
 @click.group(help=__doc__.split("\n\n")[0])
@@ -146,13 +152,14 @@ def main():
 @precision_option
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Feature extraction batch.")
 @click.option("--weight-decays", default="0,1e-4,1e-3,1e-2,1e-1", show_default=True, help="Grid searched on validation.")
-@click.option("--max-iterations", type=click.IntRange(1), default=300, show_default=True,
+@click.option("--max-iterations", type=click.IntRange(1), default=LinearProbeConfig.max_iterations, show_default=True,
               help="L-BFGS iterations per weight decay (FER2013 converged by ~260).")
-@click.option("--loss", type=click.Choice(LOSSES), default="ce", show_default=True)
-@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default=LinearProbeConfig.loss, show_default=True)
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS),
+              default=LinearProbeConfig.select_metric, show_default=True)
 @click.option("--ridge-alphas", default="1e-3,1e-2,1e-1,1,10,100", show_default=True, help="Valence/arousal ridge grid.")
 def linear(**params):
-    setup, device, preprocessing, workers = _setup(params)
+    setup, device, workers = _setup(params)
     dataset = setup.dataset
     tasks = tasks_for(dataset, params["task"])
     config = LinearProbeConfig(weight_decays=_floats(params["weight_decays"], "--weight-decays"),
@@ -164,15 +171,18 @@ def linear(**params):
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        applied_pre, applied = preprocessing_for(backbone.trained_preprocessing, params["image_size"],
+                                                   params["align"], params["face_crop"])
         table, bad, extraction = session.backbone_features(
-            backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
+            backbone, dataset, applied_pre, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
             device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
         plans = session.usable_plans(setup.plans, bad, dataset.path)
         heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
-        fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, preprocessing.image_size)
+        fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, applied_pre.image_size)
         runs = run_backbone(backbone, dataset, plans, tasks, fit, params["out_dir"])
-        entries.append(backbone_entry(backbone, runs, features=extraction))
-    config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
+        entries.append(backbone_entry(backbone, runs, features=extraction, preprocessing=applied))
+    # what each backbone got is in its entry ("preprocessing"); params hold the options as given
+    config_record = {**params, "tasks": tasks, "notes": setup.notes,
                      "probe": vars(config)}
     _finish(results_payload("linear", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
 
@@ -182,18 +192,23 @@ def linear(**params):
 @input_options
 @protocol_options
 @run_options
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, callback=_finite_positive, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True, callback=_finite_positive)
+@click.option("--epochs", type=click.IntRange(1), default=FinetuneConfig.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=FinetuneConfig.batch_size, show_default=True)
+@click.option("--lr", type=float, default=FinetuneConfig.learning_rate, show_default=True, callback=_finite_positive,
+              help="Adam learning rate.")
+@click.option("--weight-decay", type=float, default=FinetuneConfig.weight_decay, show_default=True,
+              callback=_finite_positive)
 @click.option("--head-dims", default="1024,512", show_default=True, help="Hidden widths of the MLP head ('' = linear).")
-@click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=0.5, show_default=True)
-@click.option("--loss", type=click.Choice(LOSSES), default="balanced-softmax", show_default=True)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--dropout", type=click.FloatRange(0.0, 0.95), default=FinetuneConfig.dropout, show_default=True)
+@click.option("--loss", type=click.Choice(LOSSES), default=FinetuneConfig.loss, show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=FinetuneConfig.schedule, show_default=True)
 @click.option("--no-augment", is_flag=True, help="No random crop / flip during training.")
-@click.option("--select-metric", type=click.Choice(SELECT_METRICS), default="macro_f1", show_default=True)
+@click.option("--select-metric", type=click.Choice(SELECT_METRICS),
+              default=FinetuneConfig.select_metric, show_default=True)
+@click.option("--tensorboard/--no-tensorboard", default=tensorboard_available,
+              help="With --out: the training curves as TensorBoard event files there [default: on when installed].")
 def finetune(**params):
-    setup, device, preprocessing, workers = _setup(params)
+    setup, device, workers = _setup(params)
     dataset = setup.dataset
     tasks = tasks_for(dataset, params["task"])
     config = FinetuneConfig(epochs=params["epochs"], batch_size=params["batch_size"], learning_rate=params["lr"],
@@ -203,11 +218,16 @@ def finetune(**params):
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
-        fit, finetuner = make_finetune_fit(backbone, dataset, tasks, preprocessing, config, device, params["dlib_models"])
+        applied_pre, applied = preprocessing_for(backbone.trained_preprocessing, params["image_size"],
+                                                   params["align"], params["face_crop"])
+        fit, finetuner = make_finetune_fit(backbone, dataset, tasks, applied_pre, config, device, params["dlib_models"])
         runs = run_backbone(backbone, dataset, setup.plans, tasks, fit, params["out_dir"])
         session.record_problems(dataset, "corrupt image", sorted(finetuner.undecodable), reported)
-        entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable)))
-    config_record = {**params, "tasks": tasks, "preprocessing": preprocessing.as_dict(), "notes": setup.notes,
+        entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable), preprocessing=applied))
+    if params["out_dir"] and params["tensorboard"]:
+        write_curves(Path(params["out_dir"]), {e["backbone"]["name"]: e["runs"] for e in entries})
+    # what each backbone got is in its entry ("preprocessing"); params hold the options as given
+    config_record = {**params, "tasks": tasks, "notes": setup.notes,
                      "finetune": vars(config), "device_used": str(device)}
     _finish(results_payload("finetune", config_record, dataset, setup.plans, entries), dataset, params["out_dir"])
 
@@ -215,8 +235,11 @@ def finetune(**params):
 @main.command(help="Identity 1-NN accuracy and macro F1 on a folder with one sub-folder per person.")
 @backbone_options
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True)
-@click.option("--align", is_flag=True)
+@click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+              help=f"[default: the backbone's recorded training size, else {DEFAULT_IMAGE_SIZE}]")
+@click.option("--align", is_flag=True, help="Align faces first, cropped as the backbone's training did.")
+@click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="With --align: central fraction of the aligned face the network sees [default: the backbone's].")
 @click.option("--dlib-models", type=click.Path(file_okay=False), default=None)
 @click.option("--gallery-fraction", type=click.FloatRange(0.01, 0.99), default=0.5, show_default=True)
 @click.option("--seeds", type=click.IntRange(1), default=1, show_default=True)
@@ -229,15 +252,16 @@ def identity(**params):
     dataset = load_dataset(params["data"], "folder")
     if dataset.has_splits:
         raise click.ClickException(f"{params['data']}: expected one sub-folder per person, found split folders")
-    preprocessing = Preprocessing(params["image_size"], params["align"])
     workers = session.default_workers() if params["workers"] is None else params["workers"]
     cache_dir = session.resolve_cache_dir(params["cache_dir"], params["no_cache"])
     bf16 = uses_bf16(params["precision"], device)
     reported: set = set()
     entries = []
     for backbone in load_backbones(list(params["backbones"]), params["arch"]):
+        applied_pre, applied = preprocessing_for(backbone.trained_preprocessing, params["image_size"],
+                                                 params["align"], params["face_crop"])
         table, bad, extraction = session.backbone_features(
-            backbone, dataset, preprocessing, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
+            backbone, dataset, applied_pre, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
             device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
         good = np.flatnonzero(table.ok)
         runs = []
@@ -247,9 +271,9 @@ def identity(**params):
                 raise click.ClickException(f"{params['data']}: no identity has two or more usable images")
             runs.append({"name": f"seed{seed}", "seed": seed, **run})
         entries.append({"backbone": backbone.describe(), "runs": runs, "features": extraction,
-                        "summary": summarise([r["test"] for r in runs])})
+                        "preprocessing": applied, "summary": summarise([r["test"] for r in runs])})
     payload = {"command": "identity", "created": now_utc(), "code_version": code_version(),
-               "config": {**params, "preprocessing": preprocessing.as_dict()},
+               "config": params,
                "dataset": {"path": dataset.path, "format": "folder", "identities": len(dataset.class_names),
                            "images": len(dataset.records), "problems": dataset.problems.as_dict()},
                "backbones": entries}

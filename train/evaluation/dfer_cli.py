@@ -250,20 +250,26 @@ def linear(**params):
 @dfer.command(help="Fine-tune the clip encoder with a linear head (optionally fused with the CA motion branch); "
                     "epoch chosen on validation UAR, test scored once.")
 @data_options
-@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--batch-size", type=click.IntRange(2), default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Base rate per 256 clips (scaled by batch).")
-@click.option("--min-lr", type=float, default=1e-6, show_default=True)
-@click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True)
-@click.option("--weight-decay", type=float, default=0.05, show_default=True)
-@click.option("--mixup", type=click.FloatRange(0.0), default=0.8, show_default=True, help="Beta alpha; 0 = off.")
-@click.option("--cutmix", type=click.FloatRange(0.0), default=1.0, show_default=True, help="Beta alpha; 0 = off.")
-@click.option("--smoothing", type=click.FloatRange(0.0, 0.99), default=0.1, show_default=True)
-@click.option("--layer-decay", type=click.FloatRange(0.0, 1.0), default=0.75, show_default=True,
+@click.option("--epochs", type=click.IntRange(1), default=DferFinetuneConfig.epochs, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=DferFinetuneConfig.batch_size, show_default=True)
+@click.option("--lr", type=float,
+              default=DferFinetuneConfig.learning_rate, show_default=True,
+              help="Base rate per 256 clips (scaled by batch).")
+@click.option("--min-lr", type=float, default=DferFinetuneConfig.min_learning_rate, show_default=True)
+@click.option("--warmup-epochs", type=click.IntRange(0), default=DferFinetuneConfig.warmup_epochs, show_default=True)
+@click.option("--weight-decay", type=float, default=DferFinetuneConfig.weight_decay, show_default=True)
+@click.option("--mixup", type=click.FloatRange(0.0),
+              default=DferFinetuneConfig.mixup, show_default=True, help="Beta alpha; 0 = off.")
+@click.option("--cutmix", type=click.FloatRange(0.0),
+              default=DferFinetuneConfig.cutmix, show_default=True, help="Beta alpha; 0 = off.")
+@click.option("--smoothing", type=click.FloatRange(0.0, 0.99),
+              default=DferFinetuneConfig.label_smoothing, show_default=True)
+@click.option("--layer-decay", type=click.FloatRange(0.0, 1.0),
+              default=DferFinetuneConfig.layer_decay, show_default=True,
               help="Per-block learning-rate decay of the video encoder (1 = off; a ResNet has no blocks).")
-@click.option("--drop-path", type=click.FloatRange(0.0, 0.9), default=0.1, show_default=True,
+@click.option("--drop-path", type=click.FloatRange(0.0, 0.9), default=DferFinetuneConfig.drop_path, show_default=True,
               help="Stochastic depth of the video encoder while fine-tuning.")
-@click.option("--erase-prob", type=click.FloatRange(0.0, 1.0), default=0.25, show_default=True)
+@click.option("--erase-prob", type=click.FloatRange(0.0, 1.0), default=DferFinetuneConfig.erase_prob, show_default=True)
 @click.option("--no-augment", is_flag=True, help="No RandAugment / crop / flip / erasing (mixing still on).")
 @click.option("--ca", type=click.Choice(FUSIONS), default=None, help="Fuse the CA motion branch (MAE-DFER-CA).")
 @click.option("--motion", type=click.Choice(MOTION_INPUTS), default="mean-minus-first", show_default=True,

@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 
 from sslfer_core import metrics
 from sslfer_core.ca_branch import FUSIONS, CAConfig, MixConfig, MotionFusionClassifier, mix_batch, mix_with_motion
-from train.evaluation.progress import Progress
+from sslfer_core.progress import Progress
 from train.evaluation.splits import SplitPlan
 from train.evaluation.video_backbones import VideoBackbone, clip_loader, normalise_clips
 from train.evaluation.video_clips import ClipSampling, VideoClips
@@ -43,9 +43,9 @@ class DferFinetuneConfig:
     min_learning_rate: float = 1e-6
     warmup_epochs: int = 5
     weight_decay: float = 0.05
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
+    mixup: float = MixConfig.mixup_alpha  # the reference's batch mixing
+    cutmix: float = MixConfig.cutmix_alpha
+    label_smoothing: float = MixConfig.label_smoothing
     randaugment_ops: int = 4
     randaugment_magnitude: int = 7
     erase_prob: float = 0.25
@@ -214,7 +214,7 @@ class DferFinetuner:
             net.train()
             clips.set_epoch(epoch)
             losses = []
-            progress = Progress(len(train), f"{plan.name} epoch {epoch}/{config.epochs}")
+            progress = Progress(f"{plan.name} epoch {epoch}/{config.epochs}", len(train))
             started = time.perf_counter()
             for batch, ok, labels, positions in loader:
                 self.unreadable.update(int(i) for i in train[positions.numpy()][~ok.numpy()])
@@ -245,7 +245,7 @@ class DferFinetuner:
                 losses.append(float(loss.detach()))
                 step += 1
                 self.train_clips += len(batch)
-                progress.update(len(batch))
+                progress.advance(len(batch))
             self.train_seconds += time.perf_counter() - started
             progress.close()
             kept, predicted = self.predict(net, val)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from sslfer_core.atomic_files import atomic_path
 from train.evaluation.datasets import ImageRecord
 from train.evaluation.images import Preprocessing, RecordImages
-from train.evaluation.progress import Progress
+from sslfer_core.progress import Progress
 
 CACHE_FORMAT = 1
 
@@ -81,14 +81,14 @@ def _extract(model: torch.nn.Module, records: list[ImageRecord], preprocessing: 
     features = np.zeros((len(records), model.feature_dim), dtype=np.float32)
     ok = np.zeros(len(records), dtype=bool)
     aligned = np.zeros(len(records), dtype=bool)
-    progress = Progress(len(records), label)
+    progress = Progress(label, len(records))
     for images, batch_ok, batch_aligned, index in loader:
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             features[index.numpy()] = model(images).float().cpu().numpy()
         ok[index.numpy()] = batch_ok.numpy()
         aligned[index.numpy()] = batch_aligned.numpy()
-        progress.update(len(index))
+        progress.advance(len(index))
     progress.close()
     features[~ok] = 0.0
     return FeatureTable(features, ok, aligned)

@@ -18,7 +18,7 @@ from train.evaluation.datasets import LabelledDataset
 from train.evaluation.features import make_loader
 from train.evaluation.images import Preprocessing, RecordImages
 from train.evaluation.linear_probe import class_log_prior, selection_score
-from train.evaluation.progress import Progress
+from sslfer_core.progress import Progress
 from train.evaluation.protocol import Predictions, RunOutcome
 from train.evaluation.splits import SplitPlan
 
@@ -148,7 +148,7 @@ class _Finetuner:
         history = []
         for epoch in range(1, config.epochs + 1):
             net.train()
-            progress = Progress(len(train), f"{plan.name} epoch {epoch}/{config.epochs}")
+            progress = Progress(f"{plan.name} epoch {epoch}/{config.epochs}", len(train))
             losses = []
             for images, ok, _, position in loader:
                 index = torch.from_numpy(train[position.numpy()])
@@ -162,7 +162,7 @@ class _Finetuner:
                     losses.append(float(loss.detach()))
                 if scheduler is not None:
                     scheduler.step()
-                progress.update(len(position))
+                progress.advance(len(position))
             progress.close()
             score = self._val_score(self.predict(net, val))
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "val_score": score})

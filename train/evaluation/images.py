@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+import click
 import cv2
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from train.evaluation.datasets import ImageRecord
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+DEFAULT_IMAGE_SIZE = 112  # input side when neither --image-size nor the backbone says
 CROP_SCALE_RANGE = (0.8, 1.0)  # fine-tuning augmentation: random square crop of 80-100 % of the side
 
 
@@ -21,9 +23,50 @@ class Preprocessing:
     image_size: int = 112
     align: bool = False
     normalisation: str = "imagenet"
+    # central fraction of the aligned face the network sees (aligned images only; others are used as found)
+    face_crop: float = 1.0
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def preprocessing_for(trained: dict, image_size: int | None, align: bool,
+                      face_crop: float | None) -> tuple[Preprocessing, dict]:
+    """The preprocessing to apply to a backbone whose training recorded `trained` (train/weights_file.py
+    keys, strings), with explicit options (None: not given) taking precedence; and a record of it for
+    results.json: the settings plus, per setting, "option", "backbone" or "default"."""
+    sources = {}
+
+    def number(key: str, kind):
+        try:
+            return kind(trained[key]) if key in trained else None
+        except ValueError:
+            return None
+
+    trained_size = number("input_size", int)
+    if image_size is not None:
+        size, sources["image_size"] = image_size, "option"
+    elif trained_size is not None:
+        size, sources["image_size"] = trained_size, "backbone"
+    else:
+        size, sources["image_size"] = DEFAULT_IMAGE_SIZE, "default"
+    # The network saw the central face_crop of the aligned face, resized to `resize`, through an
+    # input_size window: a central face_crop * input_size / resize of the face on average.
+    trained_crop, resize = number("face_crop", float), number("resize", int)
+    if not align:
+        fraction, sources["face_crop"] = 1.0, "not aligned"
+    elif face_crop is not None:
+        fraction, sources["face_crop"] = face_crop, "option"
+    elif trained_crop is not None and resize and trained_size:
+        fraction, sources["face_crop"] = min(1.0, trained_crop * trained_size / resize), "backbone"
+    else:
+        fraction, sources["face_crop"] = 1.0, "default"
+    normalisation = trained.get("normalisation", "imagenet")
+    if normalisation != "imagenet":
+        raise click.ClickException(f"the backbone was trained with {normalisation!r} normalisation; "
+                                   "sslfer-eval applies 'imagenet' only")
+    preprocessing = Preprocessing(size, align, "imagenet", round(fraction, 6))
+    return preprocessing, {**preprocessing.as_dict(), "from": sources}
 
 
 def read_rgb(record: ImageRecord) -> np.ndarray | None:
@@ -50,6 +93,16 @@ def normalise(image_rgb: np.ndarray, size: int) -> torch.Tensor:
         image_rgb = cv2.resize(image_rgb, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     array = (image_rgb.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def aligned_side(preprocessing: Preprocessing) -> int:
+    """Side to align at so that its central face_crop is image_size pixels (no resampling after the warp)."""
+    return max(preprocessing.image_size, int(round(preprocessing.image_size / preprocessing.face_crop)))
+
+
+def centre_square(image: np.ndarray, side: int) -> np.ndarray:
+    top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    return np.ascontiguousarray(image[top:top + side, left:left + side])
 
 
 def random_crop_flip(image_rgb: np.ndarray) -> np.ndarray:
@@ -84,8 +137,9 @@ class RecordImages(Dataset):
         if self._aligner is None:
             from train.evaluation.alignment import FaceAligner
 
-            self._aligner = FaceAligner(self.preprocessing.image_size, self.dlib_model_dir)
-        return self._aligner(image_rgb)
+            self._aligner = FaceAligner(aligned_side(self.preprocessing), self.dlib_model_dir)
+        aligned = self._aligner(image_rgb)
+        return None if aligned is None else centre_square(aligned, self.preprocessing.image_size)
 
     def __getitem__(self, index: int):
         size = self.preprocessing.image_size

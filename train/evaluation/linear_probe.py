@@ -21,8 +21,8 @@ from train.evaluation.protocol import Predictions, RunOutcome
 from train.evaluation.splits import SplitPlan
 
 SELECT_METRICS = ("macro_f1", "accuracy", "uar")
-# Below this many feature values per pass, extra threads only add synchronisation cost (measured 0.26 ms vs
-# 11.6 ms per step for 300x512 with 1 vs 2 threads on a busy 2-core machine; equal speed at 28709x512).
+# Below this many feature values per pass, extra threads only add synchronisation cost (docs/evaluation.md,
+# "Threads of the linear probe").
 SINGLE_THREAD_BELOW = 20_000_000
 LOSSES = ("ce", "balanced-softmax")
 

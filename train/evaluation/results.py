@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 import numpy as np
 
-import sslfer_core
+from data_manifest.manifest import now_utc  # noqa: F401  (re-exported: results and tables stamp with it)
 from sslfer_core.atomic_files import write_json_atomic
+from train.run_config import code_version  # noqa: F401  (re-exported)
 
 # (key in a metrics dict, column title, scale for display, decimals)
 COLUMNS = (
@@ -24,26 +23,6 @@ COLUMNS = (
     ("rmse_arousal", "RMSE-A", 1.0, 3),
 )
 PAPER_COLUMNS = ("macro_f1", "accuracy", "ccc_valence", "ccc_arousal", "rmse_valence", "rmse_arousal")
-
-
-def code_version() -> dict:
-    version = {"sslfer_core": sslfer_core.__version__, "git_commit": None, "git_dirty": None}
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return version
-    if commit.returncode == 0:
-        version["git_commit"] = commit.stdout.strip()
-        version["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
-    return version
-
-
-def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def json_ready(value):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
 from train.evaluation.backbones import load_backbone, state_dict_sha256
-from train.evaluation.progress import Progress
+from sslfer_core.progress import Progress
 from train.evaluation.video_clips import VideoClips
 
 VIDEO_ENCODER_PREFIX = "mae:"
@@ -128,7 +128,7 @@ def video_features(backbone: VideoBackbone, clips: VideoClips, device: torch.dev
     encoder = backbone.encoder.to(device).eval()
     features = np.zeros((len(clips), backbone.feature_dim), dtype=np.float32)
     ok_all = np.zeros(len(clips), dtype=bool)
-    progress = Progress(len(clips), label)
+    progress = Progress(label, len(clips))
     for batch, ok, _, positions in clip_loader(clips, batch_size, workers, shuffle=False):
         n, k = batch.shape[:2]
         x = normalise_clips(batch.flatten(0, 1).to(device))
@@ -136,6 +136,6 @@ def video_features(backbone: VideoBackbone, clips: VideoClips, device: torch.dev
             pooled = encoder.pooled(x)
         features[positions.numpy()] = pooled.float().view(n, k, -1).mean(dim=1).cpu().numpy()
         ok_all[positions.numpy()] = ok.numpy()
-        progress.update(n)
+        progress.advance(n)
     progress.close()
     return features, ok_all

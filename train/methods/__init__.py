@@ -10,7 +10,7 @@ offers it, with the options its config class and cli_options() declare (docs/tra
 from __future__ import annotations
 
 import importlib
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Iterable, Protocol
 
@@ -48,8 +48,11 @@ class BatchStream(Protocol):
 
 @dataclass
 class Exported:
-    payload: dict  # what the export file holds (torch.save of tensors and plain values)
+    payload: dict  # what the export file holds: tensor name -> tensor (safetensors or a torch state_dict)
     description: str  # for the CLI line "OUT: <description> from ckpt-... (step N)", e.g. "resnet18 backbone"
+    # header metadata (values become strings): "arch" or "preset", and the input preprocessing the weights
+    # were trained with (train/weights_file.py PREPROCESSING_KEYS); export_run adds method, source, version
+    metadata: dict = field(default_factory=dict)
 
 
 class Method:
@@ -58,7 +61,8 @@ class Method:
     loader_workers, make_stream, default_warmup, config_record, [RNGs seeded] build_model, build_optimizer,
     build_scheduler, [checkpoint restored, DDP/compile] title, batch_description, make_loader; then per
     step: step -> backward -> [clip to grad_clip] -> optimiser and scheduler step -> counts; at log lines
-    log_record (every rank), after each checkpoint on_checkpoint (rank 0 only); final_summary at the end.
+    log_record (every rank), after each checkpoint on_checkpoint (rank 0 only; PNGs it returns also go to
+    TensorBoard); before the first step start_images (rank 0, TensorBoard on); final_summary at the end.
     Per-rank batch size: cfg.batch_size // ctx.world_size."""
 
     name: ClassVar[str]
@@ -165,6 +169,11 @@ class Method:
     def final_summary(self, counters: dict[str, int]) -> str:
         """Appended to the run's last log line ("done: ... last loss X<summary>")."""
         return ""
+
+    def start_images(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Images for TensorBoard from the run's first batch (rank 0 only, no collectives, no global RNGs):
+        name -> (N, 3, H, W) floats in [0, 1], e.g. a few augmented views."""
+        return {}
 
     def on_checkpoint(self, model: nn.Module, run_dir: Path, step: int, batch: dict[str, Tensor]) -> list[Path]:
         """After a checkpoint is written, on rank 0 only (no collectives): e.g. a figure from the newest

@@ -11,19 +11,21 @@ import click
 import torch
 from torch import Tensor, nn
 
-from sslfer_core.gpu_augment import valid_crop_area
-from sslfer_core.models import ContrastiveModel, backbone_state_dict
+from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD, valid_crop_area
+from sslfer_core.false_negatives import DEFAULT_LAMBDA
+from sslfer_core.false_negatives import MODES as MASKFN_MODES
+from sslfer_core.losses import DEFAULT_TEMPERATURE
+from sslfer_core.models import ARCHS, ContrastiveModel, backbone_state_dict
 from train.batch_builder import MaskFNConfig, similarity_stats
 from train.contrastive_step import ContrastiveStep
-from train.epoch_plan import FALLBACK_KINDS, PlanConfig
+from train.epoch_plan import DEFAULT_SWAP_P, FALLBACK_KINDS, PlanConfig
 from train.methods import ExportError, Exported, Method, field_default, register
 from train.run_config import TrainConfig
 from train.shard_index import ShardIndex
 from train.shard_set import check_ablation
 from train.shard_stream import ShardStream, make_loader
 
-MASKFN_MODES = ("positive", "mask")
-ARCHS = ("resnet50", "resnet18")
+PREVIEW_VIEWS = 16  # augmented views in TensorBoard's start image
 
 
 @dataclass
@@ -35,15 +37,15 @@ class ContrastiveConfig(TrainConfig):
     faceswap: bool = False
     cutmix: bool = False
     maskfn: bool = False
-    maskfn_mode: str = "positive"
+    maskfn_mode: str = MASKFN_MODES[0]
     maskfn_k: int = 1
-    maskfn_lambda: float = 0.8
-    temperature: float = 0.07
+    maskfn_lambda: float = DEFAULT_LAMBDA
+    temperature: float = DEFAULT_TEMPERATURE
     resize: int = 128
     crop: int = 112
     face_crop: float = 1.0  # central fraction of the stored aligned face kept before --resize
     crop_area: tuple[float, float] | None = None  # random-resized crop's area range; None = fixed --crop window
-    swap_p: float = 0.8
+    swap_p: float = DEFAULT_SWAP_P
     pool_videos: int = 64
     sync_bn: bool = False
 
@@ -170,8 +172,8 @@ class Contrastive(Method):
         return model
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        # fused: Adam's update in one kernel per parameter instead of several; on one CPU core 29-30 ms instead
-        # of 54-59 ms per ResNet-18 step (docs/training.md).
+        # fused: Adam's update in one kernel per parameter instead of several, which shortens every step
+        # (docs/training.md, "Measurements behind defaults").
         return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
 
     # -- one step
@@ -182,6 +184,15 @@ class Contrastive(Method):
         return result.loss, {"embeddings": result.embeddings, "partner": inputs.positive_index[:, 0],
                              "row_valid": inputs.row_valid,
                              "false_negatives": torch.tensor(inputs.false_negatives)}
+
+    def start_images(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The first anchors' augmented views as the network gets them, un-normalised."""
+        generator = torch.Generator(device=self.ctx.device).manual_seed(self.cfg.seed)
+        with torch.no_grad():
+            x = self.objective.views(batch, generator)[:PREVIEW_VIEWS].float()
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return {"augmented_views": (x * std + mean).clamp(0, 1)}
 
     def counts(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> Tensor:
         return batch["fallbacks"]
@@ -209,11 +220,18 @@ class Contrastive(Method):
     # -- export
     @classmethod
     def export(cls, state: dict, source: Path) -> Exported:
-        """The backbone as a plain torchvision ResNet state_dict (keys conv1.weight, layer1.0..., no fc.*)."""
-        arch = state["config"].get("arch", "resnet50")
-        model = ContrastiveModel(arch, proj_dim=int(state["config"].get("proj_dim", 128)))
+        """The backbone as a plain torchvision ResNet state_dict (keys conv1.weight, layer1.0..., no fc.*), with
+        the input preprocessing it was trained with."""
+        def setting(name: str):  # the checkpoint's config, or the default for settings it predates
+            return state["config"].get(name, field_default(ContrastiveConfig, name))
+
+        arch = setting("arch")
+        model = ContrastiveModel(arch, proj_dim=int(setting("proj_dim")))
         try:
             model.load_state_dict(state["model"], strict=True)
         except RuntimeError as error:
             raise ExportError(f"{source}: weights do not fit {arch}: {str(error).splitlines()[0]}") from None
-        return Exported(backbone_state_dict(model), f"{arch} backbone")
+        metadata = {"arch": arch, "input_size": int(setting("crop")), "resize": int(setting("resize")),
+                    "face_crop": float(setting("face_crop")), "crop_convention": "centre",
+                    "normalisation": "imagenet"}
+        return Exported(backbone_state_dict(model), f"{arch} backbone", metadata)
