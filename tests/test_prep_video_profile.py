@@ -12,7 +12,6 @@ from click.testing import CliRunner
 import prep_clips as clips
 from data_manifest.cli import main as manifest_main
 from preprocess.cli import main
-from preprocess.runner import KILL_AFTER_ENV
 from test_prep_resume import prep_process
 
 pytest.importorskip("av", reason="the h264 codec needs PyAV (pip install 'sslfer[video]')")
@@ -89,7 +88,7 @@ def test_manifest_verify_and_inspect_read_video_shards(h264_run):
 def test_a_killed_h264_run_resumes_to_the_same_shards(clip_root, h264_run, tmp_path):
     out = tmp_path / "out"
     args = ("videos", clip_root, "--out", out, "--profile", "video", "--codec", "h264:23", "--jobs", "1")
-    killed = prep_process(*args, env_extra={KILL_AFTER_ENV: "extract:2"})
+    killed = prep_process(*args, kill_after="extract:2")
     killed.communicate(timeout=120)
     assert killed.returncode == -signal.SIGKILL
     assert not list(out.glob("*.h5"))

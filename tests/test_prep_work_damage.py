@@ -1,10 +1,7 @@
 """Damaged files in OUT/.work are redone alone with a note (never a BadZipFile traceback, no --force)."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +9,8 @@ from click.testing import CliRunner
 
 import prep_clips as clips
 from preprocess.cli import main
-from preprocess.runner import KILL_AFTER_ENV
 from preprocess.work_files import npz_problem
+from test_prep_resume import prep_process
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--jobs", "1", "--descriptor", "landmark-geometry"]
@@ -37,10 +34,8 @@ def reference(clip_root, tmp_path_factory) -> dict:
 
 def _killed_after_swaps(clip_root: Path, out: Path) -> None:
     """A run killed in phase 2: phase-1 work files of every clip are on disk, no shard yet."""
-    command = [sys.executable, "-c", "from preprocess.cli import main; main()", "videos", str(clip_root),
-               "--out", str(out), *FAST]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, KILL_AFTER_ENV: "swap:1"}, capture_output=True,
-                          timeout=300)
+    done = prep_process("videos", clip_root, "--out", out, *FAST, kill_after="swap:1")
+    done.communicate(timeout=300)
     assert done.returncode < 0 and not list(out.glob("*.h5"))
 
 

@@ -269,13 +269,13 @@ def test_an_unwritable_out_is_one_error_line(shards, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     result = _run(["--shards", shards, "--out", blocker / "run", *TINY_TRAIN, "--steps", "1"])
-    _one_error_line(result, f"cannot write to {blocker / 'run'}")
+    _one_error_line(result, f"cannot write to {blocker / 'run'}", code=2)
 
 
 def test_an_unwritable_export_output_is_one_error_line(finished, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    _one_error_line(_run(["export", finished, "-o", blocker / "sub" / "b.pt"]), "cannot write to")
+    _one_error_line(_run(["export", finished, "-o", blocker / "sub" / "b.pt"]), "cannot write to", code=2)
 
 
 def test_prep_uses_the_same_lock_and_names_the_holder(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from sslfer_core import __version__
+from sslfer_core.atomic_files import writable_dir_problem
 from train.checkpoints import CheckpointWriteError
 from train.distributed import cores_per_local_rank
 from train.export import ExportError, export_run
@@ -116,6 +117,7 @@ def _train_command(method: type[Method], ctx: click.Context, resume: bool, compi
     sources = {name: ctx.get_parameter_source("compile_" if name == "compile" else name) for name in params}
     given = {name for name, source in sources.items() if source == click.core.ParameterSource.COMMANDLINE}
     cfg = _resumed_config(method, params, given) if resume else _fresh_config(method, params)
+    _check_writable(Path(cfg.out))
     try:
         summary = train(cfg, resume=resume, echo=lambda text: click.echo(text, err=True))
     except (ShardSetError, TrainingError, CheckpointWriteError, *method.user_errors) as error:
@@ -125,6 +127,13 @@ def _train_command(method: type[Method], ctx: click.Context, resume: bool, compi
         raise SystemExit(130) from None
     if summary.checkpoint is not None:
         click.echo(f"newest checkpoint: {summary.checkpoint}", err=True)
+
+
+def _check_writable(folder: Path) -> None:
+    """An output folder nothing can be written to is a usage error, as in sslfer-prep and sslfer-eval."""
+    problem = writable_dir_problem(folder)
+    if problem:
+        raise click.UsageError(problem)
 
 
 def _fresh_config(method: type[Method], params: dict) -> TrainConfig:
@@ -174,6 +183,7 @@ main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=Tru
                    "(metadata in OUTPUT.json beside it).")
 def export_command(run: Path, output: Path, checkpoint: Path | None, fmt: str):
     """Write what RUN's newest checkpoint learnt, as its method exports it."""
+    _check_writable(output.parent)
     try:
         used, description, step = export_run(run, output, checkpoint, fmt,
                                               warn=lambda text: click.echo(text, err=True))
