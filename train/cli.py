@@ -22,7 +22,7 @@ from train.methods import Method, field_default, get_method, method_names
 from train.precision import PRECISIONS
 from train.run_config import DEFAULT_METHOD, LIMITS, TrainConfig, resume_command
 from train.shard_set import ShardSetError
-from train.trainer import TrainingError, check_same_method, read_run_config, train
+from train.trainer import RunFolderUnwritable, TrainingError, check_same_method, read_run_config, train
 from train.weights_file import DEFAULT_FORMAT, FORMATS
 
 
@@ -117,9 +117,10 @@ def _train_command(method: type[Method], ctx: click.Context, resume: bool, compi
     sources = {name: ctx.get_parameter_source("compile_" if name == "compile" else name) for name in params}
     given = {name for name, source in sources.items() if source == click.core.ParameterSource.COMMANDLINE}
     cfg = _resumed_config(method, params, given) if resume else _fresh_config(method, params)
-    _check_writable(Path(cfg.out))
     try:
         summary = train(cfg, resume=resume, echo=lambda text: click.echo(text, err=True))
+    except RunFolderUnwritable as error:
+        raise click.UsageError(str(error)) from None
     except (ShardSetError, TrainingError, CheckpointWriteError, *method.user_errors) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:

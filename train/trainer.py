@@ -49,6 +49,10 @@ class TrainingError(RuntimeError):
     """A run cannot start or had to stop; the message is one line for the user."""
 
 
+class RunFolderUnwritable(TrainingError):
+    """Nothing can be written to --out: a usage error, as an unwritable output is in sslfer-prep and sslfer-eval."""
+
+
 @dataclass
 class TrainSummary:
     run_dir: Path
@@ -104,10 +108,11 @@ def check_batch_divides(batch_size: int, world_size: int) -> None:
 def _hold_run_dir(run_dir: Path, ctx: DistContext, echo) -> Iterator[None]:
     """Rank 0 makes sure it can write the run folder and locks it for the run; every rank stops alike
     when it cannot. Holding the lock, it removes what killed writes left behind."""
-    problem = None
+    problem, unwritable = None, False
     with contextlib.ExitStack() as stack:
         if ctx.is_main:
             problem = writable_dir_problem(run_dir)
+            unwritable = problem is not None
             if problem is None:
                 try:
                     stack.enter_context(folder_lock(run_dir / LOCK_NAME, "sslfer-train"))
@@ -120,6 +125,8 @@ def _hold_run_dir(run_dir: Path, ctx: DistContext, echo) -> Iterator[None]:
         if ctx.distributed:
             failed = bool(sum_across(torch.tensor([int(failed)], device=ctx.device), ctx).item())
         if failed:
+            if unwritable:
+                raise RunFolderUnwritable(problem)
             raise TrainingError(problem or f"rank 0 cannot use {run_dir} (its error line says why)")
         if ctx.is_main:
             files, size = remove_stale_partials(run_dir, (CONFIG_NAME,))
