@@ -8,15 +8,7 @@ from sslfer_core.lgi_former import (PRESETS, LGIFormerClassifier, LGIFormerConfi
                                     check_visible_regions, count_parameters, merge_regions, partition_regions,
                                     preset, region_of_token, sincos_table)
 from sslfer_core.tube_masking import tube_window_mask
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads wait on each other (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from torch_threads import one_thread  # noqa: F401  (autouse)
 
 
 def small_cfg(**changes):

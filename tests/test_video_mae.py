@@ -9,15 +9,7 @@ from sslfer_core.losses import mae_loss, masked_mse
 from sslfer_core.tube_masking import tube_window_mask
 from sslfer_core.video_mae import (VideoMAE, mae_targets, param_groups, patchify, split_prediction, tubelet_stats,
                                    unnormalise, unpatchify_frames)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads wait on each other (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from torch_threads import one_thread  # noqa: F401  (autouse)
 
 
 def small_cfg(**changes):

@@ -10,7 +10,6 @@ holds a chunk cache per dataset read.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import OrderedDict
 
@@ -23,6 +22,7 @@ from sslfer_core.shard_format import ShardReader
 from train.clip_plan import (
     ClipCatalogue, ClipConfig, EpochClipPlan, build_catalogue, clip_steps, plan_epoch_clips, worker_batches,
 )
+from train.epoch_position import SharedEpochPosition
 from train.shard_index import ShardIndex
 
 MAX_OPEN_SHARDS = 64
@@ -30,7 +30,7 @@ IMAGE_FIELD = "face"
 PREFETCH_BATCHES = 2  # per worker: a full-size batch (32 x 16 x 160^2 x 3) is 39 MB of shared memory
 
 
-class ClipStream(IterableDataset):
+class ClipStream(SharedEpochPosition, IterableDataset):
     """Clip batches of one rank for one epoch at a time; call set_epoch() before each iteration."""
 
     def __init__(self, index: ShardIndex, cfg: ClipConfig, *, seed: int, batch_size: int, rank: int = 0,
@@ -45,23 +45,9 @@ class ClipStream(IterableDataset):
         # Raises ClipConfigError (fps, span, batch) here, in the main process, before any worker starts.
         self.catalogue: ClipCatalogue = build_catalogue(index, cfg)
         self.steps = clip_steps(self.catalogue, cfg, self.batch_size, self.world_size)
-        # Shared with persistent DataLoader workers: set_epoch() in the main process reaches them.
-        self._position = multiprocessing.RawArray("q", 2)
+        self._init_position()
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
         self._readers_pid: int | None = None
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Plan epoch `epoch` and leave out its first `skip_batches` batches (a resumed run). Call it
-        before iterating; workers read it when their iteration starts."""
-        self._position[0], self._position[1] = int(epoch), int(skip_batches)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._position[0])
-
-    @property
-    def skip(self) -> int:
-        return int(self._position[1])
 
     @property
     def skipped_short(self) -> int:

@@ -9,7 +9,6 @@ A batch is a dict of CPU tensors; images are uint8 (N, H, W, 3) with rows laid o
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from train.epoch_plan import (
     ANCHOR, FALLBACK_KINDS, POSITIVE_VIEWS, BatchPlan, PlanConfig, assign_videos, plan_unit, steps_per_epoch,
     unit_batches,
 )
+from train.epoch_position import SharedEpochPosition
 from train.shard_index import ShardIndex
 from train.shard_set import ShardSetError
 
@@ -38,7 +38,7 @@ class _Video:
     has_descriptor: np.ndarray | None  # (n,) bool
 
 
-class ShardStream(IterableDataset):
+class ShardStream(SharedEpochPosition, IterableDataset):
     """Batches of one rank for one epoch at a time; call set_epoch() before each iteration."""
 
     def __init__(self, index: ShardIndex, config: PlanConfig, *, rank: int = 0, world_size: int = 1,
@@ -48,25 +48,11 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.num_slots = max(1, num_workers)
         self.with_descriptors = with_descriptors and index.descriptor_dim > 0
-        # Shared with persistent DataLoader workers: set_epoch() in the main process reaches them.
-        self._position = multiprocessing.RawArray("q", 2)
+        self._init_position()
         self.steps = steps_per_epoch(index.num_frames, world_size, config.batch_size)
         self._readers: dict[int, ShardReader] = {}
         self._readers_pid: int | None = None
         self._warned: set[int] = set()  # shards whose corrupt images this process has reported
-
-    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
-        """Plan epoch `epoch` and leave out its first `skip_batches` batches (a resumed run). Call it
-        before iterating; workers read it when their iteration starts."""
-        self._position[0], self._position[1] = int(epoch), int(skip_batches)
-
-    @property
-    def epoch(self) -> int:
-        return int(self._position[0])
-
-    @property
-    def skip(self) -> int:
-        return int(self._position[1])
 
     def __len__(self) -> int:
         return max(0, self.steps - self.skip)
