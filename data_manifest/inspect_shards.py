@@ -209,6 +209,16 @@ def _field_storage(path: Path, header, num_frames: int) -> dict:
                 "frames": num_frames,
                 "estimated": estimated,
             }
+        for name, group in (h5["streams"].items() if "streams" in h5 else ()):
+            # Stream-coded image fields (one H.264 stream per chunk of rows): every stream is counted.
+            data = group["data"]
+            out[name] = {
+                "dtype": "vlen uint8", "shape_per_frame": ["stream"],
+                "codec": header.codecs[name].name if name in header.codecs else None,
+                "compression": None, "chunk_frames": header.codecs[name].chunk_frames if name in header.codecs else None,
+                "bytes": int(sum(int(buf.size) for buf in data[()])) + int(data.id.get_storage_size()),
+                "frames": num_frames, "estimated": False,
+            }
     return out
 
 

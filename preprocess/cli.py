@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from preprocess.prep_config import PrepConfig
+from preprocess.prep_config import PATCH_SIZE, PROFILES, VIDEO_PROFILE_DEFAULTS, PrepConfig
 from preprocess.progress import summary_table
 from preprocess.runner import PrepError, PrepUsageError, RunOptions, RunSummary, run_prep
 from preprocess.sources import (
@@ -41,12 +41,16 @@ def _parse_codec(ctx, param, value):
     try:
         ImageCodec.parse(value)
     except ValueError as exc:
-        raise click.BadParameter(f"{exc} (expected raw, jpeg or jpeg:Q)") from None
+        raise click.BadParameter(f"{exc} (expected raw, jpeg, jpeg:Q, h264 or h264:CRF)") from None
     return value
 
 
 def common_options(func):
     options = [
+        click.option("--profile", default="contrastive", show_default=True, type=click.Choice(PROFILES),
+                     help="video: aligned faces only (no swaps, patches or descriptors) at --fps 25, "
+                          "--size 160, --smooth 1 (per-frame alignment), for video (MAE) pretraining; "
+                          "explicit options override those defaults."),
         click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="Output folder: shards, manifest.json, failures.jsonl, .work/."),
         click.option("--fps", default=5.0, show_default=True, type=click.FloatRange(min=0.01),
@@ -61,6 +65,9 @@ def common_options(func):
                      help="Run the face detector every N kept frames; track landmarks in between."),
         click.option("--smooth", default=0.6, show_default=True, type=click.FloatRange(0.01, 1.0),
                      help="Weight of the newest alignment in the temporal average (1 = no smoothing)."),
+        click.option("--smooth-sigma", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+                     help="Zero-phase smoothing of the alignment over +-3 SIGMA kept frames, split at gaps "
+                          "and cuts (replaces --smooth when > 0)."),
         click.option("--cnn-fallback", is_flag=True, help="Try dlib's CNN detector where HOG finds no face (slow)."),
         click.option("--swaps", "swaps", default=1, show_default=True, type=click.IntRange(min=0),
                      help="Face swaps K per kept frame (donor heads of other identities)."),
@@ -70,7 +77,8 @@ def common_options(func):
         click.option("--swap-attempts", default=3, show_default=True, type=click.IntRange(min=1),
                      help="Donors tried per swap before it is stored as failed."),
         click.option("--codec", default="jpeg:90", show_default=True, callback=_parse_codec,
-                     help="Image codec of all image fields: raw, jpeg or jpeg:Q."),
+                     help="Image codec of all image fields: raw, jpeg, jpeg:Q, or h264:CRF (one H.264 "
+                          "stream per 32 frames; needs --swaps 0 and PyAV)."),
         click.option("--descriptor", default="auto", show_default=True, type=click.Choice(DESCRIPTOR_CHOICES),
                      help="MaskFN descriptor; auto = ResNet-18 ImageNet if its weights are cached, "
                           "else landmark geometry."),
@@ -112,6 +120,7 @@ def main():
 
 def _run(source_kind: str, discover, params: dict) -> None:
     """Shared body of the subcommands: discover, resolve models, run, report; maps errors to exit codes."""
+    _apply_profile(params)
     try:
         sources = discover()
     except SourceError as exc:
@@ -142,6 +151,38 @@ def _run(source_kind: str, discover, params: dict) -> None:
             f"no clip was stored ({summary.skipped_videos} skipped; see {options.out}/failures.jsonl)")
 
 
+def _apply_profile(params: dict) -> None:
+    """Profile defaults for the options not given on the command line; refuse what the profile excludes."""
+    from click.core import ParameterSource
+    from sslfer_core.shard_format import ImageCodec
+
+    ctx = click.get_current_context()
+    given = {name for name in params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
+    if params["profile"] == "video":
+        for name, value in VIDEO_PROFILE_DEFAULTS.items():
+            if name not in given:
+                params[name] = value
+        for name, flag in (("swaps", "--swaps"), ("descriptor", "--descriptor")):
+            if name in given and params[name] not in (0, "none"):
+                raise click.UsageError(f"--profile video stores aligned faces only; drop {flag} "
+                                       "or use --profile contrastive")
+        params["swaps"], params["descriptor"] = 0, "none"
+    codec = ImageCodec.parse(params["codec"])
+    if codec.is_stream:
+        if params["swaps"] > 0:
+            raise click.UsageError(f"--codec {params['codec']} stores one image per row; it needs --swaps 0 "
+                                   "(or --profile video)")
+        if params["size"] % 2:
+            raise click.UsageError(f"--codec {params['codec']} needs an even --size (4:2:0 chroma), "
+                                   f"got {params['size']}")
+        from sslfer_core.video_codec import StreamCodecError, _av
+
+        try:
+            _av()
+        except StreamCodecError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
 def _resolve_config(source_kind: str, params: dict) -> PrepConfig:
     from sslfer_core.dlib_models import DlibModelsNotFound, locate_dlib_models
 
@@ -160,8 +201,10 @@ def _resolve_config(source_kind: str, params: dict) -> PrepConfig:
         except RuntimeError as exc:  # e.g. an unknown or unavailable torch device
             raise click.UsageError(f"--device {params['device']}: {str(exc).splitlines()[0]}") from None
         kind, dim, weights = descriptor.kind, int(descriptor.dim), descriptor.weights_sha256
+    video = params.get("profile") == "video"
     return PrepConfig(
-        source=source_kind, fps=params["fps"], frames_fps=params.get("frames_fps", 25.0), size=params["size"],
+        source=source_kind, profile=params.get("profile", "contrastive"), smooth_sigma=params.get("smooth_sigma", 0.0),
+        patch_size=0 if video else PATCH_SIZE, fps=params["fps"], frames_fps=params.get("frames_fps", 25.0), size=params["size"],
         min_frames=params["min_frames"], min_face_px=params["min_face_px"], redetect_every=params["redetect_every"],
         smooth=params["smooth"], cnn_fallback=params["cnn_fallback"], swaps=params["swaps"], seed=params["seed"],
         pool_per_identity=params["pool_per_identity"], swap_attempts=params["swap_attempts"], codec=params["codec"],

@@ -93,7 +93,7 @@ def shard_task(entry: dict, records: list[dict], header, out: str, keep_work: bo
             writer.add_video(VideoFrames(
                 video_id=video_id, identity=record["identity"], source_path=record["path"],
                 source_fps=float(frames["source_fps"]), faces=frames["faces"], landmarks=frames["landmarks"],
-                eyes=frames["eyes"], mouth=frames["mouth"], timestamps=frames["timestamps"],
+                eyes=frames.get("eyes"), mouth=frames.get("mouth"), timestamps=frames["timestamps"],
                 frame_index=frames["frame_index"], det_score=frames["det_score"],
                 swaps=swaps.get("swaps"), swap_ok=swaps.get("swap_ok"),
                 descriptors=frames.get("descriptors"), has_descriptor=frames.get("has_descriptor"),

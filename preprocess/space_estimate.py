@@ -18,13 +18,21 @@ MAX_PROBES = 200  # durations of at most this many inputs are read; the rest is 
 JPEG_RATIO = ((1, 0.02), (50, 0.035), (75, 0.057), (90, 0.091), (95, 0.128), (100, 0.30))
 JPEG_HEADER_BYTES = 350
 HDF5_VLEN_OVERHEAD = 16
+# h264 bytes per pixel-channel of aligned 160 px faces at 25 fps by CRF, streams of 32 frames (measured
+# on voxceleb_mini by benchmarks/bench_video_codec.py, docs/preprocessing.md "Video profile").
+H264_RATIO = ((0, 0.30), (18, 0.0079), (23, 0.0043), (28, 0.0025), (51, 0.0005))
 SAFETY_FACTOR = 1.1
 
 
 def image_bytes(side: int, codec_name: str, quality: int) -> float:
     pixels = side * side * 3
+    if side <= 0:
+        return 0.0  # an absent field (patch_size 0)
     if codec_name == "raw":
         return float(pixels)
+    if codec_name == "h264":
+        crfs, ratios = zip(*H264_RATIO)
+        return pixels * float(np.interp(quality, crfs, ratios))
     qualities, ratios = zip(*JPEG_RATIO)
     return JPEG_HEADER_BYTES + HDF5_VLEN_OVERHEAD + pixels * float(np.interp(quality, qualities, ratios))
 

@@ -31,6 +31,7 @@ def _base_record(source: VideoSource) -> dict:
 
 
 def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -> VideoResult:
+    from sslfer_core.alignment_track import StreamingTrackSmoother, params_matrix, similarity_params
     from sslfer_core.face_alignment import AlignmentSmoother, align_with_matrix, alignment_matrix
     from sslfer_core.face_patches import eye_mouth_patches
     from sslfer_core.face_detection import FaceTracker
@@ -38,10 +39,35 @@ def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -
     record = _base_record(source)
     reader = ClipReader(source, config.fps)
     tracker = FaceTracker(models.detector, redetect_every=config.redetect_every)
+    # --smooth-sigma > 0: zero-phase smoothing, which holds up to 3 sigma frames until later ones are
+    # known; otherwise the causal average of --smooth.
+    track = StreamingTrackSmoother(config.smooth_sigma, config.size) if config.smooth_sigma > 0 else None
     smoother = AlignmentSmoother(config.smooth, size=config.size)
     drops = why.DropLog()
     probes: list[np.ndarray] = []
     kept = {name: [] for name in ("faces", "landmarks", "eyes", "mouth", "timestamps", "frame_index", "det_score")}
+
+    def keep(sample: int, frame, observation, matrix: np.ndarray) -> None:
+        try:
+            aligned = align_with_matrix(frame.image, observation.landmarks, matrix, config.size)
+            if config.patch_size:
+                eyes, mouth = eye_mouth_patches(aligned.image, aligned.landmarks, config.patch_size)
+        except ValueError:
+            drops.add(sample, frame.index, why.BAD_LANDMARKS)
+            return
+        kept["faces"].append(aligned.image)
+        kept["landmarks"].append(aligned.landmarks)
+        if config.patch_size:
+            kept["eyes"].append(eyes)
+            kept["mouth"].append(mouth)
+        kept["timestamps"].append(frame.timestamp)
+        kept["frame_index"].append(frame.index)
+        kept["det_score"].append(observation.score)
+
+    def keep_ready(ready) -> None:
+        for (sample_, frame_, observation_), params in ready:
+            keep(sample_, frame_, observation_, params_matrix(params))
+
     sample = -1
     try:
         for sample, frame in enumerate(reader.frames()):
@@ -57,22 +83,21 @@ def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -
                 reason = why.SMALL_FACE
             else:
                 try:
-                    matrix = smoother.smooth(alignment_matrix(observation.landmarks, config.size))
-                    aligned = align_with_matrix(frame.image, observation.landmarks, matrix, config.size)
-                    eyes, mouth = eye_mouth_patches(aligned.image, aligned.landmarks, config.patch_size)
+                    matrix = alignment_matrix(observation.landmarks, config.size)
                 except ValueError:
                     reason = why.BAD_LANDMARKS
             if reason is not None:
                 drops.add(sample, frame.index, reason)
                 smoother.reset()  # do not blend across a gap
+                if track is not None:
+                    keep_ready(track.end_segment())
                 continue
-            kept["faces"].append(aligned.image)
-            kept["landmarks"].append(aligned.landmarks)
-            kept["eyes"].append(eyes)
-            kept["mouth"].append(mouth)
-            kept["timestamps"].append(frame.timestamp)
-            kept["frame_index"].append(frame.index)
-            kept["det_score"].append(observation.score)
+            if track is not None:
+                keep_ready(track.push(similarity_params(matrix), (sample, frame, observation)))
+            else:
+                keep(sample, frame, observation, smoother.smooth(matrix))
+        if track is not None:
+            keep_ready(track.flush())
     except UnreadableClip as exc:
         record.update(skipped=True, reason=why.UNREADABLE, detail=str(exc))
         return VideoResult(record, None)
@@ -103,13 +128,14 @@ def process_video(source: VideoSource, config: PrepConfig, models: FaceModels) -
     arrays = {
         "faces": np.stack(kept["faces"]).astype(np.uint8),
         "landmarks": np.stack(kept["landmarks"]).astype(np.float32),
-        "eyes": np.stack(kept["eyes"]).astype(np.uint8),
-        "mouth": np.stack(kept["mouth"]).astype(np.uint8),
         "timestamps": np.asarray(kept["timestamps"], np.float64),
         "frame_index": np.asarray(kept["frame_index"], np.int32),
         "det_score": np.asarray(kept["det_score"], np.float32),
         "source_fps": np.asarray(reader.source_fps, np.float64),
     }
+    if config.patch_size:
+        arrays["eyes"] = np.stack(kept["eyes"]).astype(np.uint8)
+        arrays["mouth"] = np.stack(kept["mouth"]).astype(np.uint8)
     if models.descriptor is not None:
         arrays["descriptors"] = describe_in_batches(models.descriptor, arrays["eyes"], arrays["mouth"],
                                                     arrays["landmarks"])

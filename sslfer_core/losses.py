@@ -73,3 +73,38 @@ def multi_positive_nt_xent(
         count = contributes.sum()
         # With no contributing row the loss is 0 but stays attached to the graph (DDP needs every grad).
         return torch.where(contributes, row_loss, torch.zeros_like(row_loss)).sum() / count.clamp(min=1)
+
+
+def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over the masked tokens and all their values, in fp32.
+
+    target (B, N, D) holds every token; mask (B, N) bool, True = masked, with the same count per sample.
+    pred is either (B, N_masked, D), the masked tokens in raster order (what VideoMAE.forward returns,
+    i.e. the order target[mask] has), or (B, N, D), of which only the masked tokens count."""
+    if target.dim() != 3 or mask.shape != target.shape[:2] or mask.dtype != torch.bool:
+        raise ValueError(f"target must be (B, N, D) and mask bool (B, N); got {tuple(target.shape)} and "
+                         f"{mask.dtype} {tuple(mask.shape)}")
+    b, n, d = target.shape
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        if pred.shape == target.shape:
+            pred = pred[mask]
+        elif pred.dim() != 3 or pred.shape[0] != b or pred.shape[2] != d:
+            raise ValueError(f"pred must be (B, N_masked, {d}) or {tuple(target.shape)}, got {tuple(pred.shape)}")
+        chosen = target[mask]
+        if chosen.shape[0] != pred.reshape(-1, d).shape[0]:
+            raise ValueError(f"pred has {pred.reshape(-1, d).shape[0]} masked rows, the mask selects {chosen.shape[0]}")
+        return (pred.reshape(-1, d).float() - chosen.float()).pow(2).mean()
+
+
+def mae_loss(pred: Tensor, appearance: Tensor, motion: Tensor, mask: Tensor,
+             w_app: float = 0.5, w_mot: float = 0.5) -> tuple[Tensor, dict[str, Tensor]]:
+    """w_app * masked_mse(appearance) + w_mot * masked_mse(motion). pred (B, N_masked, A + M) holds
+    appearance values first, then motion; appearance (B, N, A) and motion (B, N, M) are full targets.
+    With equal widths and the 0.5 / 0.5 default this is the MSE over all A + M values, as the reference."""
+    a = appearance.shape[-1]
+    if pred.shape[-1] != a + motion.shape[-1]:
+        raise ValueError(f"pred's last dim must be {a} + {motion.shape[-1]}, got {pred.shape[-1]}")
+    loss_appearance = masked_mse(pred[..., :a], appearance, mask)
+    loss_motion = masked_mse(pred[..., a:], motion, mask)
+    loss = w_app * loss_appearance + w_mot * loss_motion
+    return loss, {"loss_appearance": loss_appearance.detach(), "loss_motion": loss_motion.detach()}

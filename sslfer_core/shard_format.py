@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -19,7 +20,7 @@ from sslfer_core import __version__
 from sslfer_core.atomic_files import atomic_path
 
 SCHEMA_NAME = "sslfer.shard"
-SCHEMA_VERSION = (1, 0)
+SCHEMA_VERSION = (1, 1)  # 1.1 adds stream codecs (h264: streams/ group) and patch_size 0 (no eyes/mouth)
 IMAGE_FIELDS = ("face", "eyes", "mouth", "swaps")
 NUM_LANDMARKS = 68
 # Chunking (measured in benchmarks/bench_shard_read.py, table in docs/shard-format.md): raw images are
@@ -33,6 +34,16 @@ VLEN_REFERENCE_BYTES = 16
 # Scattered-row reads (ShardReader.read_array): a fixed-size field whose requested span is at most this
 # many bytes is read in one slice, since each h5py call costs 12 us (uint8) to 100 us (bool) here.
 SPAN_READ_BYTES = 256 << 10
+# Stream codecs: frames of a video are stored as independent streams of at most STREAM_CHUNK_FRAMES
+# rows (each one GOP, so a read decodes at most the streams it touches; sizes and decode speeds by
+# chunk length in docs/preprocessing.md, "Video profile"). A reader keeps up to STREAM_CACHE_BYTES
+# of decoded streams, so contiguous clip reads decode each stream once.
+STREAM_CODECS = ("h264",)
+IMAGE_CODECS = ("raw", "jpeg") + STREAM_CODECS
+DEFAULT_CRF = 23
+STREAM_CHUNK_FRAMES = 32
+STREAM_CACHE_BYTES = 32 << 20
+STREAMS_GROUP = "streams"
 
 
 class ShardFormatError(ValueError):
@@ -45,27 +56,53 @@ class ShardVersionError(ShardFormatError):
 
 @dataclass(frozen=True)
 class ImageCodec:
-    name: str = "raw"  # "raw" or "jpeg"
-    quality: int = 90  # JPEG quality; ignored for raw
+    name: str = "raw"  # "raw", "jpeg" or "h264"
+    quality: int = 90  # JPEG quality, or the h264 CRF; ignored for raw
+    chunk_frames: int = STREAM_CHUNK_FRAMES  # h264 only: rows per stream
 
     def __post_init__(self):
-        if self.name not in ("raw", "jpeg"):
-            raise ValueError(f"unknown image codec {self.name!r}; use 'raw' or 'jpeg'")
-        if not 1 <= self.quality <= 100:
+        if self.name not in IMAGE_CODECS:
+            raise ValueError(f"unknown image codec {self.name!r}; use {', '.join(map(repr, IMAGE_CODECS))}")
+        if self.name == "h264":
+            if not 0 <= self.quality <= 51:
+                raise ValueError(f"h264 CRF must be in 0..51, got {self.quality}")
+            if self.chunk_frames < 1:
+                raise ValueError(f"h264 chunk_frames must be at least 1, got {self.chunk_frames}")
+        elif not 1 <= self.quality <= 100:
             raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
 
+    @property
+    def is_stream(self) -> bool:
+        return self.name in STREAM_CODECS
+
     def to_json(self) -> dict:
+        if self.name == "h264":
+            from sslfer_core.video_codec import PIX_FMT, PRESET
+
+            return {"name": "h264", "crf": self.quality, "chunk_frames": self.chunk_frames, "preset": PRESET,
+                    "pix_fmt": PIX_FMT}
         return {"name": self.name, "quality": self.quality} if self.name == "jpeg" else {"name": "raw"}
 
     @classmethod
     def from_json(cls, obj: Mapping) -> "ImageCodec":
-        return cls(obj["name"], int(obj.get("quality", 90)))
+        name = obj["name"]
+        if name not in IMAGE_CODECS:
+            # A codec added by a later minor version: refuse the shard in one line rather than misread it.
+            raise ShardFormatError(f"images are stored with codec {name!r}, which sslfer {__version__} cannot "
+                                   f"decode (it reads {', '.join(IMAGE_CODECS)}); upgrade sslfer")
+        if name == "h264":
+            return cls(name, int(obj["crf"]), int(obj.get("chunk_frames", STREAM_CHUNK_FRAMES)))
+        return cls(name, int(obj.get("quality", 90)))
 
     @classmethod
     def parse(cls, text: str) -> "ImageCodec":
-        """'raw', 'jpeg' or 'jpeg:85'."""
+        """'raw', 'jpeg', 'jpeg:85', 'h264' (CRF 23) or 'h264:CRF'."""
         name, _, quality = text.partition(":")
-        return cls(name, int(quality)) if quality else cls(name)
+        if not quality:
+            return cls(name, DEFAULT_CRF) if name == "h264" else cls(name)
+        if not quality.strip().lstrip("-").isdigit():
+            raise ValueError(f"codec {text!r}: {quality!r} is not an integer")
+        return cls(name, int(quality))
 
 
 @dataclass
@@ -126,6 +163,8 @@ class ShardHeader:
                 tool_version=_as_str(attrs["tool_version"]),
                 schema_version=version,
             )
+        except ShardFormatError as exc:
+            raise ShardFormatError(f"{source}: {exc}") from None
         except (KeyError, ValueError, TypeError) as exc:
             raise ShardFormatError(f"{source}: shard header is incomplete or malformed ({exc})") from None
 
@@ -152,8 +191,8 @@ class VideoFrames:
     source_fps: float
     faces: np.ndarray  # (N,S,S,3) uint8 RGB
     landmarks: np.ndarray  # (N,68,2) float32, aligned-crop pixels
-    eyes: np.ndarray  # (N,P,P,3) uint8 RGB
-    mouth: np.ndarray  # (N,P,P,3) uint8 RGB
+    eyes: np.ndarray | None  # (N,P,P,3) uint8 RGB; None when the header's patch_size is 0
+    mouth: np.ndarray | None  # (N,P,P,3) uint8 RGB; None when the header's patch_size is 0
     timestamps: np.ndarray  # (N,) float64 seconds
     frame_index: np.ndarray  # (N,) int source frame numbers
     det_score: np.ndarray  # (N,) float32
@@ -228,6 +267,9 @@ class ShardWriter:
 
     def _append_images(self, name: str, images: np.ndarray) -> None:
         codec = self.header.codecs.get(name, ImageCodec())
+        if codec.is_stream:
+            self._append_streams(name, images, codec)
+            return
         if codec.name == "raw":
             self._append(name, np.ascontiguousarray(images, dtype=np.uint8), np.uint8, raw_image=True)
             return
@@ -246,14 +288,42 @@ class ShardWriter:
         for idx in np.ndindex(*lead_shape):
             ds[(start + idx[0],) + idx[1:]] = encode_jpeg(images[idx], codec.quality)
 
+    def _append_streams(self, name: str, images: np.ndarray, codec: ImageCodec) -> None:
+        """One video's frames of an image field as streams of up to codec.chunk_frames rows each
+        (streams/<name>/data, and first_row = the shard row of each stream's first frame)."""
+        from sslfer_core.video_codec import StreamCodecError, encode_stream
+
+        if images.ndim != 4:
+            raise ValueError(f"{name}: the {codec.name} codec stores one image per row, got rows of shape "
+                             f"{images.shape[1:]}; use raw or jpeg for this field")
+        group = self._h5.require_group(STREAMS_GROUP).require_group(name)
+        if "data" not in group:
+            group.create_dataset("data", shape=(0,), maxshape=(None,), dtype=h5py.vlen_dtype(np.uint8),
+                                 chunks=(self.chunk_rows(VLEN_REFERENCE_BYTES, raw_image=False),))
+            group.create_dataset("first_row", shape=(0,), maxshape=(None,), dtype=np.int64,
+                                 chunks=(self.chunk_rows(8, raw_image=False),))
+        data, first = group["data"], group["first_row"]
+        starts = list(range(0, len(images), codec.chunk_frames))
+        base = data.shape[0]
+        data.resize(base + len(starts), axis=0)
+        first.resize(base + len(starts), axis=0)
+        for i, start in enumerate(starts):
+            try:
+                payload = encode_stream(images[start: start + codec.chunk_frames], codec.quality)
+            except StreamCodecError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            data[base + i] = np.frombuffer(payload, np.uint8)
+            first[base + i] = self._num_rows + start
+
     def add_video(self, video: VideoFrames) -> None:
         n = len(video)
         h = self.header
         s, p, k, d = h.image_size, h.patch_size, h.swaps_per_frame, h.descriptor_dim
         _check_shape("faces", video.faces, (n, s, s, 3))
         _check_shape("landmarks", video.landmarks, (n, NUM_LANDMARKS, 2))
-        _check_shape("eyes", video.eyes, (n, p, p, 3))
-        _check_shape("mouth", video.mouth, (n, p, p, 3))
+        if p > 0:
+            _check_shape("eyes", video.eyes, (n, p, p, 3))
+            _check_shape("mouth", video.mouth, (n, p, p, 3))
         for name in ("timestamps", "frame_index", "det_score"):
             _check_shape(name, getattr(video, name), (n,))
         if n == 0:
@@ -263,8 +333,9 @@ class ShardWriter:
         video_row = len(self._videos)
         self._append_images("face", video.faces)
         self._append("landmarks", np.asarray(video.landmarks, np.float32), np.float32)
-        self._append_images("eyes", video.eyes)
-        self._append_images("mouth", video.mouth)
+        if p > 0:
+            self._append_images("eyes", video.eyes)
+            self._append_images("mouth", video.mouth)
         if k > 0:
             _check_shape("swaps", video.swaps, (n, k, s, s, 3))
             _check_shape("swap_ok", video.swap_ok, (n, k))
@@ -368,6 +439,7 @@ class ShardReader:
         self._h5: h5py.File | None = None
         self._pid: int | None = None
         self._datasets: dict[str, h5py.Dataset] = {}  # frames/ datasets of the current handle
+        self._streams = StreamCache()
         try:
             with h5py.File(self.path, "r") as h5:
                 self.header = ShardHeader.from_attrs(h5.attrs, source=str(self.path))
@@ -386,7 +458,8 @@ class ShardReader:
                 )
                 self.timestamps = h5["frames/timestamp"][()]
                 self.video_row = h5["frames/video_row"][()]
-                self.fields = tuple(sorted(h5["frames"].keys()))
+                streams = h5.get(STREAMS_GROUP)
+                self.fields = tuple(sorted(set(h5["frames"].keys()) | set(streams.keys() if streams else ())))
         except OSError as exc:
             raise ShardFormatError(f"{self.path}: cannot open as HDF5 ({exc})") from None
         except KeyError as exc:
@@ -397,6 +470,7 @@ class ShardReader:
             # A handle inherited through fork must not be used: open a fresh one in this process, and
             # forget the datasets of the old handle.
             self._datasets = {}
+            self._streams = StreamCache()
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
         return self._h5
@@ -416,6 +490,7 @@ class ShardReader:
             self._h5.close()
         self._h5 = None
         self._datasets = {}
+        self._streams = StreamCache()
 
     def __enter__(self) -> "ShardReader":
         return self
@@ -428,6 +503,7 @@ class ShardReader:
         state["_h5"] = None
         state["_pid"] = None
         state["_datasets"] = {}
+        state["_streams"] = StreamCache()
         return state
 
     # -- queries
@@ -449,12 +525,19 @@ class ShardReader:
     def read_array(self, name: str, rows) -> np.ndarray:
         """A field's rows, as numpy would index the whole array: `rows` is a slice or an integer sequence
         (any order, repeats and negative indices allowed). JPEG image fields come back encoded (use read_images)."""
+        codec = self.header.codecs.get(name)
+        if codec is not None and codec.is_stream:
+            raise KeyError(f"{self.path}: field {name!r} is stored as {codec.name} streams, which have no "
+                           f"per-row encoded form; read it with read_images")
         return _read_rows(self._dataset(name), rows)
 
     def read_images(self, name: str, rows) -> np.ndarray:
         """Decoded uint8 RGB images of an image field ('face', 'eyes', 'mouth', 'swaps')."""
         if name not in IMAGE_FIELDS:
             raise KeyError(f"{name!r} is not an image field")
+        codec = self.header.codecs.get(name, ImageCodec())
+        if codec.is_stream:
+            return self._read_stream_images(name, rows)
         data = self.read_array(name, rows)
         if self.header.codecs.get(name, ImageCodec()).name == "raw":
             return data
@@ -469,6 +552,78 @@ class ShardReader:
         for i, buf in enumerate(data.reshape(-1)[1:], start=1):
             flat_out[i] = decode_jpeg(buf)
         return out
+
+
+    def _read_stream_images(self, name: str, rows) -> np.ndarray:
+        """Rows of a stream-coded field: decode each stream the rows touch (or take it from the cache)."""
+        from sslfer_core.video_codec import StreamCodecError, decode_stream
+
+        if name not in self.fields:
+            raise KeyError(f"{self.path}: shard has no field {name!r} (fields: {', '.join(self.fields)})")
+        side = self.header.patch_size if name in ("eyes", "mouth") else self.header.image_size
+        h5 = self._file()
+        group = h5[STREAMS_GROUP][name]
+        first_row = self._streams.first_rows.get(name)
+        if first_row is None:
+            first_row = self._streams.first_rows[name] = group["first_row"][()]
+        n = self.num_frames
+        shape, flat = _row_indices(rows, n)
+        out = np.empty((flat.size, side, side, 3), np.uint8)
+        if flat.size == 0:
+            return out.reshape(shape + (side, side, 3))
+        stream_of = np.searchsorted(first_row, flat, side="right") - 1
+        # Stream boundaries: a stream ends where the next starts, the last one at the end of the shard.
+        ends = np.append(first_row[1:], n)
+        for stream in np.unique(stream_of).tolist():
+            frames = self._streams.get((name, stream))
+            if frames is None:
+                count = int(ends[stream] - first_row[stream])
+                try:
+                    frames = decode_stream(group["data"][stream], count, side, side)
+                except StreamCodecError as exc:
+                    raise ShardFormatError(f"{self.path}: {name} stream {stream}: {exc}") from None
+                self._streams.put((name, stream), frames)
+            where = stream_of == stream
+            out[where] = frames[flat[where] - first_row[stream]]
+        return out.reshape(shape + (side, side, 3))
+
+
+class StreamCache:
+    """Decoded streams of one reader, least recently used dropped first beyond STREAM_CACHE_BYTES."""
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = STREAM_CACHE_BYTES if max_bytes is None else max_bytes
+        self.first_rows: dict[str, np.ndarray] = {}
+        self._frames: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        frames = self._frames.get(key)
+        if frames is not None:
+            self._frames.move_to_end(key)
+        return frames
+
+    def put(self, key: tuple, frames: np.ndarray) -> None:
+        self._frames[key] = frames
+        self._bytes += frames.nbytes
+        while self._bytes > self.max_bytes and len(self._frames) > 1:
+            _, dropped = self._frames.popitem(last=False)
+            self._bytes -= dropped.nbytes
+
+
+def _row_indices(rows, n: int) -> tuple[tuple, np.ndarray]:
+    """(shape of the result's leading axes, flat non-negative row numbers) of a slice or integer index."""
+    if isinstance(rows, slice):
+        flat = np.arange(*rows.indices(n), dtype=np.int64)
+        return (flat.size,), flat
+    rows = np.asarray(rows)
+    if rows.size and rows.dtype.kind not in "iu":
+        raise TypeError(f"row indices must be integers or a slice, got dtype {rows.dtype}")
+    flat = rows.astype(np.int64).reshape(-1)
+    if flat.size and (flat.min() < -n or flat.max() >= n):
+        bad = int(flat.min()) if flat.min() < -n else int(flat.max())
+        raise IndexError(f"row {bad} is out of range for a field of {n} rows")
+    return rows.shape, np.where(flat < 0, flat + n, flat)
 
 
 def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:

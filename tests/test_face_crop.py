@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from train.contrastive_step import centre_crop
-from train.run_config import RunConfig
+from train.methods.contrastive import ContrastiveConfig as RunConfig
 
 
 def test_centre_crop_keeps_pixels_under_landmarks():

@@ -2,6 +2,7 @@
 import torch
 
 from train.distributed import DistContext
+from train.methods.contrastive import ContrastiveConfig
 from train.trainer import _cpu_threads
 
 
@@ -38,7 +39,7 @@ def _autotune_during_train(monkeypatch, device: str, before: bool) -> tuple[bool
     monkeypatch.setattr(trainer, "shutdown", lambda ctx: None)
     monkeypatch.setattr(trainer, "_train", lambda *args: seen.append(torch.backends.cudnn.benchmark))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", before)
-    trainer.train(trainer.RunConfig(shards="unused", out="unused", steps=1))
+    trainer.train(ContrastiveConfig(shards="unused", out="unused", steps=1))
     return seen[0], torch.backends.cudnn.benchmark
 
 

@@ -14,6 +14,7 @@ import torch
 
 from sslfer_core.atomic_files import atomic_path
 from sslfer_core.byte_sizes import human_bytes
+from train.run_config import method_of_config, resume_command
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-step(\d{8,})\.pt$")
@@ -51,6 +52,7 @@ def _free_space(folder: Path) -> str:
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write atomically, then delete all but the newest `keep` checkpoints."""
     path = checkpoint_path(run_dir, step)
+    resume = resume_command(method_of_config(state.get("config")), run_dir)
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -61,7 +63,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
         raise CheckpointWriteError(
             f"could not write checkpoint {path.name} in {path.parent} ({reason}; {_free_space(path.parent)}). "
             f"Earlier checkpoints are untouched (newest: {newest.name if newest else 'none'}); "
-            f"free some space, then continue with: sslfer-train --out {run_dir} --resume") from error
+            f"free some space, then continue with: {resume}") from error
     for old in list_checkpoints(run_dir)[:-max(1, keep)]:
         old.unlink(missing_ok=True)
     return path

@@ -1,6 +1,7 @@
-"""sslfer-train: contrastive pretraining on sslfer shards, and export of the trained backbone.
+"""sslfer-train: pretraining on sslfer shards, one subcommand per method, and export of what a run learnt.
 
-    sslfer-train --shards SHARDS --out RUN [--timeaug --hardneg --faceswap|--cutmix --maskfn] ...
+    sslfer-train --shards SHARDS --out RUN [--timeaug --hardneg --faceswap|--cutmix --maskfn] ...  (contrastive)
+    sslfer-train contrastive --shards SHARDS --out RUN ...
     torchrun --nproc-per-node G -m train.cli --shards SHARDS --out RUN ...
     sslfer-train --out RUN --resume
     sslfer-train export RUN -o backbone.pt
@@ -15,26 +16,26 @@ import click
 from sslfer_core import __version__
 from train.checkpoints import CheckpointWriteError
 from train.distributed import cores_per_local_rank
-from train.export import ExportError, export_backbone
+from train.export import ExportError, export_run
+from train.methods import Method, field_default, get_method, method_names
 from train.precision import PRECISIONS
-from train.run_config import ARCHS, MASKFN_MODES, RUNTIME_KEYS, RunConfig
+from train.run_config import DEFAULT_METHOD, TrainConfig, resume_command
 from train.shard_set import ShardSetError
-from train.trainer import TrainingError, read_run_config, train
-
-DEFAULT_EPOCHS = 100
+from train.trainer import TrainingError, check_same_method, read_run_config, train
 
 
-class _TrainByDefault(click.Group):
-    """`sslfer-train --shards ...` means `sslfer-train train --shards ...`."""
+class _ContrastiveByDefault(click.Group):
+    """`sslfer-train --shards ...` means `sslfer-train contrastive --shards ...`."""
 
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
-            args = ["train", *args]
+            args = [DEFAULT_METHOD, *args]
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=_TrainByDefault, help=__doc__.split("\n\n")[0],
-             epilog="Without a command, the options are those of `train` (see `sslfer-train train --help`).")
+@click.group(cls=_ContrastiveByDefault, help=__doc__.split("\n\n")[0],
+             epilog=f"Without a command, the options are those of `{DEFAULT_METHOD}` (see `sslfer-train "
+                    f"{DEFAULT_METHOD} --help`); `train` is another name for it.")
 @click.version_option(__version__, prog_name="sslfer-train")
 def main():
     pass
@@ -45,116 +46,123 @@ def _default_workers() -> int:
     return max(1, min(8, cores_per_local_rank() - 1))
 
 
-@main.command("train")
-@click.option("--shards", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Shard folder with manifest.json (made by sslfer-prep). Required unless --resume.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder: config.json, metrics.jsonl, checkpoints/.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its newest checkpoint.")
-@click.option("--arch", type=click.Choice(ARCHS), default="resnet50", show_default=True)
-@click.option("--timeaug", is_flag=True, help="Positive = a frame 0.5-1.5 s away (else a second augmentation).")
-@click.option("--hardneg", is_flag=True, help="Add a frame >= 3 s away (and its own positive) as extra negative rows.")
-@click.option("--faceswap", is_flag=True, help="Positive replaced by its stored face swap with probability --swap-p.")
-@click.option("--cutmix", is_flag=True, help="Positive's inner-face box pasted on another identity's frame (ablation).")
-@click.option("--maskfn", is_flag=True, help="Treat the most descriptor-similar samples as false negatives.")
-@click.option("--maskfn-mode", type=click.Choice(MASKFN_MODES), default="positive", show_default=True)
-@click.option("--maskfn-k", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--maskfn-lambda", type=click.FloatRange(min=0, min_open=True), default=0.8, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=2), default=256, show_default=True,
-              help="Anchors per step over all ranks; each adds 2 rows (4 with --hardneg).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help=f"Passes over every frame as anchor [default: {DEFAULT_EPOCHS} unless --steps].")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total optimiser steps instead of --epochs.")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
-              help="Linear warm-up steps [default: 5% of the steps, at most 1000].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
-@click.option("--resize", type=click.IntRange(min=8), default=128, show_default=True, help="Faces are resized to this first.")
-@click.option("--crop", type=click.IntRange(min=8), default=112, show_default=True, help="Random crop side (network input).")
-@click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
-              help="Central fraction of the stored aligned face kept before --resize (e.g. 0.72 for tight crops "
-                   "like FER2013's).")
-@click.option("--crop-area", type=(float, float), default=None, metavar="LO HI",
-              help="Random-resized crop: a box of LO..HI of the face's area (aspect 3/4..4/3) resized to --crop "
-                   "[default: a fixed --crop window of the --resize face].")
-@click.option("--swap-p", type=click.FloatRange(0, 1), default=0.8, show_default=True,
-              help="Probability that a positive is its FaceSwap (or CutMix) version.")
-@click.option("--pool-videos", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Videos each loader worker keeps open to mix into batches.")
-@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 8",
-              help="DataLoader worker processes per rank.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--ckpt-every", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Checkpoint every N steps (and at every epoch end).")
-@click.option("--keep-checkpoints", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="bf16 autocast for the network: auto = on CUDA only; bf16 on CPU pays off where the CPU has "
-                   "AVX512-BF16 or AMX (1.3-1.5x for ResNet-18 at 48-64 px here).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across ranks (CUDA).")
-@click.option("--verify", is_flag=True, help="Hash every shard against the manifest before training (slow).")
-@click.pass_context
-def train_command(ctx: click.Context, resume: bool, compile_: bool, **params):
-    """Contrastive pretraining (SimCLR, TimeAug, HardNeg, FaceSwap, CutMix, MaskFN)."""
+def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[click.Option]]:
+    """Options of every method, defaults from its config class: (those listed first, the rest)."""
+    config = method.config_class
+
+    def option(name: str, *, help: str = "", **kwargs) -> click.Option:
+        kwargs.setdefault("default", field_default(config, name))
+        kwargs.setdefault("show_default", kwargs["default"] is not None and not kwargs.get("is_flag"))
+        return click.Option(["--" + name.replace("_", "-")], help=method.option_help.get(name, help), **kwargs)
+
+    first = [
+        option("shards", type=click.Path(file_okay=False, path_type=Path), default=None,
+               help="Shard folder with manifest.json (made by sslfer-prep). Required unless --resume."),
+        option("out", required=True, type=click.Path(file_okay=False, path_type=Path), default=None,
+               help="Run folder: config.json, metrics.jsonl, checkpoints/."),
+        click.Option(["--resume"], is_flag=True, help="Continue the run in --out from its newest checkpoint."),
+    ]
+    rest = [
+        option("batch_size", type=click.IntRange(min=1), help="Samples per optimiser step over all ranks."),
+        option("epochs", type=click.IntRange(min=1),
+               help=f"Passes over the data [default: {config.default_epochs} unless --steps]."),
+        option("steps", type=click.IntRange(min=1), help="Total optimiser steps instead of --epochs."),
+        option("warmup_steps", type=click.IntRange(min=0), help="Learning-rate warm-up steps [default: the method's]."),
+        option("lr", type=click.FloatRange(min=0, min_open=True)),
+        option("weight_decay", type=click.FloatRange(min=0)),
+        option("workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 8",
+               help="DataLoader worker processes per rank."),
+        option("seed", type=int),
+        option("ckpt_every", type=click.IntRange(min=1), help="Checkpoint every N steps (and at every epoch end)."),
+        option("keep_checkpoints", type=click.IntRange(min=1)),
+        option("log_every", type=click.IntRange(min=1)),
+        option("device", type=click.Choice(["auto", "cpu", "cuda"])),
+        option("precision", type=click.Choice(PRECISIONS), help="bf16 autocast for the network (auto: the method's rule)."),
+        click.Option(["--compile", "compile_"], is_flag=True, help="torch.compile the model."),
+        option("verify", is_flag=True, help="Hash every shard against the manifest before training (slow)."),
+    ]
+    return first, rest
+
+
+def _method_command(method: type[Method], name: str, hidden: bool = False) -> click.Command:
+    """The subcommand training with `method`: shared options plus the method's (a method option named like
+    a shared one replaces it)."""
+    first, rest = _shared_options(method)
+    own = method.cli_options()
+    replaced = {o.name for o in own}
+    params = first + own + [o for o in rest if o.name not in replaced]
+
+    def callback(resume: bool, compile_: bool, **params):
+        _train_command(method, click.get_current_context(), resume, compile_, params)
+
+    return click.Command(name, callback=callback, params=params, help=method.help, hidden=hidden)
+
+
+def _train_command(method: type[Method], ctx: click.Context, resume: bool, compile_: bool, params: dict) -> None:
     params["compile"] = compile_
     sources = {name: ctx.get_parameter_source("compile_" if name == "compile" else name) for name in params}
     given = {name for name, source in sources.items() if source == click.core.ParameterSource.COMMANDLINE}
-    cfg = _resumed_config(params, given) if resume else _fresh_config(params)
+    cfg = _resumed_config(method, params, given) if resume else _fresh_config(method, params)
     try:
         summary = train(cfg, resume=resume, echo=lambda text: click.echo(text, err=True))
-    except (ShardSetError, TrainingError, CheckpointWriteError) as error:
+    except (ShardSetError, TrainingError, CheckpointWriteError, *method.user_errors) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; continue with: sslfer-train --out {cfg.out} --resume", err=True)
+        click.echo(f"\ninterrupted; continue with: {resume_command(method.name, cfg.out)}", err=True)
         raise SystemExit(130) from None
     if summary.checkpoint is not None:
         click.echo(f"newest checkpoint: {summary.checkpoint}", err=True)
 
 
-def _fresh_config(params: dict) -> RunConfig:
+def _fresh_config(method: type[Method], params: dict) -> TrainConfig:
     if params["shards"] is None:
         raise click.UsageError("--shards is required (unless --resume)")
     if params["steps"] is None and params["epochs"] is None:
-        params["epochs"] = DEFAULT_EPOCHS
+        params["epochs"] = method.config_class.default_epochs
     try:
-        return RunConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items()})
+        return method.config_class(**{k: str(v) if isinstance(v, Path) else v for k, v in params.items()})
     except ValueError as error:
         raise click.UsageError(str(error)) from None
 
 
-def _resumed_config(params: dict, given: set[str]) -> RunConfig:
+def _resumed_config(method: type[Method], params: dict, given: set[str]) -> TrainConfig:
     try:
-        saved = RunConfig.from_json(read_run_config(params["out"]))
+        recorded = read_run_config(params["out"])
+        check_same_method(recorded, method.name, params["out"])
+        saved = method.config_class.from_json(recorded)
     except (TrainingError, ValueError, TypeError) as error:
         raise click.UsageError(f"cannot resume {params['out']}: {error}") from None
     conflicts = []
-    for name in sorted(given - RUNTIME_KEYS):
+    for name in sorted(given - saved.runtime_keys):
         value = params[name]
         if value != getattr(saved, name):
             conflicts.append(f"--{name.replace('_', '-')} (run: {getattr(saved, name)}, now: {value})")
     if conflicts:
         raise click.UsageError(f"{params['out']} was started with other settings: {'; '.join(conflicts)}; "
                                "a resumed run keeps its settings")
-    runtime = {k: str(params[k]) if isinstance(params[k], Path) else params[k] for k in given & RUNTIME_KEYS if k != "out"}
+    runtime = {k: str(params[k]) if isinstance(params[k], Path) else params[k]
+               for k in given & saved.runtime_keys if k != "out"}
     return dataclasses.replace(saved, **runtime, out=str(params["out"]))
+
+
+for _name in method_names():
+    main.add_command(_method_command(get_method(_name), _name))
+main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=True))
 
 
 @main.command("export")
 @click.argument("run", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the backbone state_dict (torchvision ResNet keys, no fc).")
+              help="Where to write the export (contrastive: the backbone state_dict, torchvision ResNet keys, no fc).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A specific checkpoint instead of the run's newest.")
 def export_command(run: Path, output: Path, checkpoint: Path | None):
-    """Write the backbone of RUN's newest checkpoint as a plain torchvision state_dict."""
+    """Write what RUN's newest checkpoint learnt, as its method exports it."""
     try:
-        used, arch, step = export_backbone(run, output, checkpoint)
+        used, description, step = export_run(run, output, checkpoint)
     except ExportError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"{output}: {arch} backbone from {used.name} (step {step})", err=True)
+    click.echo(f"{output}: {description} from {used.name} (step {step})", err=True)
 
 
 if __name__ == "__main__":

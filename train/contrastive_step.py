@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -14,6 +13,7 @@ from sslfer_core.losses import multi_positive_nt_xent
 from train.batch_builder import LossInputs, MaskFNConfig, build_loss_inputs
 from train.distributed import DistContext, gather, gather_with_grad
 from train.precision import uses_bf16
+from train.step_io import batch_to_device, step_generator  # noqa: F401  (benchmarks import them from here)
 
 
 @dataclass
@@ -21,19 +21,6 @@ class StepResult:
     loss: Tensor
     embeddings: Tensor  # gathered (global) projections, for statistics
     inputs: LossInputs
-
-
-def step_generator(seed: int, rank: int, step: int, device: torch.device) -> torch.Generator:
-    """Augmentation randomness of one step on one rank: a pure function of (seed, rank, step), so a resumed
-    run draws exactly what an uninterrupted one would."""
-    words = np.random.SeedSequence([int(seed), int(rank), int(step), 0xC3]).generate_state(2)
-    generator = torch.Generator(device=device)
-    generator.manual_seed((int(words[0]) << 31) ^ int(words[1]))
-    return generator
-
-
-def batch_to_device(batch: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def centre_crop(images: Tensor, landmarks: Tensor, fraction: float) -> tuple[Tensor, Tensor]:

@@ -1,4 +1,5 @@
-"""`sslfer-train export`: the newest checkpoint's backbone as a plain torchvision ResNet state_dict."""
+"""`sslfer-train export`: what the run's method exports from its newest (or a given) checkpoint, e.g. the
+contrastive backbone as a plain torchvision ResNet state_dict."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +7,16 @@ from pathlib import Path
 import torch
 
 from sslfer_core.atomic_files import atomic_path
-from sslfer_core.models import ContrastiveModel, backbone_state_dict
 from train.checkpoints import latest_checkpoint, load_checkpoint
+from train.methods import ExportError, get_method
+from train.run_config import method_of_config
+
+__all__ = ["ExportError", "export_run"]
 
 
-class ExportError(ValueError):
-    """The run folder or checkpoint cannot be exported."""
-
-
-def export_backbone(run_dir: Path, out_path: Path, checkpoint: Path | None = None) -> tuple[Path, str, int]:
-    """Write backbone weights (keys conv1.weight, layer1.0..., no fc.*) to out_path atomically;
-    returns (checkpoint used, arch, step)."""
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None) -> tuple[Path, str, int]:
+    """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
+    description of what was written, step)."""
     path = Path(checkpoint) if checkpoint else latest_checkpoint(Path(run_dir))
     if path is None:
         raise ExportError(f"{run_dir}: no checkpoint to export (expected checkpoints/ckpt-step*.pt)")
@@ -24,14 +24,13 @@ def export_backbone(run_dir: Path, out_path: Path, checkpoint: Path | None = Non
         state = load_checkpoint(path)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise ExportError(f"{path}: unreadable checkpoint ({type(error).__name__}: {str(error)[:200]})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("config"), dict):
         raise ExportError(f"{path}: not an sslfer-train checkpoint (no model/config)")
-    arch = state["config"].get("arch", "resnet50")
-    model = ContrastiveModel(arch, proj_dim=int(state["config"].get("proj_dim", 128)))
     try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as error:
-        raise ExportError(f"{path}: weights do not fit {arch}: {str(error).splitlines()[0]}") from None
+        method = get_method(method_of_config(state["config"]))
+    except ValueError as error:
+        raise ExportError(f"{path}: {error}") from None
+    exported = method.export(state, path)
     with atomic_path(out_path) as tmp:
-        torch.save(backbone_state_dict(model), tmp)
-    return path, arch, int(state.get("step", -1))
+        torch.save(exported.payload, tmp)
+    return path, exported.description, int(state.get("step", -1))

@@ -1,99 +1,77 @@
-"""Everything that defines a training run, as written to RUN/config.json and into every checkpoint."""
+"""What every training run is configured by, whatever its method, as written to RUN/config.json and into
+every checkpoint. A method's config (train/methods/) subclasses TrainConfig with its own fields, and may
+re-declare a shared field to give it another default; config.json holds them all flat, plus `method`."""
 from __future__ import annotations
 
 import subprocess
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 from sslfer_core import __version__
-from sslfer_core.gpu_augment import valid_crop_area
 from train.precision import PRECISIONS
 
 # May differ when a run is resumed (where the data lives, how it is read, how often to log).
 RUNTIME_KEYS = frozenset({"shards", "out", "device", "workers", "verify", "log_every", "keep_checkpoints", "compile"})
-MASKFN_MODES = ("positive", "mask")
-ARCHS = ("resnet50", "resnet18")
+# config.json of runs made before there were methods has no "method" entry: they are all contrastive.
+DEFAULT_METHOD = "contrastive"
 
 
 @dataclass
-class RunConfig:
+class TrainConfig:
     shards: str
     out: str
-    arch: str = "resnet50"
-    proj_dim: int = 128
-    timeaug: bool = False
-    hardneg: bool = False
-    faceswap: bool = False
-    cutmix: bool = False
-    maskfn: bool = False
-    maskfn_mode: str = "positive"
-    maskfn_k: int = 1
-    maskfn_lambda: float = 0.8
-    temperature: float = 0.07
-    batch_size: int = 256  # anchors per optimiser step, all ranks together
+    batch_size: int = 256  # samples per optimiser step, all ranks together
     epochs: int | None = None
     steps: int | None = None
     warmup_steps: int | None = None
     lr: float = 3e-4
     weight_decay: float = 1e-4
-    resize: int = 128
-    crop: int = 112
-    face_crop: float = 1.0  # central fraction of the stored aligned face kept before --resize
-    crop_area: tuple[float, float] | None = None  # random-resized crop's area range; None = fixed --crop window
-    swap_p: float = 0.8
-    pool_videos: int = 64
     workers: int = 1
     seed: int = 0
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 10
     device: str = "auto"
-    precision: str = "auto"  # bf16 autocast: auto = on CUDA only
+    precision: str = "auto"  # bf16 autocast; what auto means is the method's rule
     compile: bool = False
-    sync_bn: bool = False
     verify: bool = False
 
+    method: ClassVar[str] = ""  # the registered method name; set by each method's config class
+    runtime_keys: ClassVar[frozenset[str]] = RUNTIME_KEYS
+    default_epochs: ClassVar[int] = 100  # the CLI's --epochs when neither --epochs nor --steps is given
+
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown --arch {self.arch!r}; use {' or '.join(ARCHS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown --precision {self.precision!r}; use {', '.join(PRECISIONS)}")
-        if self.maskfn_mode not in MASKFN_MODES:
-            raise ValueError(f"unknown --maskfn-mode {self.maskfn_mode!r}; use {' or '.join(MASKFN_MODES)}")
-        if self.faceswap and self.cutmix:
-            raise ValueError("--faceswap and --cutmix both replace the positive; give one of them")
         if self.steps is None and self.epochs is None:
             raise ValueError("give --steps or --epochs")
         if self.steps is not None and self.epochs is not None:
             raise ValueError("give --steps or --epochs, not both")
-        if not 0 < self.face_crop <= 1:
-            raise ValueError(f"--face-crop must be in (0, 1], got {self.face_crop}")
-        if self.crop_area is not None:
-            self.crop_area = tuple(float(v) for v in self.crop_area)  # config.json gives a list
-            if not valid_crop_area(self.crop_area):
-                raise ValueError(f"--crop-area needs 0 < LO <= HI <= 1, got {' '.join(map(str, self.crop_area))}")
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"need 0 < --crop <= --resize, got {self.crop} and {self.resize}")
-
-    @property
-    def ablation(self) -> str:
-        parts = [name for name, on in (("TimeAug", self.timeaug), ("HardNeg", self.hardneg),
-                                       ("FaceSwap", self.faceswap), ("CutMix", self.cutmix),
-                                       ("MaskFN", self.maskfn)) if on]
-        return "+".join(parts) if parts else "SimCLR"
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return dict(method=self.method, **asdict(self))
 
     @classmethod
-    def from_json(cls, obj: dict) -> "RunConfig":
+    def from_json(cls, obj: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in known})
 
-    def differences(self, other: "RunConfig") -> list[str]:
-        """Settings (other than RUNTIME_KEYS) on which two configs disagree."""
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Settings (other than the runtime keys) on which two configs disagree."""
         mine, theirs = self.to_json(), other.to_json()
-        return sorted(k for k in mine if k not in RUNTIME_KEYS and mine[k] != theirs[k])
+        return sorted(k for k in mine if k not in self.runtime_keys and mine[k] != theirs.get(k))
+
+
+def method_of_config(obj) -> str:
+    """The method a config.json or checkpoint config names (runs from before methods: contrastive)."""
+    return (obj.get("method") if isinstance(obj, dict) else None) or DEFAULT_METHOD
+
+
+def resume_command(method: str, run_dir) -> str:
+    """The command line that continues a run of `method`."""
+    sub = "" if method == DEFAULT_METHOD else f" {method}"
+    return f"sslfer-train{sub} --out {run_dir} --resume"
 
 
 def code_version() -> str:

@@ -4,26 +4,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from train.checkpoints import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
-from train.epoch_plan import FALLBACK_KINDS
 
 
 @dataclass
 class RunState:
     """Model, optimiser and scheduler plus the position of the run. `batch_in_epoch` is the next batch to
-    train on; `fallbacks` are running totals over all ranks, in FALLBACK_KINDS order."""
+    train on; `counters` are the method's running totals over all ranks (Method.counter_names, in order)."""
 
-    model: torch.nn.Module  # unwrapped (no DDP / compile): its state_dict keys are backbone.* / projector.*
+    model: torch.nn.Module  # unwrapped (no DDP / compile): its state_dict keys are the method model's own
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     seed: int
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    fallbacks: np.ndarray = field(default_factory=lambda: np.zeros(len(FALLBACK_KINDS), np.int64))
+    counters: dict[str, int] = field(default_factory=dict)
 
     def advance(self, steps_per_epoch: int) -> bool:
         """Count one finished step; True when it ended an epoch."""
@@ -34,13 +32,18 @@ class RunState:
             return True
         return False
 
+    def add_counts(self, values: list[int]) -> None:
+        """Add one sync point's totals, given in counter order."""
+        for name, value in zip(self.counters, values):
+            self.counters[name] += int(value)
+
     def save(self, run_dir: Path, config: dict, code_version: str, keep: int) -> Path:
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "rng": rng_states(), "config": config,
             "step": self.step, "epoch": self.epoch, "code_version": code_version,
             "sampler": {"seed": self.seed, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                        "fallbacks": self.fallbacks.tolist()},
+                        "counters": dict(self.counters)},
         }
         return save_checkpoint(run_dir, self.step, state, keep)
 
@@ -51,8 +54,10 @@ class RunState:
         self.scheduler.load_state_dict(state["scheduler"])
         restore_rng_states(state["rng"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch = int(state["sampler"]["batch_in_epoch"])
-        self.fallbacks = np.asarray(state["sampler"]["fallbacks"], np.int64)
-
-    def fallback_counts(self) -> dict[str, int]:
-        return dict(zip(FALLBACK_KINDS, self.fallbacks.tolist()))
+        sampler = state["sampler"]
+        self.batch_in_epoch = int(sampler["batch_in_epoch"])
+        saved = sampler.get("counters")
+        if saved is None:  # checkpoints from before named counters: the contrastive fallbacks, in order
+            saved = dict(zip(self.counters, sampler.get("fallbacks", [])))
+        # A counter the checkpoint does not know (added to the method since) starts at 0.
+        self.counters = {name: int(saved.get(name, 0)) for name in self.counters}

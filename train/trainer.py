@@ -1,4 +1,5 @@
-"""The training loop: set-up (shards, run folder, model, optimiser, resume), steps, logging, checkpoints.
+"""The training loop shared by every method (train/methods/): set-up (distributed, shards, run folder, model,
+optimiser, resume), steps, logging, checkpoints. What is learnt and from which batches is the method's.
 
 Reproducibility: the data of (epoch, batch) and the augmentation of (rank, step) are pure functions of the
 seed, and a checkpoint stores model, optimiser, scheduler, sampler position and RNG states, so a resumed
@@ -17,24 +18,21 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from sslfer_core.atomic_files import write_json_atomic
-from sslfer_core.models import ContrastiveModel
-from train.batch_builder import MaskFNConfig, similarity_stats
 from train.checkpoints import latest_checkpoint
-from train.contrastive_step import ContrastiveStep, StepResult, batch_to_device, step_generator
 from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
-from train.epoch_plan import FALLBACK_KINDS, PlanConfig
 from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
-from train.lr_schedule import default_warmup, make_scheduler
+from train.methods import BatchStream, Method, get_method
 from train.metrics_log import IntervalMeter, MetricsLog
 from train.progress_bar import TrainProgress
-from train.run_config import RunConfig, code_version
+from train.run_config import TrainConfig, code_version, method_of_config, resume_command
 from train.run_state import RunState
 from train.shard_index import ShardIndex
-from train.shard_set import check_ablation, open_shard_set
-from train.shard_stream import ShardStream, make_loader
+from train.shard_set import open_shard_set
+from train.step_io import batch_to_device, step_generator
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
@@ -50,7 +48,7 @@ class TrainSummary:
     steps: int
     epoch: int
     last_loss: float
-    fallbacks: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
     checkpoint: Path | None = None
     seconds: float = 0.0
 
@@ -59,7 +57,7 @@ class TrainSummary:
 class _Data:
     index: ShardIndex
     manifest_sha256: str
-    stream: ShardStream
+    stream: BatchStream
     workers: int
     total_steps: int
     warmup_steps: int
@@ -79,10 +77,28 @@ def read_run_config(run_dir: Path) -> dict:
         raise TrainingError(f"{path}: unreadable ({error})") from None
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+def check_same_method(saved: dict, method: str, run_dir: Path) -> None:
+    """Refuse to continue a run with another method than the one that made it."""
+    made_by = method_of_config(saved)
+    if made_by != method:
+        raise TrainingError(f"{run_dir} is a {made_by} run, not {method}; continue it with: "
+                            f"{resume_command(made_by, run_dir)}")
+
+
+def check_batch_divides(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        lower, upper = batch_size // world_size * world_size, (batch_size // world_size + 1) * world_size
+        multiples = f"{lower} or {upper}" if lower else str(upper)
+        raise TrainingError(f"--batch-size {batch_size} is not divisible by the {world_size} ranks; "
+                            f"give a multiple of {world_size} (e.g. {multiples})")
+
+
+def _check_run_dir(run_dir: Path, resume: bool, method: str) -> Path | None:
     """The checkpoint to resume from (None for a fresh run)."""
     newest = latest_checkpoint(run_dir)
     if resume:
+        if (run_dir / CONFIG_NAME).exists():
+            check_same_method(read_run_config(run_dir), method, run_dir)
         if newest is None:
             raise TrainingError(f"{run_dir}: no checkpoint to resume from")
         return newest
@@ -91,23 +107,17 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
     return None
 
 
-def _prepare_data(cfg: RunConfig, ctx: DistContext, echo) -> _Data:
+def _prepare_data(cfg: TrainConfig, ctx: DistContext, method: Method, echo) -> _Data:
     # Hashing every byte once is enough: the other ranks check sizes and headers only.
     index, manifest_sha256 = open_shard_set(Path(cfg.shards), full_verify=cfg.verify and ctx.is_main, warn=echo)
     world = ctx.world_size
-    if cfg.batch_size % world:
-        raise TrainingError(f"--batch-size {cfg.batch_size} is not divisible by the {world} ranks")
-    check_ablation(index, Path(cfg.shards), faceswap=cfg.faceswap, maskfn=cfg.maskfn, global_batch=cfg.batch_size)
+    method.check_shards(index, Path(cfg.shards))
     if index.num_videos < world:
         raise TrainingError(f"the shards hold {index.num_videos} videos, fewer than the {world} ranks")
-    # Every (rank, worker) unit needs at least one video of its own.
-    workers = max(0, min(cfg.workers, index.num_videos // world))
-    plan = PlanConfig(seed=cfg.seed, batch_size=cfg.batch_size // world, timeaug=cfg.timeaug, hardneg=cfg.hardneg,
-                      faceswap=cfg.faceswap, cutmix=cfg.cutmix, swap_p=cfg.swap_p, pool_videos=cfg.pool_videos)
-    stream = ShardStream(index, plan, rank=ctx.rank, world_size=world, num_workers=workers,
-                         with_descriptors=cfg.maskfn)
+    workers = method.loader_workers(index, cfg.workers)
+    stream = method.make_stream(index, workers)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * stream.steps
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup(total)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else method.default_warmup(total, stream.steps)
     return _Data(index, manifest_sha256, stream, workers, total, warmup)
 
 
@@ -120,8 +130,8 @@ def _cpu_threads(ctx: DistContext, workers: int) -> int:
     return torch.get_num_threads()
 
 
-def _record_config(cfg: RunConfig, ctx: DistContext, data: _Data, run_dir: Path, resuming: bool,
-                   bf16: bool) -> None:
+def _record_config(cfg: TrainConfig, ctx: DistContext, method: Method, data: _Data, run_dir: Path,
+                   resuming: bool) -> None:
     """Write config.json for a new run; for a resumed one, refuse different shards."""
     if resuming:
         if read_run_config(run_dir).get("manifest_sha256") != data.manifest_sha256:
@@ -130,39 +140,35 @@ def _record_config(cfg: RunConfig, ctx: DistContext, data: _Data, run_dir: Path,
         return
     if ctx.is_main:
         write_json_atomic(run_dir / CONFIG_NAME, dict(
-            cfg.to_json(), ablation=cfg.ablation, code_version=code_version(), manifest_sha256=data.manifest_sha256,
-            world_size=ctx.world_size, workers_used=data.workers, device_used=str(ctx.device),
-            bf16_used=bf16,
+            cfg.to_json(), **method.config_record(), code_version=code_version(),
+            manifest_sha256=data.manifest_sha256, world_size=ctx.world_size, workers_used=data.workers,
+            device_used=str(ctx.device), bf16_used=method.bf16,
             steps_per_epoch=data.steps_per_epoch, total_steps=data.total_steps,
             warmup_steps_used=data.warmup_steps, frames=data.index.num_frames, videos=data.index.num_videos,
             torch_version=torch.__version__))
 
 
-def _build_state(cfg: RunConfig, ctx: DistContext, data: _Data, channels_last: bool) -> RunState:
+def _build_state(cfg: TrainConfig, method: Method, data: _Data) -> RunState:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = ContrastiveModel(cfg.arch, cfg.proj_dim).to(ctx.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.sync_bn and ctx.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # fused: Adam's update in one kernel per parameter instead of several; on one CPU core 29-30 ms instead of
-    # 54-59 ms per ResNet-18 step (docs/training.md).
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    return RunState(model, optimizer, make_scheduler(optimizer, data.warmup_steps, data.total_steps), cfg.seed)
+    model = method.build_model()
+    optimizer = method.build_optimizer(model)
+    scheduler = method.build_scheduler(optimizer, data.warmup_steps, data.total_steps)
+    return RunState(model, optimizer, scheduler, cfg.seed, counters=dict.fromkeys(method.counter_names, 0))
 
 
-def _wrap(model: torch.nn.Module, cfg: RunConfig, ctx: DistContext) -> torch.nn.Module:
+def _wrap(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
     net = model
     if ctx.distributed:
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     return torch.compile(net) if cfg.compile else net
 
 
-def train(cfg: RunConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
+def train(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str], None] = print,
           progress: bool | None = None) -> TrainSummary:
-    """Run (or continue) training as configured; raises TrainingError / ShardSetError with a one-line reason."""
+    """Run (or continue) training as configured, with the method cfg belongs to; raises TrainingError /
+    ShardSetError (or one of the method's user_errors) with a one-line reason."""
     try:
         ctx = init_distributed(cfg.device)
     except ValueError as error:
@@ -179,59 +185,56 @@ def train(cfg: RunConfig, *, resume: bool = False, echo: Callable[[str], None] =
         shutdown(ctx)
 
 
-def _train(cfg: RunConfig, ctx: DistContext, resume: bool, echo, progress) -> TrainSummary:
+def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progress) -> TrainSummary:
     started = time.monotonic()
     run_dir = Path(cfg.out)
-    resume_from = _check_run_dir(run_dir, resume)
+    check_batch_divides(cfg.batch_size, ctx.world_size)  # every rank fails alike, before any collective
+    resume_from = _check_run_dir(run_dir, resume, cfg.method)
     barrier(ctx)  # every rank has looked before rank 0 writes config.json
-    data = _prepare_data(cfg, ctx, echo)
+    method = get_method(cfg.method)(cfg, ctx)
+    data = _prepare_data(cfg, ctx, method, echo)
     threads = _cpu_threads(ctx, data.workers)
-    views = data.stream.config.num_views
-    objective = ContrastiveStep(ctx, batch_size=cfg.batch_size // ctx.world_size, num_views=views,
-                                resize=cfg.resize, crop=cfg.crop, temperature=cfg.temperature,
-                                face_crop=cfg.face_crop, crop_area=cfg.crop_area, precision=cfg.precision,
-                                maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda)
-                                if cfg.maskfn else None)
-    _record_config(cfg, ctx, data, run_dir, resume_from is not None, objective.bf16)
-    state = _build_state(cfg, ctx, data, objective.channels_last)
+    _record_config(cfg, ctx, method, data, run_dir, resume_from is not None)
+    state = _build_state(cfg, method, data)
     if resume_from is not None:
         state.restore(resume_from)
         echo(f"resuming {run_dir} from {resume_from.name} (step {state.step}, epoch {state.epoch})")
     net = _wrap(state.model, cfg, ctx)
-    echo(f"{cfg.ablation}, {cfg.arch}, seed {cfg.seed}: {data.index.num_videos} videos / {data.index.num_frames} "
+    echo(f"{method.title}, seed {cfg.seed}: {data.index.num_videos} videos / {data.index.num_frames} "
          f"frames in {len(data.index.paths)} shards; {ctx.world_size} rank(s) x {data.workers} loader worker(s) "
-         f"on {ctx.device} ({threads} torch threads{', bf16' if objective.bf16 else ''}); "
-         f"{cfg.batch_size} anchors x {views} views per step; {data.steps_per_epoch} steps/epoch, "
-         f"{data.total_steps} steps")
+         f"on {ctx.device} ({threads} torch threads{', bf16' if method.bf16 else ''}); "
+         f"{method.batch_description}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps")
     metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None)
                if ctx.is_main else None)
-    bar = TrainProgress(data.total_steps, state.step, enabled=progress if ctx.is_main else False)
+    bar = TrainProgress(data.total_steps, state.step, enabled=progress if ctx.is_main else False,
+                        unit=method.rate_unit)
     try:
-        last_loss, last_checkpoint = _loop(cfg, ctx, data, state, net, objective, metrics, bar, run_dir,
+        last_loss, last_checkpoint = _loop(cfg, ctx, data, state, net, method, metrics, bar, run_dir,
                                            resume_from)
     finally:
         bar.close()
         data.stream.close()
         if metrics is not None:
             metrics.close()
-    counts = state.fallback_counts()
+    counters = dict(state.counters)
     if math.isnan(last_loss):
         echo(f"nothing to do: {run_dir} already reached its {data.total_steps} steps")
     else:
-        echo(f"done: {state.step} steps, epoch {state.epoch}, last loss {last_loss:.4f}; samples that fell back: "
-             + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return TrainSummary(run_dir, state.step, state.epoch, last_loss, counts, last_checkpoint,
+        echo(f"done: {state.step} steps, epoch {state.epoch}, last loss {last_loss:.4f}"
+             + method.final_summary(counters))
+    return TrainSummary(run_dir, state.step, state.epoch, last_loss, counters, last_checkpoint,
                         time.monotonic() - started)
 
 
-def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, objective: ContrastiveStep,
+def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net, method: Method,
           metrics: MetricsLog | None, bar: TrainProgress, run_dir: Path, last_checkpoint: Path | None):
     """Train to the last step; returns (last loss, newest checkpoint)."""
-    meter = IntervalMeter(rows_per_step=cfg.batch_size * objective.num_views)  # .last: the newest loss read
-    loader = make_loader(data.stream, data.workers, pin_memory=ctx.device.type == "cuda")
-    # Losses and fallback counts stay on the device between sync points (loss_watch.py says why).
+    meter = IntervalMeter(rows_per_step=method.rows_per_step)  # .last: the newest loss read
+    loader = method.make_loader(data.stream, data.workers, pin_memory=ctx.device.type == "cuda")
+    # Losses and counts stay on the device between sync points (loss_watch.py says why).
     losses, check_each_step = LossWatch(), settles_each_step(ctx.device)
-    fallbacks = torch.zeros(len(FALLBACK_KINDS), dtype=torch.int64, device=ctx.device)
+    counts = torch.zeros(len(state.counters), dtype=torch.int64, device=ctx.device)
+    clip = method.grad_clip
     while state.step < data.total_steps:
         data.stream.set_epoch(state.epoch, state.batch_in_epoch)
         for batch in loader:
@@ -240,19 +243,21 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
                                     f"expected {state.batch_in_epoch} of epoch {state.epoch}")
             batch = batch_to_device(batch, ctx.device)
             net.train()
-            x = objective.views(batch, step_generator(cfg.seed, ctx.rank, state.step, ctx.device))
-            result = objective.loss(net, x, batch)
-            losses.add(state.step + 1, state.epoch, result.loss)
+            loss, outputs = method.step(net, batch, step_generator(cfg.seed, ctx.rank, state.step, ctx.device))
+            losses.add(state.step + 1, state.epoch, loss)
             if check_each_step:
                 _settle(losses, meter, state, last_checkpoint, applied=False)
             lr = state.optimizer.param_groups[0]["lr"]
             state.optimizer.zero_grad(set_to_none=True)
-            result.loss.backward()
+            loss.backward()
+            grad_norm = None if clip is None else torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
             state.optimizer.step()
             state.scheduler.step()
             epoch_of_step = state.epoch
             epoch_end = state.advance(data.steps_per_epoch)
-            fallbacks += batch["fallbacks"]
+            step_counts = method.counts(batch, outputs)
+            if step_counts is not None:
+                counts += step_counts
             final = state.step == data.total_steps
             log_now = state.step % cfg.log_every == 0 or final or epoch_end
             save_now = state.step % cfg.ckpt_every == 0 or epoch_end or final
@@ -260,13 +265,15 @@ def _loop(cfg: RunConfig, ctx: DistContext, data: _Data, state: RunState, net, o
                 continue
             # Settled before anything is written, so no log line or checkpoint follows a non-finite loss.
             _settle(losses, meter, state, last_checkpoint, applied=True)
-            state.fallbacks += sum_across(fallbacks, ctx).cpu().numpy()
-            fallbacks.zero_()
+            if state.counters:
+                state.add_counts(sum_across(counts, ctx).tolist())
+                counts.zero_()
             if log_now:
-                _log(metrics, bar, meter, state, result, lr, epoch_of_step)
+                _log(metrics, bar, meter, state, method, outputs, grad_norm, lr, epoch_of_step)
             if save_now:
                 if ctx.is_main:
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
+                    method.on_checkpoint(state.model, run_dir, state.step, batch)
                 barrier(ctx)
             if epoch_end or final:
                 break
@@ -288,12 +295,14 @@ def _settle(losses: LossWatch, meter: IntervalMeter, state: RunState, last_check
         meter.add(value)
 
 
-def _log(metrics: MetricsLog | None, bar: TrainProgress, meter: IntervalMeter, state: RunState,
-         result: StepResult, lr: float, epoch: int) -> None:
-    loss, images_per_s = meter.take()
-    pos_cos, neg_cos = similarity_stats(result.embeddings, result.inputs.positive_index[:, 0], result.inputs.row_valid)
+def _log(metrics: MetricsLog | None, bar: TrainProgress, meter: IntervalMeter, state: RunState, method: Method,
+         outputs: dict[str, Tensor], grad_norm: Tensor | None, lr: float, epoch: int) -> None:
+    loss, rate = meter.take()
+    record = {"step": state.step, "epoch": epoch, "loss": loss, "loss_last": meter.last, "lr": lr,
+              f"{method.rate_unit}_per_s": rate}
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record.update(method.log_record(outputs, dict(state.counters)))
     if metrics is not None:
-        metrics.write({"step": state.step, "epoch": epoch, "loss": loss, "loss_last": meter.last, "lr": lr,
-                       "images_per_s": images_per_s, "pos_cos": pos_cos, "neg_cos": neg_cos,
-                       "false_negatives": result.inputs.false_negatives, "fallbacks": state.fallback_counts()})
-    bar.update(state.step, loss, images_per_s)
+        metrics.write(record)
+    bar.update(state.step, loss, rate)

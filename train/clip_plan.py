@@ -1,0 +1,280 @@
+"""Index-level plan of one epoch of video clips for masked-autoencoder pretraining (docs/video-data.md).
+
+A clip is `frames` stored frames of one video taken every `stride` rows from its contiguous, time-sorted
+rows. The stride is given in seconds, or in frames at `frame_rate` (the reference: 4 frames at 25 fps), and
+is resolved against the frame rate the shards were prepared at (`sslfer-prep --fps`); shards whose rate
+cannot give it as a whole number of rows are refused. A start is valid only when every step of the clip
+spans the stride in time as well (within `timing_tolerance` row periods, half by default), so a clip
+never crosses a dropped frame, nor takes unevenly spaced rows (a source whose frame rate the prep fps does
+not divide, e.g. 30 fps video kept at 25 fps, or one slower than the prep fps).
+
+Every epoch redraws, from (seed, epoch) alone, `clips_per_video` uniform starts per usable video and one
+global order of those clips; global batch g is clips [g*W*B, (g+1)*W*B) of that order, and rank r takes
+its r-th block of B. The plan is therefore the same whatever the number of loader workers, ranks
+partition every global batch disjointly, and a resumed run re-plans the epoch and skips batches for
+free. Planning touches no image data. Pure numpy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from train.shard_index import ShardIndex
+
+REFERENCE_FPS = 25.0  # VoxCeleb2's frame rate, at which the reference counts its stride of 4 frames
+STRIDE_TOLERANCE = 0.01  # rows: how far stride_seconds * fps may be from a whole number
+PREP_FPS_OPTION = "sslfer-prep --fps"
+
+
+class ClipConfigError(ValueError):
+    """The requested clips cannot be cut from these shards; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    frames: int = 16
+    stride_frames: int | None = 4  # frames at frame_rate between consecutive clip frames
+    stride_seconds: float | None = None  # or the stride in seconds (then stride_frames must be None)
+    frame_rate: float = REFERENCE_FPS  # the rate stride_frames counts at
+    clips_per_video: int = 1  # clips drawn per usable video per epoch (the reference draws one)
+    # How far each clip step may last from stride / fps, in row periods: below 1, a dropped frame never passes.
+    timing_tolerance: float = 0.5
+
+    def __post_init__(self):
+        if self.frames < 1:
+            raise ClipConfigError(f"a clip needs at least 1 frame, got frames={self.frames}")
+        if (self.stride_frames is None) == (self.stride_seconds is None):
+            raise ClipConfigError("give the clip stride either in frames or in seconds, not both or neither")
+        if self.stride_frames is not None and self.stride_frames < 1:
+            raise ClipConfigError(f"the clip stride must be at least 1 frame, got {self.stride_frames}")
+        if self.stride_seconds is not None and not self.stride_seconds > 0:
+            raise ClipConfigError(f"the clip stride must be positive, got {self.stride_seconds} s")
+        if not self.frame_rate > 0:
+            raise ClipConfigError(f"frame_rate must be positive, got {self.frame_rate}")
+        if self.clips_per_video < 1:
+            raise ClipConfigError(f"clips_per_video must be at least 1, got {self.clips_per_video}")
+        if not 0 <= self.timing_tolerance < 1:
+            raise ClipConfigError(f"timing_tolerance must be in [0, 1) row periods, got {self.timing_tolerance}")
+
+    @property
+    def seconds_per_step(self) -> float:
+        if self.stride_seconds is not None:
+            return float(self.stride_seconds)
+        return self.stride_frames / self.frame_rate
+
+    @property
+    def span_seconds(self) -> float:
+        """Time a clip covers, each frame's own period included: 16 x 0.16 s = 2.56 s for the reference."""
+        return self.frames * self.seconds_per_step
+
+    def describe_stride(self) -> str:
+        if self.stride_seconds is not None:
+            return f"{self.stride_seconds:g} s"
+        return f"{self.seconds_per_step:g} s ({self.stride_frames} frames at {self.frame_rate:g} fps)"
+
+
+def shard_fps(index: ShardIndex) -> float:
+    """The frame rate all shards were prepared at (their header's prep config)."""
+    rates = []
+    for path, header in zip(index.paths, index.headers):
+        fps = header.prep_config.get("fps")
+        if fps is None:
+            raise ClipConfigError(f"{path}: shard header states no prep fps; prepare the shards again with "
+                                  f"`{PREP_FPS_OPTION} {REFERENCE_FPS:g}`")
+        rates.append(float(fps))
+    distinct = sorted(set(rates))
+    if len(distinct) > 1:
+        raise ClipConfigError(f"shards were prepared at different frame rates ({', '.join(f'{r:g}' for r in distinct)} "
+                              f"fps); train on one set prepared with a single `{PREP_FPS_OPTION}`")
+    return distinct[0]
+
+
+def clip_stride_frames(index_fps: float, cfg: ClipConfig) -> int:
+    """The stride in stored rows at `index_fps`; ClipConfigError when it is not a whole number >= 1."""
+    step = cfg.seconds_per_step
+    rows = step * float(index_fps)
+    whole = round(rows)
+    if whole >= 1 and abs(rows - whole) <= STRIDE_TOLERANCE:
+        return int(whole)
+    base = 1.0 / step  # every multiple of this rate gives a whole number of rows
+    suggestion = cfg.frame_rate if cfg.stride_frames is not None else base * max(1, math.ceil(index_fps / base))
+    raise ClipConfigError(
+        f"shards prepared at {index_fps:g} fps cannot give a clip stride of {cfg.describe_stride()}: it would be "
+        f"{rows:.3g} stored frames; prepare them with `{PREP_FPS_OPTION} F` where F is a multiple of {base:g} "
+        f"(e.g. --fps {suggestion:g}), or choose another stride")
+
+
+@dataclass
+class ClipCatalogue:
+    """Every valid clip start of every video for one (frames, stride); computed once, reused every epoch.
+    Valid starts are kept as runs of consecutive starts (a gap-free video has one run)."""
+
+    frames: int
+    stride: int  # rows between consecutive clip frames
+    fps: float
+    span_rows: int  # rows from a clip's first frame to its last, both included
+    run_video: np.ndarray  # (R,) video of each run of valid starts, ascending
+    run_start: np.ndarray  # (R,) first valid start (position inside the video) of the run
+    run_length: np.ndarray  # (R,) number of valid starts in the run
+    usable: np.ndarray  # (U,) videos with at least one valid start, ascending
+    skipped_short: int  # videos with fewer rows than the span
+    skipped_timing: int  # videos long enough in rows without a window that keeps the stride in time
+
+    @property
+    def clip_positions(self) -> np.ndarray:
+        """(T,) row offsets of a clip's frames from its start."""
+        return np.arange(self.frames, dtype=np.int64) * self.stride
+
+
+def valid_starts(timestamps: np.ndarray, frames: int, stride: int, fps: float, tolerance: float = 0.5) -> np.ndarray:
+    """Boolean (n,): a clip may start at row i, i.e. rows i, i+stride, ... exist and each step spans
+    stride / fps seconds within `tolerance` row periods."""
+    ts = np.asarray(timestamps, dtype=np.float64)
+    n = len(ts)
+    span = (frames - 1) * stride + 1
+    ok = np.zeros(n, bool)
+    if n < span:
+        return ok
+    if frames == 1:
+        ok[:] = True
+        return ok
+    period = 1.0 / fps
+    bad = np.ones(n, np.int64)  # bad[i]: the step from row i to row i+stride is off (or leaves the video)
+    bad[: n - stride] = np.abs(ts[stride:] - ts[:-stride] - stride * period) > tolerance * period + 1e-9
+    # count[i] = bad[i] + bad[i - stride] + ...: a cumulative sum within each residue class mod stride.
+    padded = np.concatenate([bad, np.zeros(-n % stride, np.int64)])
+    count = np.cumsum(padded.reshape(-1, stride), axis=0).reshape(-1)[:n]
+    starts = np.arange(n - span + 1)
+    last_step = starts + (frames - 2) * stride
+    before = np.where(starts >= stride, count[np.maximum(starts - stride, 0)], 0)
+    ok[: n - span + 1] = count[last_step] - before == 0
+    return ok
+
+
+def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
+    """Resolve the stride against the shards' fps and find every video's valid starts. Raises
+    ClipConfigError when no video can give a clip."""
+    fps = shard_fps(index)
+    stride = clip_stride_frames(fps, cfg)
+    span = (cfg.frames - 1) * stride + 1
+    run_video, run_start, run_length, usable = [], [], [], []
+    short = mistimed = 0
+    for video, ts in enumerate(index.timestamps):
+        if len(ts) < span:
+            short += 1
+            continue
+        ok = valid_starts(ts, cfg.frames, stride, fps, cfg.timing_tolerance)
+        edges = np.diff(np.concatenate([[0], ok.astype(np.int8), [0]]))
+        begins, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        if not len(begins):
+            mistimed += 1
+            continue
+        usable.append(video)
+        run_video.append(np.full(len(begins), video, np.int64))
+        run_start.append(begins.astype(np.int64))
+        run_length.append((ends - begins).astype(np.int64))
+    if not usable:
+        longest = int(index.video_frames.max()) if index.num_videos else 0
+        why = (f"the longest video has {longest} frames ({longest / fps:.2f} s at {fps:g} fps)" if not mistimed else
+               f"{short} videos are shorter and the other {mistimed} never keep the stride in time over a whole clip "
+               f"(dropped frames, or source video at another rate than {fps:g} fps)")
+        raise ClipConfigError(
+            f"a clip of {cfg.frames} frames at stride {stride} spans {span} stored frames ({cfg.span_seconds:.2f} s) "
+            f"but {why}; use fewer frames, a shorter stride, or longer videos")
+    return ClipCatalogue(
+        frames=cfg.frames, stride=stride, fps=fps, span_rows=span,
+        run_video=np.concatenate(run_video), run_start=np.concatenate(run_start),
+        run_length=np.concatenate(run_length), usable=np.asarray(usable, np.int64),
+        skipped_short=short, skipped_timing=mistimed,
+    )
+
+
+@dataclass
+class EpochClipPlan:
+    """One rank's clips of one epoch: batch i holds clips video[i], starting at row position start[i] of
+    each video (0-based inside the video); frames are start + k * stride."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    batch_size: int  # clips per rank per batch
+    stride: int
+    frames: int
+    video: np.ndarray  # (steps, B) int64 global video ids
+    start: np.ndarray  # (steps, B) int64 first frame position inside the video
+    num_clips: int  # clips drawn this epoch over all ranks
+    dropped: int  # clips of the last, incomplete global batch (not used)
+    skipped_short: int  # videos shorter than the clip span (never used)
+    skipped_timing: int  # videos without a window that keeps the stride in time (never used)
+
+    @property
+    def steps(self) -> int:
+        return int(self.video.shape[0])
+
+    def rows(self, batch: int) -> np.ndarray:
+        """(B, T) frame positions inside each clip's video."""
+        return self.start[batch][:, None] + np.arange(self.frames, dtype=np.int64) * self.stride
+
+
+def clip_steps(catalogue: ClipCatalogue, cfg: ClipConfig, batch_size: int, world_size: int = 1) -> int:
+    """Batches per epoch and rank (the same every epoch); ClipConfigError when not even one fits."""
+    if batch_size < 1 or world_size < 1:
+        raise ClipConfigError(f"need batch_size >= 1 and world_size >= 1, got {batch_size}, {world_size}")
+    total = len(catalogue.usable) * cfg.clips_per_video
+    steps = total // (batch_size * world_size)
+    if steps == 0:
+        raise ClipConfigError(
+            f"{total} clips per epoch ({len(catalogue.usable)} usable videos x {cfg.clips_per_video}) do not fill "
+            f"one global batch of {world_size} x {batch_size}; lower the batch size or raise clips per video")
+    return steps
+
+
+def draw_epoch_clips(catalogue: ClipCatalogue, cfg: ClipConfig, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(video, start) of every clip of the epoch, in the epoch's global order: a function of (seed, epoch)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 0xC11D]))
+    # Valid starts per video, and where each video's runs begin in the flat run arrays.
+    starts_per_video = np.bincount(catalogue.run_video, weights=catalogue.run_length).astype(np.int64)
+    run_end = np.cumsum(catalogue.run_length)  # cumulative valid starts over all runs
+    run_begin = run_end - catalogue.run_length
+    video_base = np.zeros(len(starts_per_video), np.int64)
+    first_run = np.searchsorted(catalogue.run_video, np.arange(len(starts_per_video)), side="left")
+    has_runs = first_run < len(catalogue.run_video)
+    video_base[has_runs] = run_begin[first_run[has_runs]]
+    video = np.repeat(catalogue.usable, cfg.clips_per_video)
+    pick = np.floor(rng.random(len(video)) * starts_per_video[video]).astype(np.int64)
+    pick = np.minimum(pick, starts_per_video[video] - 1)
+    flat = video_base[video] + pick
+    run = np.searchsorted(run_end, flat, side="right")
+    start = catalogue.run_start[run] + (flat - run_begin[run])
+    order = rng.permutation(len(video))
+    return video[order], start[order]
+
+
+def plan_epoch_clips(index: ShardIndex, cfg: ClipConfig, seed: int, epoch: int, batch_size: int, rank: int = 0,
+                     world_size: int = 1, *, catalogue: ClipCatalogue | None = None) -> EpochClipPlan:
+    """Rank `rank`'s batches of epoch `epoch`. Pass the catalogue built once (build_catalogue) to skip
+    re-scanning the timestamps every epoch."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
+    catalogue = catalogue if catalogue is not None else build_catalogue(index, cfg)
+    if catalogue.frames != cfg.frames or catalogue.stride != clip_stride_frames(catalogue.fps, cfg):
+        raise ValueError("the catalogue was built for another clip length or stride than the config's")
+    steps = clip_steps(catalogue, cfg, batch_size, world_size)
+    video, start = draw_epoch_clips(catalogue, cfg, seed, epoch)
+    used = steps * world_size * batch_size
+    return EpochClipPlan(
+        epoch=int(epoch), rank=rank, world_size=world_size, batch_size=batch_size, stride=catalogue.stride,
+        frames=cfg.frames,
+        video=video[:used].reshape(steps, world_size, batch_size)[:, rank].copy(),
+        start=start[:used].reshape(steps, world_size, batch_size)[:, rank].copy(),
+        num_clips=len(video), dropped=len(video) - used,
+        skipped_short=catalogue.skipped_short, skipped_timing=catalogue.skipped_timing,
+    )
+
+
+def worker_batches(steps: int, num_slots: int, worker: int, skip: int = 0) -> range:
+    """Rank-local batch numbers a loader worker serves: the DataLoader asks workers round-robin starting at
+    worker 0, so after skipping `skip` batches worker w serves skip + w, skip + w + num_slots, ..."""
+    return range(skip + worker, steps, max(1, num_slots))

@@ -1,0 +1,219 @@
+"""The contrastive method (Shu et al., BMVC 2022): SimCLR on aligned faces with the TimeAug, HardNeg,
+FaceSwap, CutMix and MaskFN ablation flags. Batches come from ShardStream (train/shard_stream.py), the step
+from ContrastiveStep (train/contrastive_step.py); optimiser Adam, schedule warm-up then cosine to 0."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import click
+import torch
+from torch import Tensor, nn
+
+from sslfer_core.gpu_augment import valid_crop_area
+from sslfer_core.models import ContrastiveModel, backbone_state_dict
+from train.batch_builder import MaskFNConfig, similarity_stats
+from train.contrastive_step import ContrastiveStep
+from train.epoch_plan import FALLBACK_KINDS, PlanConfig
+from train.methods import ExportError, Exported, Method, field_default, register
+from train.run_config import TrainConfig
+from train.shard_index import ShardIndex
+from train.shard_set import check_ablation
+from train.shard_stream import ShardStream, make_loader
+
+MASKFN_MODES = ("positive", "mask")
+ARCHS = ("resnet50", "resnet18")
+
+
+@dataclass
+class ContrastiveConfig(TrainConfig):
+    arch: str = "resnet50"
+    proj_dim: int = 128
+    timeaug: bool = False
+    hardneg: bool = False
+    faceswap: bool = False
+    cutmix: bool = False
+    maskfn: bool = False
+    maskfn_mode: str = "positive"
+    maskfn_k: int = 1
+    maskfn_lambda: float = 0.8
+    temperature: float = 0.07
+    resize: int = 128
+    crop: int = 112
+    face_crop: float = 1.0  # central fraction of the stored aligned face kept before --resize
+    crop_area: tuple[float, float] | None = None  # random-resized crop's area range; None = fixed --crop window
+    swap_p: float = 0.8
+    pool_videos: int = 64
+    sync_bn: bool = False
+
+    method: ClassVar[str] = "contrastive"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown --arch {self.arch!r}; use {' or '.join(ARCHS)}")
+        super().__post_init__()
+        if self.maskfn_mode not in MASKFN_MODES:
+            raise ValueError(f"unknown --maskfn-mode {self.maskfn_mode!r}; use {' or '.join(MASKFN_MODES)}")
+        if self.faceswap and self.cutmix:
+            raise ValueError("--faceswap and --cutmix both replace the positive; give one of them")
+        if not 0 < self.face_crop <= 1:
+            raise ValueError(f"--face-crop must be in (0, 1], got {self.face_crop}")
+        if self.crop_area is not None:
+            self.crop_area = tuple(float(v) for v in self.crop_area)  # config.json gives a list
+            if not valid_crop_area(self.crop_area):
+                raise ValueError(f"--crop-area needs 0 < LO <= HI <= 1, got {' '.join(map(str, self.crop_area))}")
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"need 0 < --crop <= --resize, got {self.crop} and {self.resize}")
+
+    @property
+    def ablation(self) -> str:
+        parts = [name for name, on in (("TimeAug", self.timeaug), ("HardNeg", self.hardneg),
+                                       ("FaceSwap", self.faceswap), ("CutMix", self.cutmix),
+                                       ("MaskFN", self.maskfn)) if on]
+        return "+".join(parts) if parts else "SimCLR"
+
+
+def _option(name: str, **kwargs) -> click.Option:
+    """--NAME for ContrastiveConfig.NAME, its default read from the dataclass."""
+    kwargs.setdefault("default", field_default(ContrastiveConfig, name))
+    kwargs.setdefault("show_default", kwargs["default"] is not None and not kwargs.get("is_flag"))
+    return click.Option(["--" + name.replace("_", "-")], **kwargs)
+
+
+@register
+class Contrastive(Method):
+    name = "contrastive"
+    config_class = ContrastiveConfig
+    help = "Contrastive pretraining (SimCLR, TimeAug, HardNeg, FaceSwap, CutMix, MaskFN)."
+    counter_names = FALLBACK_KINDS  # samples whose TimeAug / HardNeg / FaceSwap / CutMix view fell back
+    rate_unit = "images"
+    option_help = {
+        "epochs": f"Passes over every frame as anchor [default: {ContrastiveConfig.default_epochs} unless --steps].",
+        "warmup_steps": "Linear warm-up steps [default: 5% of the steps, at most 1000].",
+        "precision": "bf16 autocast for the network: auto = on CUDA only; bf16 on CPU pays off where the CPU has "
+                     "AVX512-BF16 or AMX (1.3-1.5x for ResNet-18 at 48-64 px here).",
+    }
+
+    @classmethod
+    def cli_options(cls) -> list[click.Option]:
+        return [
+            _option("arch", type=click.Choice(ARCHS)),
+            _option("timeaug", is_flag=True, help="Positive = a frame 0.5-1.5 s away (else a second augmentation)."),
+            _option("hardneg", is_flag=True,
+                    help="Add a frame >= 3 s away (and its own positive) as extra negative rows."),
+            _option("faceswap", is_flag=True,
+                    help="Positive replaced by its stored face swap with probability --swap-p."),
+            _option("cutmix", is_flag=True,
+                    help="Positive's inner-face box pasted on another identity's frame (ablation)."),
+            _option("maskfn", is_flag=True, help="Treat the most descriptor-similar samples as false negatives."),
+            _option("maskfn_mode", type=click.Choice(MASKFN_MODES)),
+            _option("maskfn_k", type=click.IntRange(min=1)),
+            _option("maskfn_lambda", type=click.FloatRange(min=0, min_open=True)),
+            _option("temperature", type=click.FloatRange(min=0, min_open=True)),
+            _option("batch_size", type=click.IntRange(min=2),
+                    help="Anchors per step over all ranks; each adds 2 rows (4 with --hardneg)."),
+            _option("resize", type=click.IntRange(min=8), help="Faces are resized to this first."),
+            _option("crop", type=click.IntRange(min=8), help="Random crop side (network input)."),
+            _option("face_crop", type=click.FloatRange(0, 1, min_open=True),
+                    help="Central fraction of the stored aligned face kept before --resize (e.g. 0.72 for tight "
+                         "crops like FER2013's)."),
+            _option("crop_area", type=(float, float), metavar="LO HI", show_default=False,
+                    help="Random-resized crop: a box of LO..HI of the face's area (aspect 3/4..4/3) resized to "
+                         "--crop [default: a fixed --crop window of the --resize face]."),
+            _option("swap_p", type=click.FloatRange(0, 1),
+                    help="Probability that a positive is its FaceSwap (or CutMix) version."),
+            _option("pool_videos", type=click.IntRange(min=1),
+                    help="Videos each loader worker keeps open to mix into batches."),
+            _option("sync_bn", is_flag=True, help="Synchronise BatchNorm statistics across ranks (CUDA)."),
+        ]
+
+    def __init__(self, cfg: ContrastiveConfig, ctx):
+        super().__init__(cfg, ctx)
+        world = ctx.world_size
+        self.plan = PlanConfig(seed=cfg.seed, batch_size=cfg.batch_size // world, timeaug=cfg.timeaug,
+                               hardneg=cfg.hardneg, faceswap=cfg.faceswap, cutmix=cfg.cutmix, swap_p=cfg.swap_p,
+                               pool_videos=cfg.pool_videos)
+        self.objective = ContrastiveStep(
+            ctx, batch_size=cfg.batch_size // world, num_views=self.plan.num_views, resize=cfg.resize,
+            crop=cfg.crop, temperature=cfg.temperature, face_crop=cfg.face_crop, crop_area=cfg.crop_area,
+            precision=cfg.precision,
+            maskfn=MaskFNConfig(cfg.maskfn_mode, cfg.maskfn_k, cfg.maskfn_lambda) if cfg.maskfn else None)
+
+    # -- data
+    def check_shards(self, index: ShardIndex, shards: Path) -> None:
+        cfg = self.cfg
+        check_ablation(index, shards, faceswap=cfg.faceswap, maskfn=cfg.maskfn, global_batch=cfg.batch_size)
+
+    def make_stream(self, index: ShardIndex, workers: int) -> ShardStream:
+        return ShardStream(index, self.plan, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                           num_workers=workers, with_descriptors=self.cfg.maskfn)
+
+    def make_loader(self, stream: ShardStream, workers: int, pin_memory: bool):
+        return make_loader(stream, workers, pin_memory=pin_memory)
+
+    # -- model and optimisation
+    @property
+    def bf16(self) -> bool:
+        return self.objective.bf16
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.cfg.batch_size * self.objective.num_views
+
+    def build_model(self) -> nn.Module:
+        model = ContrastiveModel(self.cfg.arch, self.cfg.proj_dim).to(self.ctx.device)
+        if self.objective.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.cfg.sync_bn and self.ctx.distributed:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        # fused: Adam's update in one kernel per parameter instead of several; on one CPU core 29-30 ms instead
+        # of 54-59 ms per ResNet-18 step (docs/training.md).
+        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
+
+    # -- one step
+    def step(self, net: nn.Module, batch: dict[str, Tensor], generator: torch.Generator):
+        x = self.objective.views(batch, generator)
+        result = self.objective.loss(net, x, batch)
+        inputs = result.inputs
+        return result.loss, {"embeddings": result.embeddings, "partner": inputs.positive_index[:, 0],
+                             "row_valid": inputs.row_valid,
+                             "false_negatives": torch.tensor(inputs.false_negatives)}
+
+    def counts(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> Tensor:
+        return batch["fallbacks"]
+
+    # -- reporting
+    @property
+    def title(self) -> str:
+        return f"{self.cfg.ablation}, {self.cfg.arch}"
+
+    @property
+    def batch_description(self) -> str:
+        return f"{self.cfg.batch_size} anchors x {self.objective.num_views} views per step"
+
+    def config_record(self) -> dict:
+        return {"ablation": self.cfg.ablation}
+
+    def log_record(self, outputs: dict[str, Tensor], counters: dict[str, int]) -> dict:
+        pos_cos, neg_cos = similarity_stats(outputs["embeddings"], outputs["partner"], outputs["row_valid"])
+        return {"pos_cos": pos_cos, "neg_cos": neg_cos, "false_negatives": int(outputs["false_negatives"]),
+                "fallbacks": dict(counters)}
+
+    def final_summary(self, counters: dict[str, int]) -> str:
+        return "; samples that fell back: " + ", ".join(f"{k} {v}" for k, v in counters.items())
+
+    # -- export
+    @classmethod
+    def export(cls, state: dict, source: Path) -> Exported:
+        """The backbone as a plain torchvision ResNet state_dict (keys conv1.weight, layer1.0..., no fc.*)."""
+        arch = state["config"].get("arch", "resnet50")
+        model = ContrastiveModel(arch, proj_dim=int(state["config"].get("proj_dim", 128)))
+        try:
+            model.load_state_dict(state["model"], strict=True)
+        except RuntimeError as error:
+            raise ExportError(f"{source}: weights do not fit {arch}: {str(error).splitlines()[0]}") from None
+        return Exported(backbone_state_dict(model), f"{arch} backbone")
