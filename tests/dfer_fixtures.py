@@ -34,19 +34,19 @@ def make_mae_shards(root: Path, *, videos: int = 4, frames: int = 24, size: int 
     return root
 
 
-def mae_export(root: Path, *, steps: int = 2, frames: int = MAE_FRAMES) -> Path:
+def mae_export(root: Path, *, steps: int = 1, frames: int = MAE_FRAMES) -> Path:
     """`sslfer-train mae --preset tiny` for `steps` steps on tiny shards, then `sslfer-train export`."""
     shards = make_mae_shards(root / "mae_shards")
     run = root / "mae_run"
     _train(["mae", "--shards", shards, "--out", run, "--preset", "tiny", "--frames", frames, "--stride", "2",
-            "--batch-size", "2", "--workers", "0", "--precision", "fp32", "--steps", steps, "--warmup-steps", "1",
+            "--batch-size", "2", "--workers", "0", "--precision", "fp32", "--steps", steps, "--warmup-steps", "0",
             "--lr", "1e-3", "--min-lr", "1e-4", "--log-every", "1"])
     out = root / "mae_tiny_export.pt"
     _train(["export", run, "-o", out])
     return out
 
 
-def contrastive_export(root: Path, *, steps: int = 2) -> Path:
+def contrastive_export(root: Path, *, steps: int = 1) -> Path:
     """A contrastive ResNet-18 run of `steps` steps on tiny shards, exported as a plain state_dict."""
     shards = make_train_shards(root / "con_shards", shards=1, videos=3, frames=20)
     run = root / "con_run"
