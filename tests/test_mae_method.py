@@ -178,7 +178,10 @@ def test_clip_span_longer_than_every_video_is_refused(shards, tmp_path):
 
 
 def test_batch_not_divisible_by_the_ranks_is_refused(shards, tmp_path, monkeypatch):
+    # Rank 0 of two, without a process group (the check comes before any collective but the barrier that
+    # lets both ranks leave together).
     monkeypatch.setattr(train.trainer, "init_distributed", lambda device: DistContext(rank=0, world_size=2))
+    monkeypatch.setattr(train.trainer, "barrier", lambda ctx: None)
     args = ["mae", "--shards", shards, "--out", tmp_path / "run", *ONE_STEP]
     line = _one_line_error(_train([*args, "--batch-size", "3"]))
     assert "--batch-size 3 is not divisible by the 2 ranks; give a multiple of 2 (e.g. 2 or 4)" in line
