@@ -275,3 +275,18 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for g in got:  # the logged interval means are over both ranks, and equal on both
         assert g["logged"]["loss_appearance"] == pytest.approx(float(parts["loss_appearance"]), rel=1e-5)
         assert g["logged"]["zero_loss_motion"] == pytest.approx(float(parts["zero_loss_motion"]), rel=1e-5)
+
+
+def test_bf16_rule_cuda_and_native_bf16_cpus_only(monkeypatch, tmp_path):
+    import train.methods.videomae as videomae
+    cls = get_method("mae")
+    cpu = DistContext(device=torch.device("cpu"))
+
+    def method(precision, native):
+        monkeypatch.setattr(videomae, "cpu_has_native_bf16", lambda: native)
+        cfg = cls.config_class(shards=str(tmp_path), out=str(tmp_path), preset="tiny", steps=1, lr=1e-3,
+                               precision=precision)
+        return cls(cfg, cpu)
+
+    assert method("auto", True).bf16 and not method("auto", False).bf16
+    assert not method("fp32", True).bf16 and method("bf16", False).bf16
