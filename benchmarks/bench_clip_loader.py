@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     print(f"shards: {len(paths)} files, {index.num_videos} videos, {index.num_frames} frames at {cat.fps:g} fps, "
           f"{index.image_size} px, face codec {codec}")
     print(f"clips: {cfg.frames} frames at stride {cat.stride} rows ({cfg.span_seconds:.2f} s); usable videos "
-          f"{len(cat.usable)}, skipped {cat.skipped_short} short + {cat.skipped_timing} whose rows never keep the stride in time; "
+          f"{len(cat.usable)}, skipped {cat.skipped_short} short + {cat.skipped_timing} whose rows never keep "
+          f"the stride in time; "
           f"{probe.steps} batches of {args.batch_size} per epoch")
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine)")
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
     for row in configs:
         memory = next(r["best"] for r in configs if r["source"] == "memory" and r["workers"] == row["workers"])
         frames = row["best"] * cfg.frames
-        print(f"{row['source']:8} {row['workers']:>7} {row['best']:>9.1f} {frames:>10.0f} {row['best'] / memory:>10.2f}")
+        print(f"{row['source']:8} {row['workers']:>7} {row['best']:>9.1f} {frames:>10.0f} "
+              f"{row['best'] / memory:>10.2f}")
         results.append({"source": row["source"], "workers": row["workers"], "clips_per_s": row["best"],
                         "frames_per_s": frames})
     augment = []
@@ -151,7 +153,8 @@ def main(argv=None) -> int:
             generator = torch.Generator().manual_seed(0)
             augment_clips(batch, aug, generator)
             best = min(_timed(lambda: augment_clips(batch, aug, generator)) for _ in range(3))
-            print(f"  {index.image_size} -> {size} px: {best * 1e3:.0f} ms per batch ({batch.shape[0] / best:.0f} clips/s)")
+            print(f"  {index.image_size} -> {size} px: {best * 1e3:.0f} ms per batch "
+                  f"({batch.shape[0] / best:.0f} clips/s)")
             augment.append({"size": size, "ms_per_batch": best * 1e3})
     if args.json:
         args.json.write_text(json.dumps({

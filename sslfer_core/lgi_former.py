@@ -227,7 +227,7 @@ def merge_regions(grouped: Tensor, order: Tensor) -> Tensor:
     """(B, R, L, D) and partition_regions' order -> (B, R*L, D) in raster order of the tokens grouped:
     all N tokens, or the visible ones in the order tokens[visible] has."""
     b, r, l, d = grouped.shape
-    # order is ascending inside each region, so its argsort sorts the slots by raster index.
+    # order gives each slot's raster index; sorting the slots by it restores raster order.
     back = torch.argsort(order, dim=1)
     return torch.gather(grouped.reshape(b, r * l, d), 1, back[..., None].expand(-1, -1, d))
 
@@ -284,7 +284,9 @@ class Mlp(nn.Module):
 
 
 class LGIBlock(nn.Module):
-    """One LGI-Former block on representative tokens rep (B, R, D) and local tokens loc (B, R, L, D)."""
+    """One LGI-Former block on representative tokens rep (B, R, D) and local tokens loc (B, R, L, D).
+    Stochastic depth drops step 1 per (clip, region) and the other steps per clip, with separate draws for
+    the representative and the local tokens in step 4."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()

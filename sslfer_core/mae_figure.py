@@ -9,7 +9,9 @@ that slice's tubelet, the frame the appearance target describes):
 Display choices:
 - Appearance targets are per-tubelet standardised; predictions and targets are mapped back to pixels with
   the tubelet's own mean and std (sslfer_core.video_mae.tubelet_stats), so both show faces. The target row
-  then reproduces the input, which checks the target code by eye.
+  then reproduces the input, which checks the target code by eye. The mean comes from the target, so
+  even a zero prediction shows each patch's mean colour (a blocky face): only the structure inside a
+  patch is the model's. The figure says so in its caption.
 - Motion is the difference of two standardised frames with the same statistics, so multiplied by the
   tubelet's std it is the pixel difference f(2k+1) - f(2k). It is shown as 0.5 + gain * difference,
   clipped to [0, 1] (grey = no change), with one gain per clip for both motion rows, chosen so that the
@@ -35,6 +37,9 @@ ROW_TITLES = ("input", "masked input", "predicted appearance", "target appearanc
 MASK_GREY = 0.5
 MOTION_PERCENTILE = 99.0
 MOTION_HALF_RANGE = 0.45
+CAPTION_HEIGHT = 0.45  # inches
+CAPTION = ("Predicted appearance = prediction x tubelet std + tubelet mean of the target: a zero prediction\n"
+           "shows each patch's mean colour. Motion = 0.5 + gain x pixel difference. Visible tokens show the target.")
 
 
 def _full(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -88,7 +93,7 @@ def reconstruction_figure(path: str | os.PathLike, clips_01: Tensor, mask: Tenso
     b = clips_01.shape[0]
     rows = len(ROW_TITLES)
     side = 1.3
-    fig = Figure(figsize=(side * frames + 1.6, side * rows * b), dpi=100)
+    fig = Figure(figsize=(side * frames + 1.6, side * rows * b + CAPTION_HEIGHT), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows * b, frames, squeeze=False)
     for i in range(b):
@@ -106,7 +111,8 @@ def reconstruction_figure(path: str | os.PathLike, clips_01: Tensor, mask: Tenso
                     ax.set_ylabel(f"clip {i}\n{ROW_TITLES[r]}" if r == 0 else ROW_TITLES[r], fontsize=7)
                 if i == 0 and r == 0:
                     ax.set_title(f"frame {t * cfg.tubelet}", fontsize=7)
-    fig.tight_layout(pad=0.3)
+    fig.tight_layout(pad=0.3, rect=(0, CAPTION_HEIGHT / fig.get_figheight(), 1, 1))
+    fig.text(0.01, 0.2 * CAPTION_HEIGHT / fig.get_figheight(), CAPTION, fontsize=6, va="bottom", wrap=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     write_bytes_atomic(path, buffer.getvalue())

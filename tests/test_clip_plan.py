@@ -174,3 +174,23 @@ def test_workers_serve_batches_round_robin_from_the_skip():
     assert [list(worker_batches(10, 3, w, skip=4)) for w in range(3)] == [[4, 7], [5, 8], [6, 9]]
     assert [list(worker_batches(5, 1, 0))] == [[0, 1, 2, 3, 4]]
     assert list(worker_batches(2, 4, 3)) == []
+
+
+def test_the_order_visits_shards_in_groups_and_shuffles_within_them(tmp_path):
+    from train.clip_plan import draw_epoch_clips
+
+    videos = tuple((70, None) for _ in range(12))
+    index = build_shard_index(make_clip_shards(tmp_path, videos=videos, per_shard=2))  # 6 shards of 2 videos
+    for group in (1, 2, 3):
+        cfg = ClipConfig(clips_per_video=5, shard_group=group)
+        video, _ = draw_epoch_clips(build_catalogue(index, cfg), cfg, seed=0, epoch=0)
+        shards = index.video_shard[video]
+        # Consecutive blocks of 10 * group clips hold exactly `group` shards each, every shard once.
+        groups = [frozenset(shards[i:i + 10 * group].tolist()) for i in range(0, 60, 10 * group)]
+        assert all(len(g) == group for g in groups) and len(set().union(*groups)) == 6
+        # Inside a block the clips are shuffled, not one video after the other.
+        first = video[: 10 * group]
+        assert np.count_nonzero(first[1:] != first[:-1]) > 2 * group
+    cfg = ClipConfig(clips_per_video=5)  # 6 shards <= 32: one plain shuffle over all of them
+    video, _ = draw_epoch_clips(build_catalogue(index, cfg), cfg, seed=0, epoch=0)
+    assert len(set(index.video_shard[video[:10]].tolist())) > 2

@@ -69,6 +69,7 @@ def test_workers_give_the_in_process_batches_and_open_no_reader_in_the_parent(in
     _equal_batches(list(loader), expected)
     assert [int(b["batch_index"]) for b in expected] == list(range(stream.steps))
     assert stream._readers_pid is None and not stream._readers  # every reader lived in a worker
+    assert (stream.skipped_short, stream.skipped_timing) == (2, 1)
     skip = 3  # odd: DataLoader worker 0 must now serve what worker 1 served in the full epoch
     stream.set_epoch(0, skip_batches=skip)
     assert len(loader) == stream.steps - skip

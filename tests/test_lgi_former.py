@@ -239,3 +239,15 @@ def test_wrong_clip_shape_is_a_clear_error():
     encoder = LGIFormerEncoder(small_cfg())
     with pytest.raises(ValueError, match=r"clip must be \(B, 3, 16, 32, 32\)"):
         encoder(torch.zeros(1, 3, 8, 32, 32))
+
+
+def test_drop_path_acts_in_training_only():
+    torch.manual_seed(0)
+    cfg = small_cfg(drop_path=0.5)
+    encoder = LGIFormerEncoder(cfg)
+    assert [b.drop_path.p for b in encoder.blocks] == [0.0, 0.5]  # linear in depth
+    x = torch.randn(4, 3, 16, 32, 32)
+    encoder.train()
+    assert not torch.equal(encoder(x), encoder(x))
+    encoder.eval()
+    assert torch.equal(encoder(x), encoder(x))

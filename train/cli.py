@@ -77,7 +77,8 @@ def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[clic
         option("keep_checkpoints", type=click.IntRange(min=1)),
         option("log_every", type=click.IntRange(min=1)),
         option("device", type=click.Choice(["auto", "cpu", "cuda"])),
-        option("precision", type=click.Choice(PRECISIONS), help="bf16 autocast for the network (auto: the method's rule)."),
+        option("precision", type=click.Choice(PRECISIONS),
+               help="bf16 autocast for the network (auto: the method's rule)."),
         click.Option(["--compile", "compile_"], is_flag=True, help="torch.compile the model."),
         option("verify", is_flag=True, help="Hash every shard against the manifest before training (slow)."),
     ]

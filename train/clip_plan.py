@@ -9,10 +9,11 @@ never crosses a dropped frame, nor takes unevenly spaced rows (a source whose fr
 not divide, e.g. 30 fps video kept at 25 fps, or one slower than the prep fps).
 
 Every epoch redraws, from (seed, epoch) alone, `clips_per_video` uniform starts per usable video and one
-global order of those clips; global batch g is clips [g*W*B, (g+1)*W*B) of that order, and rank r takes
-its r-th block of B. The plan is therefore the same whatever the number of loader workers, ranks
-partition every global batch disjointly, and a resumed run re-plans the epoch and skips batches for
-free. Planning touches no image data. Pure numpy.
+global order of those clips (shuffled within random groups of `shard_group` shards, for reader
+locality); global batch g is clips [g*W*B, (g+1)*W*B) of that order, and rank r takes its r-th block
+of B. The plan is therefore the same whatever the number of loader workers, ranks partition every
+global batch disjointly, and a resumed run re-plans the epoch and skips batches for free. Planning
+touches no image data. Pure numpy.
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class ClipConfig:
     clips_per_video: int = 1  # clips drawn per usable video per epoch (the reference draws one)
     # How far each clip step may last from stride / fps, in row periods: below 1, a dropped frame never passes.
     timing_tolerance: float = 0.5
+    # The epoch's order visits the shards in random groups of this many, each group's clips shuffled
+    # together, so a loader worker keeps reading from a few open shards (train/clip_stream.py keeps at most
+    # MAX_OPEN_SHARDS open). With no more shards than this, the order is one plain shuffle.
+    shard_group: int = 32
 
     def __post_init__(self):
         if self.frames < 1:
@@ -55,6 +60,8 @@ class ClipConfig:
             raise ClipConfigError(f"frame_rate must be positive, got {self.frame_rate}")
         if self.clips_per_video < 1:
             raise ClipConfigError(f"clips_per_video must be at least 1, got {self.clips_per_video}")
+        if self.shard_group < 1:
+            raise ClipConfigError(f"shard_group must be at least 1, got {self.shard_group}")
         if not 0 <= self.timing_tolerance < 1:
             raise ClipConfigError(f"timing_tolerance must be in [0, 1) row periods, got {self.timing_tolerance}")
 
@@ -119,6 +126,7 @@ class ClipCatalogue:
     run_start: np.ndarray  # (R,) first valid start (position inside the video) of the run
     run_length: np.ndarray  # (R,) number of valid starts in the run
     usable: np.ndarray  # (U,) videos with at least one valid start, ascending
+    video_shard: np.ndarray  # (V,) shard of every video
     skipped_short: int  # videos with fewer rows than the span
     skipped_timing: int  # videos long enough in rows without a window that keeps the stride in time
 
@@ -187,6 +195,7 @@ def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
         frames=cfg.frames, stride=stride, fps=fps, span_rows=span,
         run_video=np.concatenate(run_video), run_start=np.concatenate(run_start),
         run_length=np.concatenate(run_length), usable=np.asarray(usable, np.int64),
+        video_shard=np.asarray(index.video_shard, np.int64),
         skipped_short=short, skipped_timing=mistimed,
     )
 
@@ -249,6 +258,11 @@ def draw_epoch_clips(catalogue: ClipCatalogue, cfg: ClipConfig, seed: int, epoch
     run = np.searchsorted(run_end, flat, side="right")
     start = catalogue.run_start[run] + (flat - run_begin[run])
     order = rng.permutation(len(video))
+    shards = int(catalogue.video_shard.max()) + 1
+    if shards > cfg.shard_group:
+        group = np.empty(shards, np.int64)
+        group[rng.permutation(shards)] = np.arange(shards) // cfg.shard_group
+        order = order[np.argsort(group[catalogue.video_shard[video[order]]], kind="stable")]
     return video[order], start[order]
 
 

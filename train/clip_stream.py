@@ -65,7 +65,13 @@ class ClipStream(IterableDataset):
 
     @property
     def skipped_short(self) -> int:
+        """Videos shorter than the clip span, never used."""
         return self.catalogue.skipped_short
+
+    @property
+    def skipped_timing(self) -> int:
+        """Videos long enough whose rows never keep the stride in time over a whole clip, never used."""
+        return self.catalogue.skipped_timing
 
     def __len__(self) -> int:
         return max(0, self.steps - self.skip)

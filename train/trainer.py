@@ -188,7 +188,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, echo: Callable[[str], None]
 def _train(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progress) -> TrainSummary:
     started = time.monotonic()
     run_dir = Path(cfg.out)
-    check_batch_divides(cfg.batch_size, ctx.world_size)  # every rank fails alike, before any collective
+    try:
+        check_batch_divides(cfg.batch_size, ctx.world_size)
+    except TrainingError:
+        barrier(ctx)  # every rank fails alike; all have joined the process group before any leaves it
+        raise
     resume_from = _check_run_dir(run_dir, resume, cfg.method)
     barrier(ctx)  # every rank has looked before rank 0 writes config.json
     method = get_method(cfg.method)(cfg, ctx)

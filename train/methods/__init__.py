@@ -55,9 +55,12 @@ class Exported:
 
 class Method:
     """One pretraining method. The loop makes one instance per run and process, after the process group
-    is set up, and calls it in this order: check_shards, loader_workers, make_stream, [seeds set]
-    build_model, build_optimizer, build_scheduler, then per step make_loader's batches -> step -> counts;
-    log_record at log lines (every rank), on_checkpoint after each checkpoint (rank 0 only)."""
+    is set up and the batch is known to divide among the ranks, and calls it in this order: check_shards,
+    loader_workers, make_stream, default_warmup, config_record, [RNGs seeded] build_model, build_optimizer,
+    build_scheduler, [checkpoint restored, DDP/compile] title, batch_description, make_loader; then per
+    step: step -> backward -> [clip to grad_clip] -> optimiser and scheduler step -> counts; at log lines
+    log_record (every rank), after each checkpoint on_checkpoint (rank 0 only); final_summary at the end.
+    Per-rank batch size: cfg.batch_size // ctx.world_size."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[TrainConfig]]

@@ -40,6 +40,7 @@ from train.shard_index import ShardIndex
 LR_BATCH = 256  # lr = base_lr x global batch / LR_BATCH (the reference's linear scaling rule)
 REFERENCE_STRIDE = 4  # frames at REFERENCE_FPS between clip frames (0.16 s)
 FIGURE_CLIPS = 2  # clips drawn in the reconstruction figure written at each checkpoint
+FIGURE_FRAMES = 4  # token time slices (columns) per clip in the figure
 FIGURE_SEED = 0x5EED  # the figure's own generator: its draws never touch the run's RNGs
 FIGURE_DIR = "figures"
 # Interval sums kept on the device between log lines, in this order (means over steps and ranks are logged).
@@ -49,7 +50,9 @@ LOGGED_PARTS = ("loss_appearance", "loss_motion", "zero_loss", "zero_loss_appear
 @dataclass
 class VideoMAEConfig(TrainConfig):
     preset: str = "full"
-    frames: int = 16  # frames per clip (the model's temporal input; a multiple of the tubelet)
+    # Frames per clip (--frames; the model's temporal input, a multiple of the tubelet). Not named "frames":
+    # config.json's "frames" is the loop's count of stored frames in the shards.
+    clip_frames: int = 16
     stride: int | None = None  # frames at 25 fps between clip frames; None = REFERENCE_STRIDE unless stride_seconds
     stride_seconds: float | None = None
     clips_per_video: int = 1
@@ -79,8 +82,9 @@ class VideoMAEConfig(TrainConfig):
             raise ValueError(f"--betas needs two values in [0, 1), got {self.betas}")
         if self.appearance_weight < 0 or self.motion_weight < 0 or not self.appearance_weight + self.motion_weight:
             raise ValueError("--appearance-weight and --motion-weight must be >= 0 and not both 0")
+        model_config = self.model_config  # validates --frames against the preset
         try:
-            masked_per_window(self.model_config, self.mask_ratio)
+            masked_per_window(model_config, self.mask_ratio)
         except ValueError as error:
             raise ValueError(f"--mask-ratio: {error}") from None
         scaled = self.lr is None
@@ -97,18 +101,18 @@ class VideoMAEConfig(TrainConfig):
     @property
     def model_config(self) -> LGIFormerConfig:
         base = preset(self.preset)
-        if self.frames == base.frames:
+        if self.clip_frames == base.frames:
             return base
         try:
-            return with_overrides(base, frames=self.frames)
+            return with_overrides(base, frames=self.clip_frames)
         except ValueError as error:
-            raise ValueError(f"--frames {self.frames} does not fit the {self.preset} preset: {error}") from None
+            raise ValueError(f"--frames {self.clip_frames} does not fit the {self.preset} preset: {error}") from None
 
     @property
     def clip_config(self) -> ClipConfig:
         stride = self.stride if self.stride is not None or self.stride_seconds is not None else REFERENCE_STRIDE
         try:
-            return ClipConfig(frames=self.frames, stride_frames=stride, stride_seconds=self.stride_seconds,
+            return ClipConfig(frames=self.clip_frames, stride_frames=stride, stride_seconds=self.stride_seconds,
                               frame_rate=REFERENCE_FPS, clips_per_video=self.clips_per_video,
                               timing_tolerance=self.timing_tolerance)
         except ClipConfigError as error:
@@ -145,7 +149,9 @@ class VideoMAEMethod(Method):
         return [
             _option("preset", type=click.Choice(sorted(PRESETS)),
                     help="LGI-Former size: full = the reference (16 x 160^2), tiny = trains on a CPU (16 x 80^2)."),
-            _option("frames", type=click.IntRange(min=1), help="Frames per clip (a multiple of the tubelet, 2)."),
+            click.Option(["--frames", "clip_frames"], type=click.IntRange(min=1), show_default=True,
+                         default=field_default(VideoMAEConfig, "clip_frames"),
+                         help="Frames per clip (a multiple of the tubelet, 2)."),
             _option("stride", type=click.IntRange(min=1), show_default=False,
                     help=f"Frames at {REFERENCE_FPS:g} fps between clip frames [default: {REFERENCE_STRIDE}, "
                          f"0.16 s, unless --stride-seconds]."),
@@ -187,13 +193,13 @@ class VideoMAEMethod(Method):
         cfg = self.cfg
         fps = shard_fps(index)
         stride = clip_stride_frames(fps, self.clip_cfg)
-        span = (cfg.frames - 1) * stride + 1
+        span = (cfg.clip_frames - 1) * stride + 1
         longest = int(index.video_frames.max()) if index.num_videos else 0
         if longest < span:
             given = (f"--stride-seconds {cfg.stride_seconds:g}" if cfg.stride_seconds is not None
                      else f"--stride {cfg.stride or REFERENCE_STRIDE}")
             raise ClipConfigError(
-                f"--frames {cfg.frames} at {given} spans {span} stored frames ({span / fps:.2f} s at {fps:g} fps) but "
+                f"--frames {cfg.clip_frames} at {given} spans {span} stored frames ({span / fps:.2f} s at {fps:g} fps) but "
                 f"the longest video in {shards} has {longest}; lower --frames or the stride")
         build_catalogue(index, self.clip_cfg)  # the remaining refusals (uneven timing everywhere)
 
@@ -312,7 +318,7 @@ class VideoMAEMethod(Method):
         except RuntimeError as error:
             raise ExportError(f"{source}: weights do not fit the {cfg.preset} preset: {str(error).splitlines()[0]}") \
                 from None
-        clip = {"frames": cfg.frames, "stride_seconds": cfg.clip_config.seconds_per_step,
+        clip = {"frames": cfg.clip_frames, "stride_seconds": cfg.clip_config.seconds_per_step,
                 "fps": _recorded(source, "clip_fps")}
         payload = encoder_export(model.encoder, model_cfg, cfg.preset, clip=clip,
                                  source={"step": int(state.get("step", -1)),
@@ -346,5 +352,6 @@ def write_reconstruction(model: nn.Module, clips_uint8: Tensor, cfg: LGIFormerCo
         model.train(was_training)
     appearance, motion = mae_targets(clips_01, cfg)
     pred_app, pred_mot = split_prediction(pred.float(), cfg)
-    reconstruction_figure(path, clips_01, mask, pred_app, appearance, pred_mot, motion, cfg)
+    reconstruction_figure(path, clips_01, mask, pred_app, appearance, pred_mot, motion, cfg,
+                          frames=min(FIGURE_FRAMES, cfg.grid[0]))
     return path
