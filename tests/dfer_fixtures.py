@@ -13,7 +13,7 @@ from sslfer_core.shard_format import write_shard
 from train.cli import main as train_main
 from train_fixtures import TINY_TRAIN, make_train_shards
 
-MAE_FRAMES = 8  # tiny preset at 8 frames: token grid 4 x 10 x 10, 4 regions; a step takes a fraction of a second
+MAE_FRAMES = 4  # tiny preset at 4 frames: token grid 2 x 10 x 10, 2 regions; a step takes a fraction of a second
 MAE_FPS = 25.0
 
 
