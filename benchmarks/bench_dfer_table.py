@@ -1,7 +1,7 @@
 """The DFER table: random init against MAE-pretrained LGI-Former, each fine-tuned without and with the CA motion
 branch (add, cat, add-pos), and a contrastive ResNet against a random one; the same seeds for every row.
 
-    .venv/bin/python benchmarks/bench_dfer_table.py --out /tmp/dfer_table            # synthetic set, CPU, tiny
+    .venv/bin/python benchmarks/bench_dfer_table.py --out /tmp/dfer_table    # synthetic set, CPU, tiny (~10 min)
     .venv/bin/python benchmarks/bench_dfer_table.py --out OUT --data DFEW_DIR --format dfew \\
         --mae-export mae.pt --resnet-export resnet.pt --preset full --frames 16 --image-size 160 --epochs 100
     .venv/bin/python benchmarks/bench_dfer_table.py --out OUT --cuda     # GPU: full preset, bf16, CA add, clips/s
@@ -289,23 +289,23 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=80, help="LGI-Former input side (the preset's).")
     parser.add_argument("--resnet-size", type=int, default=64, help="ResNet frame side.")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--warmup-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=9)
     parser.add_argument("--lr", type=float, default=1e-3, help="Base rate per 256 clips (as sslfer-eval).")
     parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--test-fraction", type=float, default=0.3)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-linear", dest="linear", action="store_false", help="Skip the linear-probe rows.")
-    parser.add_argument("--subjects", type=int, default=8, help="Synthetic set: subjects (drawn faces).")
-    parser.add_argument("--clips-per-class", type=int, default=2)
+    parser.add_argument("--subjects", type=int, default=5, help="Synthetic set: subjects (drawn faces).")
+    parser.add_argument("--clips-per-class", type=int, default=1)
     parser.add_argument("--clip-frames", type=int, default=10)
     parser.add_argument("--data-seed", type=int, default=0)
-    parser.add_argument("--pretrain-steps", type=int, default=60)
+    parser.add_argument("--pretrain-steps", type=int, default=10)
     parser.add_argument("--pretrain-batch", type=int, default=8)
-    parser.add_argument("--pretrain-videos", type=int, default=16)
+    parser.add_argument("--pretrain-videos", type=int, default=8)
     parser.add_argument("--pretrain-frames", type=int, default=50)
     parser.add_argument("--cuda", action="store_true", help="Only the GPU throughput: full preset, bf16, CA add.")
     args = parser.parse_args()
