@@ -151,7 +151,10 @@ def test_linear_with_the_video_encoder(tmp_path):
     data = _synthetic_csv(tmp_path / "data", subjects=3)
     fast = ["--workers", "0", "--threads", "1", "--stride", "1", "--min-frames", "1"]
     wrong = CliRunner().invoke(main, ["dfer", "linear", "--backbone", "mae:tiny", "--data", str(data), *FAST])
-    assert wrong.exit_code == 1 and f"--frames {config.frames} --image-size {config.img_size}" in wrong.output
+    assert wrong.exit_code == 1 and f"--frames 4 --image-size {config.img_size}" in wrong.output  # built for --frames
+    odd = CliRunner().invoke(main, ["dfer", "linear", "--backbone", "mae:tiny", "--data", str(data), "--frames", "5",
+                                    "--image-size", str(config.img_size), "--min-frames", "1"])
+    assert odd.exit_code == 1 and "--frames 5 does not fit" in odd.output and "Traceback" not in odd.output
     out = tmp_path / "out"
     _run(["dfer", "linear", "--backbone", "mae:tiny", "--data", str(data), "--frames", str(config.frames),
           "--image-size", str(config.img_size), "--val-fraction", "0.34", "--test-fraction", "0.34", "--out", str(out),

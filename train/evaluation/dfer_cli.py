@@ -5,7 +5,8 @@
   sslfer-eval dfer compare   video results.json files as the reference's table (UAR, WAR)
 
 Backbones: ResNet specs as for the image commands (file, run folder, random[:N], imagenet), used per frame and
-averaged over the clip's frames; `mae:PRESET` = a random LGI-Former video encoder (pretrained weights: the seam).
+averaged over the clip's frames; `mae:PRESET` = a random LGI-Former video encoder; an `sslfer-train export` file
+(or run folder) of a video MAE run = its pretrained LGI-Former encoder.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def _options(*decorators):
 data_options = _options(
     click.option("--backbone", "backbones", multiple=True, required=True,
                  help="ResNet backbone .pt, run folder, 'random[:N]' or 'imagenet' (per frame, averaged over the "
-                      "clip); 'mae:PRESET' = a random LGI-Former (tiny, full). Repeat for more rows."),
+                      "clip); an `sslfer-train export` file or run folder of a video MAE run (its LGI-Former "
+                      "encoder); 'mae:PRESET' = a random LGI-Former (tiny, full). Repeat for more rows."),
     click.option("--arch", type=click.Choice(["resnet18", "resnet50"]), default="resnet18", show_default=True),
     click.option("--data", required=True, type=click.Path(exists=True),
                  help="Annotation file, a folder with train.csv/test.csv (/val.csv), or one with split01..split05."),
@@ -213,7 +215,7 @@ def linear(**params):
     unreadable: set[str] = set()
     entries = []
     for spec in params["backbones"]:
-        backbone = load_video_backbone(spec, params["arch"])
+        backbone = load_video_backbone(spec, params["arch"], params["frames"])
         backbone.check_input(params["frames"], params["image_size"])
         clips = VideoClips(unique, labels[first], params["image_size"], sampling, train=False, align=align)
         features, ok = video_features(backbone, clips, device, params["batch_size"], workers,
@@ -291,7 +293,7 @@ def finetune(**params):
     align = _aligner(params)
     entries = []
     for spec in params["backbones"]:
-        backbone = load_video_backbone(spec, params["arch"])
+        backbone = load_video_backbone(spec, params["arch"], params["frames"])
         backbone.check_input(params["frames"], params["image_size"])
         tuner = DferFinetuner(backbone, dataset.records, labels, names, sampling, params["image_size"], config, device,
                               uses_bf16(params["precision"], device), align)

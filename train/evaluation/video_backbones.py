@@ -1,9 +1,12 @@
 """Clip encoders for dynamic FER: a ResNet frame-feature backbone (features averaged over the clip's frames)
-and the seam for the video encoder (LGI-Former, `mae:` specs). Both expose `pooled(clip) -> (B, D)` on a
-normalised clip (B, 3, T, H, W), which is what the linear probe, the fine-tuning head and the CA fusion use."""
+and the LGI-Former video encoder (`mae:PRESET` random, or the `sslfer-train export` of a video MAE run). Both
+expose `pooled(clip) -> (B, D)` on a normalised clip (B, 3, T, H, W), which is what the linear probe, the
+fine-tuning head and the CA fusion use; the video encoder's is the mean of its representative tokens -> LayerNorm."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -12,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from sslfer_core.file_hash import file_sha256
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
 from train.evaluation.backbones import load_backbone, state_dict_sha256
 from sslfer_core.progress import Progress
@@ -61,39 +65,168 @@ class VideoBackbone:
                                        f"pass --frames {self.frames} --image-size {self.image_size}")
 
 
-def load_video_encoder(spec: str) -> VideoBackbone:
-    """`mae:PRESET`: a randomly initialised LGI-Former encoder of that preset (seed VIDEO_ENCODER_SEED).
+def _one_line(text: str, limit: int = 200) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return (lines[0] if lines else "")[:limit]
 
-    This is the seam for MAE-pretrained encoders: load their exported weights into the same module here.
-    """
+
+def _lgi_former():
     try:
         from sslfer_core import lgi_former
     except ImportError as error:
-        raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: the video encoder is not available "
-                                   f"({error})")
+        raise click.ClickException(f"the video encoder (sslfer_core.lgi_former) is not available ({error})")
+    return lgi_former
+
+
+def read_weights_file(path: Path):
+    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
     try:
-        config = lgi_former.preset(spec)
-    except ValueError as error:
-        raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: {error} (pretrained encoders are not "
-                                   "wired into `sslfer-eval dfer` yet)")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(VIDEO_ENCODER_SEED)
-        encoder = lgi_former.LGIFormerEncoder(config)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for pickles, truncated and foreign files
+        raise click.ClickException(f"--backbone {path}: not a plain weights file (a state_dict or an `sslfer-train "
+                                   f"export` file): {type(error).__name__}: {_one_line(error)}")
+
+
+def check_finite(state: dict, where: str) -> None:
+    """Refuse weights with NaN or infinite values: every score computed from them would be meaningless."""
+    bad = [(key, int((~torch.isfinite(value)).sum())) for key, value in state.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        key, count = bad[0]
+        more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
+        raise click.ClickException(f"--backbone {where}: {count} non-finite values in {key!r}{more}; refusing to "
+                                   "evaluate these weights")
+
+
+def _video_backbone(encoder: nn.Module, config, name: str, sha256: str, source: str, arch: str) -> VideoBackbone:
+    lgi_former = _lgi_former()
 
     def with_drop_path(rate: float) -> nn.Module:
         copy = lgi_former.LGIFormerEncoder(lgi_former.with_overrides(config, drop_path=rate))
         copy.load_state_dict(encoder.state_dict())
         return copy
 
-    return VideoBackbone(f"random-lgi-{spec}", "video-encoder", encoder, config.dim,
-                         state_dict_sha256(encoder.state_dict()), f"{VIDEO_ENCODER_PREFIX}{spec}", f"lgi-former-{spec}",
-                         config.frames, config.img_size, with_drop_path)
+    encoder.eval()
+    return VideoBackbone(name, "video-encoder", encoder, config.dim, sha256, source, arch, config.frames,
+                         config.img_size, with_drop_path)
 
 
-def load_video_backbone(spec: str, arch: str) -> VideoBackbone:
+def load_video_encoder(spec: str, frames: int | None = None) -> VideoBackbone:
+    """`mae:PRESET`: a randomly initialised LGI-Former encoder of that preset (seed VIDEO_ENCODER_SEED), built for
+    `frames` frames when given (as `sslfer-train mae --frames` builds it; the representative tokens depend on it)."""
+    lgi_former = _lgi_former()
+    try:
+        config = lgi_former.preset(spec)
+    except ValueError as error:
+        raise click.ClickException(f"--backbone {VIDEO_ENCODER_PREFIX}{spec}: {error}")
+    if frames is not None and frames != config.frames:
+        try:
+            config = lgi_former.with_overrides(config, frames=frames)
+        except ValueError as error:
+            raise click.ClickException(f"--frames {frames} does not fit the LGI-Former {spec} preset: {error}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(VIDEO_ENCODER_SEED)
+        encoder = lgi_former.LGIFormerEncoder(config)
+    return _video_backbone(encoder, config, f"random-lgi-{spec}", state_dict_sha256(encoder.state_dict()),
+                           f"{VIDEO_ENCODER_PREFIX}{spec}", f"lgi-former-{spec}")
+
+
+def is_encoder_export(payload) -> bool:
+    from sslfer_core.lgi_export import EXPORT_FORMAT
+
+    return isinstance(payload, dict) and payload.get("format") == EXPORT_FORMAT
+
+
+def encoder_from_export(payload: dict, where: str) -> tuple[nn.Module, object, str]:
+    """(encoder, its LGIFormerConfig, preset name) from an `sslfer-train export` payload of a video MAE run; one-line
+    errors for a foreign or inconsistent payload and for non-finite weights."""
+    lgi_former = _lgi_former()
+    from sslfer_core.lgi_export import EncoderExportError, config_from_plain, load_encoder
+
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise click.ClickException(f"--backbone {where}: its state_dict is not a plain dict of tensors")
+    check_finite(state, where)
+    try:
+        encoder, meta = load_encoder(payload)
+        config = config_from_plain(meta["model_config"])
+    except (EncoderExportError, KeyError, TypeError, ValueError) as error:
+        raise click.ClickException(f"--backbone {where}: {_one_line(error)}")
+    name = str(meta.get("preset"))
+    if name in lgi_former.PRESETS:  # the recorded preset and config must agree, apart from what a run may change
+        expected = lgi_former.with_overrides(lgi_former.preset(name), frames=config.frames, drop_path=config.drop_path)
+        if expected != config:
+            differs = [f for f in ("img_size", "patch", "tubelet", "dim", "depth", "heads", "region", "mlp_ratio")
+                       if getattr(expected, f) != getattr(config, f)]
+            raise click.ClickException(f"--backbone {where}: the export says preset {name!r} but its config differs "
+                                       f"in {', '.join(differs) or 'decoder fields'}")
+    recorded = (meta.get("input_size"), meta.get("frames"))
+    if recorded != (config.img_size, config.frames):
+        raise click.ClickException(f"--backbone {where}: input size / frames {recorded} do not match its config "
+                                   f"({config.img_size}, {config.frames})")
+    norm = meta.get("normalisation") or {}
+    if [float(v) for v in norm.get("mean", IMAGENET_MEAN)] != [float(v) for v in IMAGENET_MEAN] or \
+            [float(v) for v in norm.get("std", IMAGENET_STD)] != [float(v) for v in IMAGENET_STD]:
+        raise click.ClickException(f"--backbone {where}: trained on inputs normalised with {norm}; this evaluation "
+                                   "normalises with the ImageNet statistics")
+    return encoder, config, name
+
+
+def load_exported_video_encoder(path: Path, payload: dict) -> VideoBackbone:
+    encoder, config, name = encoder_from_export(payload, str(path))
+    return _video_backbone(encoder, config, path.stem, file_sha256(path), str(path), f"lgi-former-{name}")
+
+
+def load_mae_run(run_dir: Path) -> VideoBackbone:
+    """The newest checkpoint of a video MAE run folder, exported in memory as `sslfer-train export` would."""
+    from train.checkpoints import latest_checkpoint, load_checkpoint
+    from train.methods import ExportError, get_method
+
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise click.ClickException(f"--backbone {run_dir}: no checkpoints/ckpt-step*.pt in this run folder")
+    state = read_weights_file(path)
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise click.ClickException(f"--backbone {path}: not an sslfer-train checkpoint (no model/config)")
+    try:
+        exported = get_method("mae").export(state, path)
+    except ExportError as error:
+        raise click.ClickException(f"--backbone {run_dir}: {_one_line(error)}")
+    encoder, config, name = encoder_from_export(exported.payload, str(path))
+    step = int(state.get("step", -1))
+    return _video_backbone(encoder, config, f"{run_dir.name}@step{step}", file_sha256(path), str(path),
+                           f"lgi-former-{name}")
+
+
+def _is_mae_run(path: Path) -> bool:
+    from train.run_config import method_of_config
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return method_of_config(config) == "mae"
+
+
+def load_video_backbone(spec: str, arch: str, frames: int | None = None) -> VideoBackbone:
+    """`mae:PRESET` (random LGI-Former), an `sslfer-train export` file or run folder of a video MAE run, or any
+    ResNet spec of `load_backbone` (an exported contrastive backbone, a run folder, random[:N], imagenet)."""
     if spec.startswith(VIDEO_ENCODER_PREFIX):
-        return load_video_encoder(spec[len(VIDEO_ENCODER_PREFIX):])
+        return load_video_encoder(spec[len(VIDEO_ENCODER_PREFIX):], frames)
+    path = Path(spec)
+    if path.is_file():
+        payload = read_weights_file(path)
+        if is_encoder_export(payload):
+            return load_exported_video_encoder(path, payload)
+        if isinstance(payload, dict) and "format" in payload and not torch.is_tensor(payload["format"]):
+            raise click.ClickException(f"--backbone {path}: an export of format {payload['format']!r}, not a "
+                                       "ResNet state_dict or an LGI-Former encoder export")
+        if isinstance(payload, dict):
+            check_finite(payload, str(path))
+    elif path.is_dir() and _is_mae_run(path):
+        return load_mae_run(path)
     loaded = load_backbone(spec, arch)
+    check_finite(loaded.model.state_dict(), spec)
     encoder = FramePooledEncoder(loaded.model, loaded.feature_dim)
     return VideoBackbone(loaded.name, "resnet-frames", encoder, loaded.feature_dim, loaded.sha256, loaded.source,
                          loaded.arch)

@@ -26,6 +26,7 @@ from train.shard_index import ShardIndex
 # name -> module defining (and registering) the method; imported on first use.
 METHOD_MODULES = {
     "contrastive": "train.methods.contrastive",
+    "mae": "train.methods.videomae",
 }
 _REGISTERED: dict[str, type["Method"]] = {}
 
