@@ -41,16 +41,16 @@ def mae_export(root: Path, *, steps: int = 1, frames: int = MAE_FRAMES) -> Path:
     _train(["mae", "--shards", shards, "--out", run, "--preset", "tiny", "--frames", frames, "--stride", "2",
             "--batch-size", "2", "--workers", "0", "--precision", "fp32", "--steps", steps, "--warmup-steps", "0",
             "--lr", "1e-3", "--min-lr", "1e-4", "--log-every", "1"])
-    out = root / "mae_tiny_export.pt"
+    out = root / "mae_tiny_export.safetensors"
     _train(["export", run, "-o", out])
     return out
 
 
 def contrastive_export(root: Path, *, steps: int = 1) -> Path:
-    """A contrastive ResNet-18 run of `steps` steps on tiny shards, exported as a plain state_dict."""
+    """A contrastive ResNet-18 run of `steps` steps on tiny shards, exported (safetensors, the default)."""
     shards = make_train_shards(root / "con_shards", shards=1, videos=3, frames=20)
     run = root / "con_run"
     _train(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", steps, "--ckpt-every", steps])
-    out = root / "resnet18_contrastive.pt"
+    out = root / "resnet18_contrastive.safetensors"
     _train(["export", run, "-o", out])
     return out

@@ -14,6 +14,7 @@ from sslfer_core.synthetic_clips import CHANGE_CLASSES, write_expression_clips
 from tests.conftest import shared_data_root
 from train.evaluation.cli import main
 from train.evaluation.video_backbones import load_video_backbone
+from train.weights_file import read_payload
 
 lgi_former = pytest.importorskip("sslfer_core.lgi_former")
 TINY = lgi_former.preset("tiny")
@@ -53,7 +54,7 @@ def _entries(out):
 
 
 def test_the_export_loads_its_weights_and_pools_representative_tokens(built):
-    payload = torch.load(built["mae"], weights_only=True)
+    payload = read_payload(built["mae"])
     backbone = load_video_backbone(str(built["mae"]), "resnet18", MAE_FRAMES)
     assert backbone.kind == "video-encoder" and (backbone.frames, backbone.image_size) == (MAE_FRAMES, TINY.img_size)
     assert backbone.sha256 == file_sha256(built["mae"]) and backbone.name == built["mae"].stem
@@ -147,20 +148,20 @@ def test_bad_backbone_files_are_refused_in_one_line(built, tmp_path):
     line = _one_line_error(["dfer", "linear", "--backbone", built["mae"], *data, "--frames", "16", "--image-size",
                             "80", "--min-frames", "1", *COMMON])
     assert f"--frames {MAE_FRAMES} --image-size {TINY.img_size}" in line
-    payload = torch.load(built["mae"], weights_only=True)
+    payload = read_payload(built["mae"])
     payload["state_dict"]["rep_tokens"][0, 0] = float("nan")
     torch.save(payload, tmp_path / "nan.pt")
     assert "non-finite values in 'rep_tokens'" in _one_line_error(
         ["dfer", "linear", "--backbone", tmp_path / "nan.pt", *data, *VIDEO])
-    state = torch.load(built["resnet"], weights_only=True)
+    state = read_payload(built["resnet"])
     state["conv1.weight"][0, 0, 0, 0] = float("inf")
     torch.save(state, tmp_path / "inf.pt")
     assert "non-finite values in 'conv1.weight'" in _one_line_error(
         ["dfer", "linear", "--backbone", tmp_path / "inf.pt", *data, *RESNET])
     torch.save({"weights": np.random.default_rng(0).normal(size=3)}, tmp_path / "numpy.pt")  # not tensors only
-    assert "not a plain weights file" in _one_line_error(
+    assert "refused: this pickle holds more than tensors (numpy" in _one_line_error(
         ["dfer", "linear", "--backbone", tmp_path / "numpy.pt", *data, *RESNET])
-    wrong = torch.load(built["mae"], weights_only=True)
+    wrong = read_payload(built["mae"])
     wrong["preset"] = "full"
     torch.save(wrong, tmp_path / "wrong_preset.pt")
     assert "preset 'full' but its config differs in img_size" in _one_line_error(

@@ -25,6 +25,7 @@ from train.cli import main
 from train.distributed import DistContext, init_distributed, shutdown
 from train.methods import get_method
 from train.metrics_log import read_metrics
+from train.weights_file import read_payload
 from train_fixtures import TINY_TRAIN, make_train_shards
 
 # Tiny preset with 4-frame clips (token grid 2 x 10 x 10, 2 regions): a step takes a fraction of a second.
@@ -146,11 +147,11 @@ def test_export_loads_into_lgi_former_encoder(straight_run, tmp_path):
     result = _train(["export", straight_run, "-o", out])
     assert result.exit_code == 0, result.output
     assert "LGI-Former tiny encoder (4 x 80^2)" in result.output and "step 4" in result.output
-    payload = torch.load(out, weights_only=True)
+    payload = read_payload(out)
     assert payload["format"] == EXPORT_FORMAT and payload["preset"] == "tiny"
     assert (payload["input_size"], payload["frames"], payload["tubelet"]) == (80, 4, 2)
     assert payload["clip"]["stride_seconds"] == pytest.approx(2 / 25) and payload["clip"]["fps"] == 25.0
-    encoder, meta = load_encoder(out)
+    encoder, meta = load_encoder(payload)
     assert isinstance(encoder, LGIFormerEncoder) and meta["model_config"]["frames"] == 4
     trained = torch.load(latest_checkpoint(straight_run), weights_only=True)["model"]
     state = encoder.state_dict()

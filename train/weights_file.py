@@ -79,6 +79,26 @@ def is_safetensors(path: Path) -> bool:
     return 0 < length <= _MAX_HEADER and head[8:9] == b"{"
 
 
+def _torch_load(path: Path):
+    """torch.load with weights_only=True; a pickle that would run code, or any unreadable file, is one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))  # torch's weights_only refusal
+        if refused:
+            raise WeightsFileError(f"{path}: refused: this pickle holds more than tensors ({refused.group(1)}; "
+                                   "loading it would run code); give a safetensors file or a plain state_dict") from None
+        raise WeightsFileError(f"{path}: cannot read weights: not a plain weights file, or a damaged one") from None
+    except Exception as error:  # torch raises several types for truncated / foreign files
+        raise WeightsFileError(f"{path}: cannot read weights: not a plain weights file, or a damaged one "
+                               f"({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _first_line(error: Exception, limit: int = 200) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else "")[:limit]
+
+
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file or a plain torch state_dict. A torch file that needs more
     than tensors and plain values to unpickle (i.e. would run code) is refused, as is anything else."""
@@ -92,16 +112,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                 return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise WeightsFileError(f"{path}: damaged safetensors file ({str(error)[:200]})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))  # torch's weights_only refusal
-        if refused:
-            raise WeightsFileError(f"{path}: refused: this pickle holds more than tensors ({refused.group(1)}; "
-                                   "loading it would run code); give a safetensors file or a plain state_dict") from None
-        raise WeightsFileError(f"{path}: cannot read weights (UnpicklingError: {str(error)[:200]})") from None
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise WeightsFileError(f"{path}: cannot read weights ({type(error).__name__}: {str(error)[:200]})") from None
+    state = _torch_load(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = type(state).__name__ if not isinstance(state, dict) else "a dict of more than tensors"
         raise WeightsFileError(f"{path}: refused: expected a plain weights file (a state_dict), found {found}")
@@ -120,11 +131,7 @@ def read_payload(path: Path) -> dict:
     """An export payload as it was given to write_weights, from either format (for payloads with a
     "state_dict"; a plain name -> tensor file comes back as it is)."""
     if not is_safetensors(path):
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several types for truncated / foreign files
-            raise WeightsFileError(f"{path}: cannot read weights ({type(error).__name__}: {str(error)[:200]})") \
-                from None
+        return _torch_load(path)
     tensors, metadata = read_weights(path)
     if "payload" not in metadata:
         return tensors

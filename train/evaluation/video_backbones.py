@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader
 
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
-from train.evaluation.backbones import load_backbone, state_dict_sha256
 from sslfer_core.progress import Progress
+from train.evaluation.backbones import load_backbone, state_dict_sha256
 from train.evaluation.video_clips import VideoClips
+from train.weights_file import WeightsFileError, read_payload
 
 VIDEO_ENCODER_PREFIX = "mae:"
 VIDEO_ENCODER_SEED = 0  # `mae:PRESET` is the same random network every time
@@ -79,12 +80,12 @@ def _lgi_former():
 
 
 def read_weights_file(path: Path):
-    """torch.load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
+    """A weights file's payload, from safetensors or a torch file read with weights_only=True (tensors and
+    plain containers only, never arbitrary pickled objects); train/weights_file.py."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for pickles, truncated and foreign files
-        raise click.ClickException(f"--backbone {path}: not a plain weights file (a state_dict or an `sslfer-train "
-                                   f"export` file): {type(error).__name__}: {_one_line(error)}")
+        return read_payload(path)
+    except WeightsFileError as error:
+        raise click.ClickException(f"--backbone {error}") from None
 
 
 def check_finite(state: dict, where: str) -> None:
@@ -179,15 +180,16 @@ def load_exported_video_encoder(path: Path, payload: dict) -> VideoBackbone:
 
 def load_mae_run(run_dir: Path) -> VideoBackbone:
     """The newest checkpoint of a video MAE run folder, exported in memory as `sslfer-train export` would."""
-    from train.checkpoints import latest_checkpoint, load_checkpoint
+    from train.checkpoints import CheckpointReadError, latest_checkpoint, read_checkpoint
     from train.methods import ExportError, get_method
 
     path = latest_checkpoint(run_dir)
     if path is None:
         raise click.ClickException(f"--backbone {run_dir}: no checkpoints/ckpt-step*.pt in this run folder")
-    state = read_weights_file(path)
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
-        raise click.ClickException(f"--backbone {path}: not an sslfer-train checkpoint (no model/config)")
+    try:
+        state = read_checkpoint(path)
+    except CheckpointReadError as error:
+        raise click.ClickException(f"--backbone {error}") from None
     try:
         exported = get_method("mae").export(state, path)
     except ExportError as error:
