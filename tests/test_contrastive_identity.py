@@ -23,11 +23,10 @@ from needs import machine_lacks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train.run_state  # noqa: E402
 from train.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint  # noqa: E402
 from train.cli import main  # noqa: E402
 from train.metrics_log import read_metrics  # noqa: E402
-from train_fixtures import TINY_TRAIN, make_train_shards  # noqa: E402
+from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "contrastive_golden.json"
 THREADS = 1
@@ -128,19 +127,11 @@ def test_a_run_folder_written_before_methods_existed_resumes(golden, shards, tmp
     """Stop the ablation run after step 2, make its folder what the old code wrote, resume: the run ends on
     the recorded weights."""
     run = tmp_path / "old"
-    real_save = train.run_state.save_checkpoint
-
-    def save_then_interrupt(run_dir, step, state, keep):
-        path = real_save(run_dir, step, state, keep)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(train.run_state, "save_checkpoint", save_then_interrupt)
+    restore_saving = interrupt_after_checkpoint(monkeypatch, step=2)
     result = _with_threads(lambda: CliRunner().invoke(main, [str(a) for a in
                                                              ["--shards", shards, "--out", run, *RUNS["ablation"]]]))
     assert result.exit_code == 130, result.output
-    monkeypatch.setattr(train.run_state, "save_checkpoint", real_save)
+    restore_saving()
 
     written = json.loads((run / "config.json").read_text())
     old = dict(golden["runs"]["ablation"]["config"], **{k: written[k] for k in LOCAL_KEYS if k in written})

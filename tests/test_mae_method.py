@@ -20,13 +20,13 @@ from sslfer_core.lgi_export import EXPORT_FORMAT, load_encoder
 from sslfer_core.lgi_former import LGIFormerEncoder
 from sslfer_core.shard_format import write_shard
 from sslfer_core.video_mae import mae_targets
-from train.checkpoints import latest_checkpoint, list_checkpoints
+from train.checkpoints import latest_checkpoint
 from train.cli import main
 from train.distributed import DistContext, init_distributed, shutdown
 from train.methods import get_method
 from train.metrics_log import read_metrics
 from train.weights_file import read_payload
-from train_fixtures import TINY_TRAIN, make_train_shards
+from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards
 
 # Tiny preset with 4-frame clips (token grid 2 x 10 x 10, 2 regions): a step takes a fraction of a second.
 TINY_MAE = ["--preset", "tiny", "--frames", "4", "--stride", "2", "--batch-size", "2", "--workers", "0",
@@ -111,20 +111,12 @@ def test_lr_is_base_lr_scaled_by_global_batch(shards, tmp_path):
 
 
 def test_resumed_run_equals_straight_run(shards, straight_run, tmp_path, monkeypatch):
-    real_save = train.run_state.save_checkpoint
-
-    def save_then_interrupt(run_dir, step, state, keep):
-        path = real_save(run_dir, step, state, keep)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(train.run_state, "save_checkpoint", save_then_interrupt)
+    restore_saving = interrupt_after_checkpoint(monkeypatch, step=2)
     split = tmp_path / "split"
     first = _train(["mae", "--shards", shards, "--out", split, *TINY_MAE, "--steps", "4", "--ckpt-every", "2",
                     "--warmup-steps", "1", "--lr", "1e-3", "--min-lr", "1e-4"])
     assert first.exit_code == 130 and f"sslfer-train mae --out {split} --resume" in first.output
-    monkeypatch.setattr(train.run_state, "save_checkpoint", real_save)
+    restore_saving()
     torch.manual_seed(1234)  # the checkpoint restores every RNG the run uses
     second = _train(["mae", "--out", split, "--resume"])
     assert second.exit_code == 0, second.output

@@ -15,7 +15,7 @@ import train.trainer
 from train.checkpoints import list_checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
-from train_fixtures import TINY_TRAIN, make_train_shards
+from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards
 
 ABLATION = ["--timeaug", "--hardneg", "--faceswap", "--maskfn"]
 
@@ -34,18 +34,10 @@ def test_interrupted_and_resumed_run_matches_straight_run(shards, tmp_path, monk
     straight = _train([*common, "--out", tmp_path / "straight"])
     assert straight.exit_code == 0, straight.output
 
-    real_save = train.run_state.save_checkpoint
-
-    def save_then_interrupt(run_dir, step, state, keep):
-        path = real_save(run_dir, step, state, keep)
-        if step == 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(train.run_state, "save_checkpoint", save_then_interrupt)
+    restore_saving = interrupt_after_checkpoint(monkeypatch, step=2)
     first = _train([*common, "--out", tmp_path / "split"])
     assert first.exit_code == 130 and "--resume" in first.output
-    monkeypatch.setattr(train.run_state, "save_checkpoint", real_save)
+    restore_saving()
     torch.manual_seed(1234)  # a different process state must not matter: the checkpoint restores it
     second = _train(["--out", tmp_path / "split", "--resume"])
     assert second.exit_code == 0, second.output

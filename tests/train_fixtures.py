@@ -32,3 +32,20 @@ def make_train_shards(root: Path, *, shards: int = 2, videos: int = 3, frames: i
         paths.append(write_shard(root / f"shard-{s:05d}.h5", header, batch))
     save_manifest(root, build_manifest(root, paths))
     return root
+
+
+def interrupt_after_checkpoint(monkeypatch, step: int = 2):
+    """Make a run stop with KeyboardInterrupt right after writing its checkpoint of `step`, as Ctrl-C would;
+    returns the function that puts the real checkpoint writer back (for the resumed part of a test)."""
+    import train.run_state
+
+    real_save = train.run_state.save_checkpoint
+
+    def save_then_interrupt(run_dir, at, state, keep):
+        path = real_save(run_dir, at, state, keep)
+        if at == step:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(train.run_state, "save_checkpoint", save_then_interrupt)
+    return lambda: monkeypatch.setattr(train.run_state, "save_checkpoint", real_save)

@@ -216,6 +216,13 @@ def get_method(name: str | None) -> type[Method]:
     return _REGISTERED[name]
 
 
+def config_option(config_class: type, name: str, **kwargs) -> click.Option:
+    """--NAME for config_class.NAME, its default read from the dataclass."""
+    kwargs.setdefault("default", field_default(config_class, name))
+    kwargs.setdefault("show_default", kwargs["default"] is not None and not kwargs.get("is_flag"))
+    return click.Option(["--" + name.replace("_", "-")], **kwargs)
+
+
 def field_default(config_class: type, name: str):
     """A config field's default, for the CLI option that sets it (the dataclass is the one source)."""
     for f in fields(config_class):

@@ -19,7 +19,7 @@ from sslfer_core.models import ARCHS, ContrastiveModel, backbone_state_dict
 from train.batch_builder import MaskFNConfig, similarity_stats
 from train.contrastive_step import ContrastiveStep
 from train.epoch_plan import DEFAULT_SWAP_P, FALLBACK_KINDS, PlanConfig
-from train.methods import ExportError, Exported, Method, field_default, register
+from train.methods import ExportError, Exported, Method, config_option, field_default, register
 from train.run_config import TrainConfig
 from train.shard_index import ShardIndex
 from train.shard_set import check_ablation
@@ -77,10 +77,7 @@ class ContrastiveConfig(TrainConfig):
 
 
 def _option(name: str, **kwargs) -> click.Option:
-    """--NAME for ContrastiveConfig.NAME, its default read from the dataclass."""
-    kwargs.setdefault("default", field_default(ContrastiveConfig, name))
-    kwargs.setdefault("show_default", kwargs["default"] is not None and not kwargs.get("is_flag"))
-    return click.Option(["--" + name.replace("_", "-")], **kwargs)
+    return config_option(ContrastiveConfig, name, **kwargs)
 
 
 @register

@@ -32,7 +32,7 @@ from train.clip_plan import (REFERENCE_FPS, ClipConfig, ClipConfigError, build_c
 from train.clip_stream import ClipStream, make_clip_loader
 from train.distributed import sum_across
 from train.lr_schedule import make_scheduler
-from train.methods import ExportError, Exported, Method, field_default, register
+from train.methods import ExportError, Exported, Method, config_option, field_default, register
 from train.precision import cpu_has_native_bf16, uses_bf16
 from train.run_config import TrainConfig
 from train.shard_index import ShardIndex
@@ -120,10 +120,7 @@ class VideoMAEConfig(TrainConfig):
 
 
 def _option(name: str, **kwargs) -> click.Option:
-    """--NAME for VideoMAEConfig.NAME, its default read from the dataclass."""
-    kwargs.setdefault("default", field_default(VideoMAEConfig, name))
-    kwargs.setdefault("show_default", kwargs["default"] is not None and not kwargs.get("is_flag"))
-    return click.Option(["--" + name.replace("_", "-")], **kwargs)
+    return config_option(VideoMAEConfig, name, **kwargs)
 
 
 @register
