@@ -4,12 +4,10 @@ export loads into LGIFormerEncoder, and bad input is refused in one line naming 
 import json
 import math
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from click.testing import CliRunner
 
 import train.run_state
@@ -20,6 +18,7 @@ from sslfer_core.lgi_export import EXPORT_FORMAT, load_encoder
 from sslfer_core.lgi_former import LGIFormerEncoder
 from sslfer_core.shard_format import write_shard
 from sslfer_core.video_mae import mae_targets
+from test_ddp_gloo import spawn_ranks
 from train.checkpoints import latest_checkpoint
 from train.cli import main
 from train.distributed import DistContext, init_distributed, shutdown
@@ -238,18 +237,12 @@ def _rank_main(rank, port, state, out_dir):
         shutdown(ctx)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_match_one_process(tmp_path):
     method = get_method("mae")(_mae_config(tmp_path, tmp_path), DistContext())
     torch.manual_seed(0)
     model = method.build_model()
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    mp.spawn(_rank_main, args=(_free_port(), state, str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_rank_main, (state, str(tmp_path)), WORLD)
     got = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     x = torch.cat([g["x"] for g in got])

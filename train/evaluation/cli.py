@@ -26,6 +26,7 @@ from train.evaluation.finetune import SCHEDULES, FinetuneConfig, make_finetune_f
 from train.evaluation.identity_probe import identity_run
 from train.evaluation.images import DEFAULT_IMAGE_SIZE, Preprocessing, RecordImages, preprocessing_for
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
+from train.evaluation.option_group import option_group
 from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
 from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
                                       table_rows, write_results)
@@ -58,22 +59,14 @@ def _ints(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}")
 
 
-def _options(*decorators):
-    def apply(function):
-        for decorator in reversed(decorators):
-            function = decorator(function)
-        return function
-    return apply
-
-
-backbone_options = _options(
+backbone_options = option_group(
     click.option("--backbone", "backbones", multiple=True, required=True,
                  help="Exported backbone .pt, training run folder, 'random' ('random:N' for init seed N) or 'imagenet'. "
                       "Repeat for more rows."),
     click.option("--arch", type=click.Choice(ARCHS), default=ARCHS[0], show_default=True,
                  help="Architecture for 'random' and 'imagenet' (files and runs carry their own)."),
 )
-input_options = _options(
+input_options = option_group(
     click.option("--data", required=True, type=click.Path(exists=True), help="Dataset folder or CSV file."),
     click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True),
     click.option("--classes", default=None, help="Comma-separated class names (order = class index); others are unknown."),
@@ -88,7 +81,7 @@ input_options = _options(
                       "training view (its --face-crop x crop/resize), else 1]."),
     click.option("--dlib-models", type=click.Path(file_okay=False), default=None, help="Folder with dlib model files."),
 )
-protocol_options = _options(
+protocol_options = option_group(
     click.option("--seeds", type=click.IntRange(1), default=1, show_default=True, help="Runs with seeds 0..N-1; mean ± std."),
     click.option("--folds", type=click.IntRange(2), default=None, help="K-fold protocol over all images (e.g. CK+, JAFFE)."),
     click.option("--group", type=click.Choice(["subject", "none"]), default="subject", show_default=True,
@@ -105,7 +98,7 @@ protocol_options = _options(
 precision_option = click.option(
     "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
     help="Feature extraction under bf16 autocast: auto = on CUDA only; bf16 pays on CPUs with AVX512-BF16/AMX.")
-run_options = _options(
+run_options = option_group(
     click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
                  help="Write results.json (and predictions) here."),
     click.option("--cache-dir", type=click.Path(file_okay=False), default=None,

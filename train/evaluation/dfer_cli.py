@@ -22,6 +22,7 @@ from train.evaluation import session
 from train.evaluation.datasets import split_counts
 from train.evaluation.dfer_finetune import DferFinetuneConfig, DferFinetuner
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
+from train.evaluation.option_group import option_group
 from train.evaluation.protocol import Predictions, write_predictions
 from train.evaluation.results import _cell, code_version, load_results, now_utc, summarise, write_results
 from train.evaluation.splits import SPLITS
@@ -51,15 +52,7 @@ def _path_prefix(text: str | None) -> tuple[str, str] | None:
     return old, new
 
 
-def _options(*decorators):
-    def apply(function):
-        for decorator in reversed(decorators):
-            function = decorator(function)
-        return function
-    return apply
-
-
-data_options = _options(
+data_options = option_group(
     click.option("--backbone", "backbones", multiple=True, required=True,
                  help="ResNet backbone .pt, run folder, 'random[:N]' or 'imagenet' (per frame, averaged over the "
                       "clip); an `sslfer-train export` file or run folder of a video MAE run (its LGI-Former "
