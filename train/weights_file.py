@@ -79,7 +79,7 @@ def is_safetensors(path: Path) -> bool:
     return 0 < length <= _MAX_HEADER and head[8:9] == b"{"
 
 
-def _torch_load(path: Path):
+def load_torch_file(path: Path):
     """torch.load with weights_only=True; a pickle that would run code, or any unreadable file, is one line."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -112,7 +112,7 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                 return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise WeightsFileError(f"{path}: damaged safetensors file ({str(error)[:200]})") from None
-    state = _torch_load(path)
+    state = load_torch_file(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = type(state).__name__ if not isinstance(state, dict) else "a dict of more than tensors"
         raise WeightsFileError(f"{path}: refused: expected a plain weights file (a state_dict), found {found}")
@@ -131,7 +131,7 @@ def read_payload(path: Path) -> dict:
     """An export payload as it was given to write_weights, from either format (for payloads with a
     "state_dict"; a plain name -> tensor file comes back as it is)."""
     if not is_safetensors(path):
-        return _torch_load(path)
+        return load_torch_file(path)
     tensors, metadata = read_weights(path)
     if "payload" not in metadata:
         return tensors

@@ -20,7 +20,7 @@ from torch import nn
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.models import ARCHS, build_backbone, infer_arch
-from train.weights_file import PREPROCESSING_KEYS, WeightsFileError, read_weights
+from train.weights_file import PREPROCESSING_KEYS, WeightsFileError, load_torch_file, read_weights
 
 RANDOM_SEED = 0  # `random` is the same network every time
 IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
@@ -57,9 +57,9 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def _load_state(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise click.ClickException(f"cannot read weights from {path}: {type(error).__name__}: {str(error)[:200]}")
+        return load_torch_file(path)
+    except WeightsFileError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _into_resnet(state: dict, arch: str | None, where: str) -> tuple[nn.Module, str]:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from sslfer_core.file_hash import file_sha256
+from sslfer_core.finite import non_finite_names
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
 from sslfer_core.progress import Progress
 from train.evaluation.backbones import load_backbone, state_dict_sha256
@@ -90,10 +91,9 @@ def read_weights_file(path: Path):
 
 def check_finite(state: dict, where: str) -> None:
     """Refuse weights with NaN or infinite values: every score computed from them would be meaningless."""
-    bad = [(key, int((~torch.isfinite(value)).sum())) for key, value in state.items()
-           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    bad = non_finite_names(state.items())
     if bad:
-        key, count = bad[0]
+        key, count = bad[0], int((~torch.isfinite(state[bad[0]])).sum())
         more = f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""
         raise click.ClickException(f"--backbone {where}: {count} non-finite values in {key!r}{more}; refusing to "
                                    "evaluate these weights")
@@ -227,8 +227,7 @@ def load_video_backbone(spec: str, arch: str, frames: int | None = None) -> Vide
             check_finite(payload, str(path))
     elif path.is_dir() and _is_mae_run(path):
         return load_mae_run(path)
-    loaded = load_backbone(spec, arch)
-    check_finite(loaded.model.state_dict(), spec)
+    loaded = load_backbone(spec, arch)  # refuses non-finite weights itself
     encoder = FramePooledEncoder(loaded.model, loaded.feature_dim)
     return VideoBackbone(loaded.name, "resnet-frames", encoder, loaded.feature_dim, loaded.sha256, loaded.source,
                          loaded.arch)
