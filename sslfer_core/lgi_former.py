@@ -128,7 +128,7 @@ PRESETS: dict[str, LGIFormerConfig] = {
     # Same token geometry as "full" (8 x 10 x 10 grid, 8 regions, 5 x 10 mask windows) from 16 x 80^2 clips
     # with 8 px patches, so masking and regrouping run exactly as in the full model; small widths so a step
     # takes well under a second on a 2-core CPU.
-    "tiny": LGIFormerConfig(img_size=80, patch=8, dim=96, depth=4, heads=4, dec_dim=64, dec_depth=2, dec_heads=4),
+    "tiny": LGIFormerConfig(img_size=80, patch=8, dim=96, depth=4, heads=4, dec_dim=128, dec_depth=2, dec_heads=4),
 }
 
 

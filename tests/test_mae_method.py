@@ -196,6 +196,23 @@ def test_bad_options_are_usage_errors(shards, tmp_path):
     assert "not both" in _one_line_error(_train([*args, "--stride-seconds", "0.1"]), 2)
     line = _one_line_error(_train([*args, "--lr", "1e-6", "--min-lr", "1e-5"]), 2)
     assert "--min-lr 1e-05 is above the peak lr 1e-06" in line
+    assert "--crop-scales: scales must be fractions in (0, 1]" in _one_line_error(
+        _train([*args, "--crop-scales", "1,1.5"]), 2)
+    assert "not a comma-separated list" in _one_line_error(_train([*args, "--crop-scales", "1,big"]), 2)
+
+
+def test_crop_scales_reach_the_augmentation_and_config(shards, tmp_path):
+    run = tmp_path / "run"
+    result = _train(["mae", "--shards", shards, "--out", run, *ONE_STEP, "--crop-scales", "1,0.5"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["crop_scales"] == [1.0, 0.5]
+    cls = get_method("mae").config_class
+    restored = cls.from_json(config)
+    assert restored.crop_scales == (1.0, 0.5)
+    assert get_method("mae")(restored, DistContext(device=torch.device("cpu"))).augment.scales == (1.0, 0.5)
+    default = cls(shards=str(shards), out=str(tmp_path / "other"), steps=1)
+    assert default.augment_config.scales == (1.0, 0.875, 0.75, 0.66)
 
 
 # -- two gloo ranks against one process on the same global batch

@@ -20,7 +20,7 @@ import click
 import torch
 from torch import Tensor, nn
 
-from sslfer_core.clip_augment import ClipAugmentConfig, augment_clips
+from sslfer_core.clip_augment import REFERENCE_SCALES, ClipAugmentConfig, augment_clips
 from sslfer_core.lgi_export import encoder_export
 from sslfer_core.lgi_former import PRESETS, LGIFormerConfig, preset, with_overrides
 from sslfer_core.losses import mae_loss
@@ -67,6 +67,7 @@ class VideoMAEConfig(TrainConfig):
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float | None = None
+    crop_scales: tuple[float, ...] = REFERENCE_SCALES
 
     method: ClassVar[str] = "mae"
     default_epochs: ClassVar[int] = 100
@@ -96,6 +97,11 @@ class VideoMAEConfig(TrainConfig):
                              f"raise the lr")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"--clip-grad must be positive, got {self.clip_grad}")
+        self.crop_scales = tuple(float(s) for s in self.crop_scales)  # config.json gives a list
+        try:
+            self.augment_config
+        except ValueError as error:
+            raise ValueError(f"--crop-scales: {error}") from None
         self.clip_config  # validates frames / stride / clips per video
 
     @property
@@ -107,6 +113,10 @@ class VideoMAEConfig(TrainConfig):
             return with_overrides(base, frames=self.clip_frames)
         except ValueError as error:
             raise ValueError(f"--frames {self.clip_frames} does not fit the {self.preset} preset: {error}") from None
+
+    @property
+    def augment_config(self) -> ClipAugmentConfig:
+        return ClipAugmentConfig(size=self.model_config.img_size, scales=self.crop_scales)
 
     @property
     def clip_config(self) -> ClipConfig:
@@ -121,6 +131,14 @@ class VideoMAEConfig(TrainConfig):
 
 def _option(name: str, **kwargs) -> click.Option:
     return config_option(VideoMAEConfig, name, **kwargs)
+
+
+def _scales(ctx, param, value):
+    """--crop-scales "1,0.875" -> (1.0, 0.875)."""
+    try:
+        return tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
 
 
 @register
@@ -170,13 +188,16 @@ class VideoMAEMethod(Method):
             _option("betas", type=(float, float), metavar="B1 B2", help="AdamW betas."),
             _option("clip_grad", type=click.FloatRange(min=0, min_open=True),
                     help="Clip the gradient norm to this and log grad_norm [default: no clipping]."),
+            _option("crop_scales", type=str, callback=_scales, metavar="S1,S2,...",
+                    default=",".join(f"{s:g}" for s in REFERENCE_SCALES),
+                    help="Multi-scale crop sides as fractions of the frame (the reference's by default; 1 = no crop)."),
         ]
 
     def __init__(self, cfg: VideoMAEConfig, ctx):
         super().__init__(cfg, ctx)
         self.model_cfg = cfg.model_config
         self.clip_cfg = cfg.clip_config
-        self.augment = ClipAugmentConfig(size=self.model_cfg.img_size)
+        self.augment = cfg.augment_config
         self._bf16 = uses_bf16(cfg.precision, ctx.device) or (
             cfg.precision == "auto" and ctx.device.type == "cpu" and cpu_has_native_bf16())
         self.local_batch = cfg.batch_size // ctx.world_size
