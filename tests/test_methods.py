@@ -109,8 +109,8 @@ def shards(tmp_path_factory):
 
 
 def _toy_config(shards, out, **kwargs):
-    return ToyConfig(shards=str(shards), out=str(out), steps=4, ckpt_every=2, log_every=1, workers=0, seed=7,
-                     **kwargs)
+    settings = dict(steps=4, ckpt_every=2, log_every=1, workers=0, seed=7) | kwargs
+    return ToyConfig(shards=str(shards), out=str(out), **settings)
 
 
 def _quiet(text):
@@ -133,6 +133,19 @@ def test_a_second_method_trains_through_the_shared_loop(toy, shards, tmp_path):
     state = torch.load(latest_checkpoint(run), weights_only=True)
     assert state["config"]["method"] == "toy" and state["sampler"]["counters"] == {"rows": 32}
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [1e-4, 0.0]
+
+
+def test_figures_keep_the_ckpt_every_cadence_when_epochs_are_short(toy, tmp_path):
+    """Every epoch end writes a checkpoint, but the method's figure comes only every --ckpt-every steps
+    and at the last step: on a small shard set an epoch is a few steps."""
+    few = make_train_shards(tmp_path / "few", shards=1, videos=2, frames=8)
+    run = tmp_path / "toy"
+    trainer.train(_toy_config(few, run, steps=11, ckpt_every=5, keep_checkpoints=20), echo=_quiet)
+    per_epoch = json.loads((run / "config.json").read_text())["steps_per_epoch"]
+    assert per_epoch < 5 and 5 % per_epoch  # epoch ends that are not on the cadence
+    epoch_ends = set(range(per_epoch, 12, per_epoch))
+    assert [int(p.stem.split("step")[1]) for p in list_checkpoints(run)] == sorted(epoch_ends | {5, 10, 11})
+    assert toy.figures == [5, 10, 11]
 
 
 def test_gradients_are_clipped_to_the_method_limit(toy, shards, tmp_path, monkeypatch):

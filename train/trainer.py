@@ -352,7 +352,11 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
             if save_now:
                 if ctx.is_main:
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
-                    metrics.figures(method.on_checkpoint(state.model, run_dir, state.step, batch), state.step)
+                    # Not at the other epoch ends: on a small shard set an epoch is a few steps, and a
+                    # figure costs more than those steps.
+                    if state.step % cfg.ckpt_every == 0 or final:
+                        metrics.figures(method.on_checkpoint(state.model, run_dir, state.step, batch),
+                                        state.step)
                 barrier(ctx)
             written = state.step
             if epoch_end or final:

@@ -177,9 +177,10 @@ class Method:
         return {}
 
     def on_checkpoint(self, model: nn.Module, run_dir: Path, step: int, batch: dict[str, Tensor]) -> list[Path]:
-        """After a checkpoint is written, on rank 0 only (no collectives): e.g. a figure from the newest
-        device batch with the unwrapped model. Returns the files written. Must not draw from the global
-        RNGs (use a generator of its own), so that training continues as without it."""
+        """After the checkpoint of every `--ckpt-every` steps and of the last step (not those of the other
+        epoch ends), on rank 0 only (no collectives): e.g. a figure from the newest device batch with the
+        unwrapped model. Returns the files written. Must not draw from the global RNGs (use a generator
+        of its own), so that training continues as without it."""
         return []
 
     # -- export
