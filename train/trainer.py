@@ -330,7 +330,8 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                 counts += step_counts
             final = state.step == data.total_steps
             log_now = state.step % cfg.log_every == 0 or final or epoch_end
-            save_now = state.step % cfg.ckpt_every == 0 or epoch_end or final
+            on_cadence = state.step % cfg.ckpt_every == 0 or final
+            save_now = on_cadence or epoch_end
             if not (log_now or save_now):
                 continue
             # Settled before anything is written, so no log line or checkpoint follows a non-finite loss.
@@ -354,7 +355,7 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
                     last_checkpoint = state.save(run_dir, cfg.to_json(), code_version(), cfg.keep_checkpoints)
                     # Not at the other epoch ends: on a small shard set an epoch is a few steps, and a
                     # figure costs more than those steps.
-                    if state.step % cfg.ckpt_every == 0 or final:
+                    if on_cadence:
                         metrics.figures(method.on_checkpoint(state.model, run_dir, state.step, batch),
                                         state.step)
                 barrier(ctx)
