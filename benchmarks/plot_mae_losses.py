@@ -33,15 +33,15 @@ def relative_curves(records: list[dict], smooth: int) -> dict[str, tuple[np.ndar
     if not rows:
         raise SystemExit("no MAE loss records with zero_loss in metrics.jsonl")
     steps = np.array([r["step"] for r in rows], dtype=float)
-    lengths = np.diff(np.concatenate([[0.0], steps]))
+    lengths = np.diff(steps, prepend=0.0)
+    # index into step-weighted sums with a leading 0: the window of each line starts after the last line
+    # at least `smooth` steps before it, or at step 1
+    start = np.searchsorted(steps, steps - smooth, side="right")
     out = {}
     for suffix, _ in PARTS:
-        loss = np.cumsum(lengths * np.array([r["loss" + suffix] for r in rows]))
-        zero = np.cumsum(lengths * np.array([r["zero_loss" + suffix] for r in rows]))
-        start = np.searchsorted(steps, steps - smooth, side="right") - 1
-        loss_before = np.where(start >= 0, loss[np.maximum(start, 0)], 0.0)
-        zero_before = np.where(start >= 0, zero[np.maximum(start, 0)], 0.0)
-        out[suffix] = (steps, 100 * ((loss - loss_before) / (zero - zero_before) - 1))
+        loss, zero = (np.concatenate([[0.0], np.cumsum(lengths * np.array([r[key + suffix] for r in rows]))])
+                      for key in ("loss", "zero_loss"))
+        out[suffix] = (steps, 100 * ((loss[1:] - loss[start]) / (zero[1:] - zero[start]) - 1))
     return out
 
 
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         path = run / "metrics.jsonl"
         if not path.is_file():
             raise SystemExit(f"{run} has no metrics.jsonl")
-        for ax, (suffix, _), (steps, rel) in zip(axes, PARTS, relative_curves(read_metrics(path), args.smooth).values()):
+        for ax, (steps, rel) in zip(axes, relative_curves(read_metrics(path), args.smooth).values()):
             ax.plot(steps, rel, label=label)
     for ax, (_, title) in zip(axes, PARTS):
         ax.axhline(0, color="grey", lw=0.8, ls="--")
