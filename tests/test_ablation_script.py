@@ -1,22 +1,15 @@
 """benchmarks/ablation.py without running it: the budgets it would train with and its guard against
 mixing two budgets in one output folder."""
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
+from benchmark_scripts import loaded_script
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with loaded_script("ablation.py") as module:
+        yield module
 
 
 def test_resuming_with_another_budget_is_refused(ablation, tmp_path):

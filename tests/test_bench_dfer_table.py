@@ -1,26 +1,22 @@
 """benchmarks/bench_dfer_table.py without training: mean ± std, the 2-pooled-std mark, the table it renders,
 the refusal of rows that ran other seeds, and --cuda without a GPU."""
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dfer_table.py"
+from benchmark_scripts import BENCHMARKS, loaded_script
+
+SCRIPT = BENCHMARKS / "bench_dfer_table.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_dfer_table_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with loaded_script("bench_dfer_table.py") as module:
+        yield module
 
 
 def test_mean_std_and_the_pooled_std_mark(bench):

@@ -1,24 +1,17 @@
 """benchmarks/bench_rows.py without training: the per-step figures it reads from a run's log and metrics,
 and the sslfer-train command it would run for a row."""
-import importlib.util
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rows.py"
+from benchmark_scripts import loaded_script
 
 
 @pytest.fixture(scope="module")
 def bench_rows():
-    spec = importlib.util.spec_from_file_location("bench_rows_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with loaded_script("bench_rows.py") as module:
+        yield module
 
 
 def _run_files(tmp_path, rates, line="all four, resnet50, seed 0: ...; 256 anchors x 4 views per step; 7 steps/epoch"):

@@ -1,24 +1,17 @@
 """benchmarks/plot_mae_losses.py on hand-made metrics.jsonl lines: its step-weighted windowed percentages
 against the zero-prediction loss, and the PNG it writes."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "plot_mae_losses.py"
+from benchmark_scripts import loaded_script
 
 
 @pytest.fixture(scope="module")
 def plot():
-    spec = importlib.util.spec_from_file_location("plot_mae_losses_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    with loaded_script("plot_mae_losses.py") as module:
+        yield module
 
 
 def _record(step, loss_app, loss_mot, zero_app=1.0, zero_mot=0.5):
