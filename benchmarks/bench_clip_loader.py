@@ -28,8 +28,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sslfer_core.clip_augment import ClipAugmentConfig, augment_clips  # noqa: E402
-from train.clip_plan import ClipConfig  # noqa: E402
-from train.clip_stream import IMAGE_FIELD, PREFETCH_BATCHES, ClipStream, make_clip_loader  # noqa: E402
+from train.methods.mae.clip_plan import ClipConfig  # noqa: E402
+from train.methods.mae.clip_stream import IMAGE_FIELD, PREFETCH_BATCHES, ClipStream, make_clip_loader  # noqa: E402
 from train.shard_index import build_shard_index  # noqa: E402
 
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from sslfer_core.models import ContrastiveModel
-from train.batch_builder import MaskFNConfig
-from train.contrastive_step import ContrastiveStep, batch_to_device, step_generator
 from train.distributed import DistContext
-from train.epoch_plan import PlanConfig
+from train.methods.contrastive.batch_builder import MaskFNConfig
+from train.methods.contrastive.epoch_plan import PlanConfig
+from train.methods.contrastive.shard_stream import ShardStream, make_loader
+from train.methods.contrastive.step import ContrastiveStep, batch_to_device, step_generator
 from train.shard_set import open_shard_set
-from train.shard_stream import ShardStream, make_loader
 
 ABLATION = dict(timeaug=True, hardneg=True, faceswap=True)  # the heaviest input: 4 views, swaps read
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clip_fixtures import CLIP_VALID_STARTS, GAPPY_VIDEOS, SHORT_VIDEOS, make_clip_shards
-from train.clip_plan import (
+from train.methods.mae.clip_plan import (
     ClipConfig, ClipConfigError, build_catalogue, clip_stride_frames, plan_epoch_clips, shard_fps, valid_starts,
     worker_batches,
 )
@@ -177,7 +177,7 @@ def test_workers_serve_batches_round_robin_from_the_skip():
 
 
 def test_the_order_visits_shards_in_groups_and_shuffles_within_them(tmp_path):
-    from train.clip_plan import draw_epoch_clips
+    from train.methods.mae.clip_plan import draw_epoch_clips
 
     videos = tuple((70, None) for _ in range(12))
     index = build_shard_index(make_clip_shards(tmp_path, videos=videos, per_shard=2))  # 6 shards of 2 videos

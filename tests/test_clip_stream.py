@@ -9,8 +9,8 @@ import torch
 
 from clip_fixtures import CLIP_VALID_STARTS, make_clip_shards, pixel_identity
 from sslfer_core.shard_format import ShardReader, decode_jpeg
-from train.clip_plan import ClipConfig, ClipConfigError
-from train.clip_stream import ClipStream, make_clip_loader
+from train.methods.mae.clip_plan import ClipConfig, ClipConfigError
+from train.methods.mae.clip_stream import ClipStream, make_clip_loader
 from train.shard_index import build_shard_index
 
 

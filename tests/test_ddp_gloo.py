@@ -14,9 +14,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sslfer_core.models import ContrastiveModel
-from train.batch_builder import MaskFNConfig
-from train.contrastive_step import ContrastiveStep
 from train.distributed import DistContext, init_distributed, shutdown
+from train.methods.contrastive.batch_builder import MaskFNConfig
+from train.methods.contrastive.step import ContrastiveStep
 
 B, VIEWS, WORLD, SIDE = 3, 4, 2, 32
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from train.contrastive_step import centre_crop
 from train.methods.contrastive import ContrastiveConfig as RunConfig
+from train.methods.contrastive.step import centre_crop
 
 
 def test_centre_crop_keeps_pixels_under_landmarks():

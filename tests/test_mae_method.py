@@ -281,12 +281,12 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
 
 def test_bf16_rule_cuda_and_native_bf16_cpus_only(monkeypatch, tmp_path):
-    import train.methods.videomae as videomae
+    import train.methods.mae as mae
     cls = get_method("mae")
     cpu = DistContext(device=torch.device("cpu"))
 
     def method(precision, native):
-        monkeypatch.setattr(videomae, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(mae, "cpu_has_native_bf16", lambda: native)
         cfg = cls.config_class(shards=str(tmp_path), out=str(tmp_path), preset="tiny", steps=1, lr=1e-3,
                                precision=precision)
         return cls(cfg, cpu)

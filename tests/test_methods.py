@@ -19,12 +19,12 @@ import train.trainer as trainer
 from train.checkpoints import latest_checkpoint, list_checkpoints
 from train.cli import main
 from train.distributed import DistContext
-from train.epoch_plan import PlanConfig
 from train.export import export_run
 from train.methods import Exported, Method, register
+from train.methods.contrastive.epoch_plan import PlanConfig
+from train.methods.contrastive.shard_stream import ShardStream, make_loader
 from train.metrics_log import read_metrics
 from train.run_config import TrainConfig
-from train.shard_stream import ShardStream, make_loader
 from train.trainer import TrainingError
 from train.weights_file import read_weights
 from train_fixtures import TINY_TRAIN, make_train_shards

@@ -19,10 +19,10 @@ from data_manifest.cli import main as manifest_main
 from data_manifest.manifest import build_manifest, load_manifest, save_manifest
 from shard_fixtures import make_header, make_video
 from sslfer_core.shard_format import IMAGE_FIELDS, ShardFormatError, ShardReader, write_shard
-from train.epoch_plan import PlanConfig
+from train.methods.contrastive.epoch_plan import PlanConfig
+from train.methods.contrastive.shard_stream import ShardStream, make_loader
 from train.shard_index import build_shard_index
 from train.shard_set import ShardSetError, open_shard_set
-from train.shard_stream import ShardStream, make_loader
 
 OFFSETS = 64  # spread over the whole file, plus every 32nd byte of the first 2 KiB (superblock, headers)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from sslfer_core.shard_format import ShardReader, decode_jpeg
-from train.epoch_plan import PlanConfig, assign_videos
+from train.methods.contrastive.epoch_plan import PlanConfig, assign_videos
+from train.methods.contrastive.shard_stream import ShardStream, make_loader
 from train.shard_index import build_shard_index
-from train.shard_stream import ShardStream, make_loader
 from train_fixtures import make_train_shards
 
 TOL = 1e-6

@@ -3,7 +3,8 @@ and draws are a pure function of (seed, epoch, video)."""
 import numpy as np
 import pytest
 
-from train.temporal_sampler import OffsetRules, draw_hardneg, draw_video, positive_candidates, video_rng
+from train.methods.contrastive.temporal_sampler import (OffsetRules, draw_hardneg, draw_video, positive_candidates,
+                                                        video_rng)
 
 RULES = OffsetRules()
 TOL = RULES.tolerance  # the only slack: 1 microsecond of float error on stored timestamps

@@ -140,7 +140,7 @@ def test_bf16_on_cpu_trains_and_is_recorded(shards, tmp_path):
 
 
 def test_bf16_autocast_changes_the_forward_pass_on_cpu():
-    from train.contrastive_step import ContrastiveStep
+    from train.methods.contrastive.step import ContrastiveStep
     from train.distributed import DistContext
     from sslfer_core.models import ContrastiveModel
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import train.contrastive_step
+import train.methods.contrastive.step
 import train.run_state
 import train.trainer
 from train.checkpoints import list_checkpoints
@@ -58,7 +58,7 @@ def test_interrupted_and_resumed_run_matches_straight_run(shards, tmp_path, monk
 
 
 def _loss_turning_nan_at_call(monkeypatch, call):
-    real_loss = train.contrastive_step.multi_positive_nt_xent
+    real_loss = train.methods.contrastive.step.multi_positive_nt_xent
     calls = []
 
     def loss_turning_nan(*args, **kwargs):
@@ -66,7 +66,7 @@ def _loss_turning_nan_at_call(monkeypatch, call):
         value = real_loss(*args, **kwargs)
         return value * float("nan") if len(calls) == call else value
 
-    monkeypatch.setattr(train.contrastive_step, "multi_positive_nt_xent", loss_turning_nan)
+    monkeypatch.setattr(train.methods.contrastive.step, "multi_positive_nt_xent", loss_turning_nan)
 
 
 def _read_losses_at_sync_points_only(monkeypatch):

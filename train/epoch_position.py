@@ -1,6 +1,6 @@
 """The (epoch, batches to skip) a batch stream starts its next iteration at, in shared memory, so that
-set_epoch() in the main process reaches persistent DataLoader workers (train/shard_stream.py,
-train/clip_stream.py)."""
+set_epoch() in the main process reaches persistent DataLoader workers (train/methods/contrastive/shard_stream.py,
+train/methods/mae/clip_stream.py)."""
 from __future__ import annotations
 
 import multiprocessing

@@ -1,5 +1,5 @@
 """Start-up checks of the shard folder: manifest present and verified (quick by default, every byte with
---verify), and the shards able to serve the requested ablation. Each failure is one ShardSetError line."""
+--verify). Each failure is one ShardSetError line."""
 from __future__ import annotations
 
 import hashlib
@@ -82,15 +82,3 @@ def _check_hashes_once(root: Path, manifest, paths: list[Path], warn: Callable[[
         seen.append((path, digest, before))
     hash_cache.remember(seen)
 
-
-def check_ablation(index: ShardIndex, root: Path, *, faceswap: bool, maskfn: bool, global_batch: int) -> None:
-    """Refuse flags that the prepared data cannot serve."""
-    if faceswap and index.swaps_per_frame == 0:
-        raise ShardSetError(f"--faceswap needs stored face swaps, but the shards in {root} hold none "
-                            "(swaps_per_frame 0); prepare them with sslfer-prep --swaps 1")
-    if maskfn and index.descriptor_dim == 0:
-        raise ShardSetError(f"--maskfn needs eye+mouth descriptors, but the shards in {root} hold none "
-                            "(descriptor_dim 0); prepare them with sslfer-prep --descriptor auto (not none)")
-    if index.num_frames < global_batch:
-        raise ShardSetError(f"{root} holds {index.num_frames} frames, fewer than one batch of {global_batch} "
-                            "anchors; lower --batch-size")

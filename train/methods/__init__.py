@@ -26,7 +26,7 @@ from train.shard_index import ShardIndex
 # name -> module defining (and registering) the method; imported on first use.
 METHOD_MODULES = {
     "contrastive": "train.methods.contrastive",
-    "mae": "train.methods.videomae",
+    "mae": "train.methods.mae",
 }
 _REGISTERED: dict[str, type["Method"]] = {}
 
@@ -36,8 +36,8 @@ class ExportError(ValueError):
 
 
 class BatchStream(Protocol):
-    """A method's data over the shard index for one rank, one epoch at a time (train/shard_stream.py and
-    train/clip_stream.py are two). Its batches are dicts of tensors that include "batch_index" (int64
+    """A method's data over the shard index for one rank, one epoch at a time (contrastive/shard_stream.py
+    and mae/clip_stream.py are two). Its batches are dicts of tensors that include "batch_index" (int64
     scalar: the batch's number within the epoch), which the loop checks against the run's position."""
 
     steps: int  # batches per epoch for this rank; the same on every rank

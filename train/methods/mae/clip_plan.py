@@ -43,7 +43,7 @@ class ClipConfig:
     # How far each clip step may last from stride / fps, in row periods: below 1, a dropped frame never passes.
     timing_tolerance: float = 0.5
     # The epoch's order visits the shards in random groups of this many, each group's clips shuffled
-    # together, so a loader worker keeps reading from a few open shards (train/clip_stream.py keeps at most
+    # together, so a loader worker keeps reading from a few open shards (train/methods/mae/clip_stream.py keeps at most
     # MAX_OPEN_SHARDS open). With no more shards than this, the order is one plain shuffle.
     shard_group: int = 32
 

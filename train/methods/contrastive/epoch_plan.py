@@ -15,8 +15,8 @@ from typing import Iterator
 
 import numpy as np
 
+from train.methods.contrastive.temporal_sampler import OffsetRules, VideoDraws, draw_video, video_rng
 from train.shard_index import ShardIndex
-from train.temporal_sampler import OffsetRules, VideoDraws, draw_video, video_rng
 
 ANCHOR, POSITIVE, HARDNEG, HARDNEG_POSITIVE = range(4)
 POSITIVE_VIEWS = (POSITIVE, HARDNEG_POSITIVE)

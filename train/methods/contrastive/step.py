@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from sslfer_core.gpu_augment import AugmentConfig, BatchAugment, cutmix_inner_face
 from sslfer_core.losses import DEFAULT_TEMPERATURE, multi_positive_nt_xent
-from train.batch_builder import LossInputs, MaskFNConfig, build_loss_inputs
 from train.distributed import DistContext, gather, gather_with_grad
+from train.methods.contrastive.batch_builder import LossInputs, MaskFNConfig, build_loss_inputs
 from train.precision import uses_bf16
 from train.step_io import batch_to_device, step_generator  # noqa: F401  (benchmarks import them from here)
 

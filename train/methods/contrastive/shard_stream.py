@@ -1,5 +1,5 @@
 """Streaming training batches out of shards: an IterableDataset whose DataLoader workers each execute
-their own unit's epoch plan (train/epoch_plan.py).
+their own unit's epoch plan (train/methods/contrastive/epoch_plan.py).
 
 Per worker: shard readers are created lazily inside the worker process; a video is read with one
 contiguous slice per field when a batch first needs it and dropped when the plan releases it; JPEG faces
@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sslfer_core.shard_format import NUM_LANDMARKS, VERIFY_HINT, ShardFormatError, ShardReader, decode_jpeg_bgr
-from train.epoch_plan import (
+from train.methods.contrastive.epoch_plan import (
     ANCHOR, FALLBACK_KINDS, POSITIVE_VIEWS, BatchPlan, PlanConfig, assign_videos, plan_unit, steps_per_epoch,
     unit_batches,
 )

@@ -1,5 +1,5 @@
 """Streaming batches of video clips out of shards for masked-autoencoder pretraining: an IterableDataset
-whose DataLoader workers each execute their share of the epoch's clip plan (train/clip_plan.py).
+whose DataLoader workers each execute their share of the epoch's clip plan (train/methods/mae/clip_plan.py).
 
 A batch is {"clips": uint8 (B, T, H, W, 3), "video": int64 (B,), "start": int64 (B,), "batch_index": int64}:
 `start` is each clip's first frame position inside its video. Frames are read only through
@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sslfer_core.shard_format import ShardReader
-from train.clip_plan import (
+from train.methods.mae.clip_plan import (
     ClipCatalogue, ClipConfig, EpochClipPlan, build_catalogue, clip_steps, plan_epoch_clips, worker_batches,
 )
 from train.epoch_position import SharedEpochPosition

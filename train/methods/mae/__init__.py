@@ -1,7 +1,7 @@
 """The video masked-autoencoder method (MAE-DFER, Sun et al., ACM MM 2023): an LGI-Former encoder learns by
 reconstructing the appearance and motion of tube-window-masked tubelets of 16-frame face clips.
 
-Batches come from ClipStream (train/clip_stream.py) over the shard index; each step augments the clips on
+Batches come from ClipStream (clip_stream.py) over the shard index; each step augments the clips on
 the device (sslfer_core.clip_augment), draws the mask (sslfer_core.tube_masking), both from the step's
 generator so a resumed run redraws them exactly, and computes the targets and loss of sslfer_core.video_mae
 and sslfer_core.losses. AdamW (0.9, 0.95) with weight decay 0.05 off biases, norms and the representative
@@ -27,12 +27,12 @@ from sslfer_core.losses import mae_loss
 from sslfer_core.mae_figure import reconstruction_figure
 from sslfer_core.tube_masking import DEFAULT_MASK_RATIO, masked_per_window, tube_window_mask
 from sslfer_core.video_mae import VideoMAE, mae_targets, param_groups, split_prediction
-from train.clip_plan import (REFERENCE_FPS, ClipConfig, ClipConfigError, build_catalogue, clip_stride_frames,
-                             shard_fps)
-from train.clip_stream import ClipStream, make_clip_loader
 from train.distributed import sum_across
 from train.lr_schedule import make_scheduler
 from train.methods import ExportError, Exported, Method, config_option, field_default, register
+from train.methods.mae.clip_plan import (REFERENCE_FPS, ClipConfig, ClipConfigError, build_catalogue,
+                                         clip_stride_frames, shard_fps)
+from train.methods.mae.clip_stream import ClipStream, make_clip_loader
 from train.precision import cpu_has_native_bf16, uses_bf16
 from train.run_config import TrainConfig
 from train.shard_index import ShardIndex

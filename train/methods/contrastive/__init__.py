@@ -1,6 +1,6 @@
 """The contrastive method (Shu et al., BMVC 2022): SimCLR on aligned faces with the TimeAug, HardNeg,
-FaceSwap, CutMix and MaskFN ablation flags. Batches come from ShardStream (train/shard_stream.py), the step
-from ContrastiveStep (train/contrastive_step.py); optimiser Adam, schedule warm-up then cosine to 0."""
+FaceSwap, CutMix and MaskFN ablation flags. Batches come from ShardStream (shard_stream.py), the step from
+ContrastiveStep (step.py); optimiser Adam, schedule warm-up then cosine to 0."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,16 +16,29 @@ from sslfer_core.false_negatives import DEFAULT_LAMBDA
 from sslfer_core.false_negatives import MODES as MASKFN_MODES
 from sslfer_core.losses import DEFAULT_TEMPERATURE
 from sslfer_core.models import ARCHS, ContrastiveModel, backbone_state_dict
-from train.batch_builder import MaskFNConfig, similarity_stats
-from train.contrastive_step import ContrastiveStep
-from train.epoch_plan import DEFAULT_SWAP_P, FALLBACK_KINDS, PlanConfig
 from train.methods import ExportError, Exported, Method, config_option, field_default, register
+from train.methods.contrastive.batch_builder import MaskFNConfig, similarity_stats
+from train.methods.contrastive.epoch_plan import DEFAULT_SWAP_P, FALLBACK_KINDS, PlanConfig
+from train.methods.contrastive.shard_stream import ShardStream, make_loader
+from train.methods.contrastive.step import ContrastiveStep
 from train.run_config import TrainConfig
 from train.shard_index import ShardIndex
-from train.shard_set import check_ablation
-from train.shard_stream import ShardStream, make_loader
+from train.shard_set import ShardSetError
 
 PREVIEW_VIEWS = 16  # augmented views in TensorBoard's start image
+
+
+def check_ablation(index: ShardIndex, root: Path, *, faceswap: bool, maskfn: bool, global_batch: int) -> None:
+    """Refuse flags that the prepared data cannot serve."""
+    if faceswap and index.swaps_per_frame == 0:
+        raise ShardSetError(f"--faceswap needs stored face swaps, but the shards in {root} hold none "
+                            "(swaps_per_frame 0); prepare them with sslfer-prep --swaps 1")
+    if maskfn and index.descriptor_dim == 0:
+        raise ShardSetError(f"--maskfn needs eye+mouth descriptors, but the shards in {root} hold none "
+                            "(descriptor_dim 0); prepare them with sslfer-prep --descriptor auto (not none)")
+    if index.num_frames < global_batch:
+        raise ShardSetError(f"{root} holds {index.num_frames} frames, fewer than one batch of {global_batch} "
+                            "anchors; lower --batch-size")
 
 
 @dataclass
