@@ -47,7 +47,10 @@ ROWS: dict[str, tuple[str, ...]] = {
     "TimeAug+HardNeg+MaskFN": ("timeaug", "hardneg", "maskfn"),
     "all four": ("timeaug", "hardneg", "faceswap", "maskfn"),
 }
+# The paper's self-supervised baselines, each its own sslfer-train method on the same views and budget.
+BASELINES: dict[str, str] = {"BYOL": "byol", "MoCo-v2": "moco"}
 RANDOM_ROW = "random"
+ALL_ROWS = (*ROWS, *BASELINES, RANDOM_ROW)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Budget:
     probe_precision: str  # sslfer-eval --precision for feature extraction; the same fallback
     max_per_split: int | None  # per FER2013 split; None = all images
     threads: int  # torch threads per process (runs go side by side with --parallel)
+    moco_queue: int  # MoCo's queue of negative keys: at most the frames in the shards
+    moco_momentum: float  # MoCo's key encoder momentum: its averaging horizon (1 / (1 - m) steps) within the run
 
 
 BUDGETS = {
@@ -77,11 +82,16 @@ BUDGETS = {
     # was the most that fit; at 300 no row beat a random backbone by more than the seed spread). The probe
     # uses the whole FER2013 training split (with 4,000 images its scores moved by several points between
     # seeds) and bf16 features (about 2x faster end to end here). docs/results.md says how each was chosen.
+    # MoCo: voxceleb_mini holds 1,830 frames, so the queue keeps 512 keys (16 steps' worth; 8x SimCLR's 62
+    # in-batch negatives), and momentum 0.99 averages over about 100 steps where 0.999 would average over
+    # more steps than the run has.
     "small": Budget("resnet18", steps=600, batch_size=32, resize=96, crop=48, face_crop=0.72, crop_area=(0.5, 1.0),
-                    lr=1e-3, precision="bf16", eval_size=48, probe_precision="bf16", max_per_split=None, threads=1),
+                    lr=1e-3, precision="bf16", eval_size=48, probe_precision="bf16", max_per_split=None, threads=1,
+                    moco_queue=512, moco_momentum=0.99),
     # A GPU: the paper's network, input size and learning rate.
     "full": Budget("resnet50", steps=20000, batch_size=256, resize=128, crop=112, face_crop=0.72, crop_area=None,
-                   lr=3e-4, precision="auto", eval_size=112, probe_precision="auto", max_per_split=None, threads=0),
+                   lr=3e-4, precision="auto", eval_size=112, probe_precision="auto", max_per_split=None, threads=0,
+                   moco_queue=65536, moco_momentum=0.999),
 }
 
 
@@ -121,13 +131,17 @@ def prep(data: Path, out: Path, jobs: int) -> Path:
 def train_command(shards: Path, run: Path, row: str, seed: int, budget: Budget, log_every: int = 10,
                   ckpt_every: int = 100) -> list[str]:
     """The sslfer-train command line of one row and seed at a budget's settings."""
+    method = BASELINES.get(row, "train")
     command = tool("train.cli") + [
-        "train", "--shards", str(shards), "--out", str(run), "--arch", budget.arch, *[f"--{s}" for s in ROWS[row]],
+        method, "--shards", str(shards), "--out", str(run), "--arch", budget.arch,
+        *[f"--{s}" for s in ROWS.get(row, ())],
         "--steps", str(budget.steps), "--batch-size", str(budget.batch_size), "--resize", str(budget.resize),
         "--crop", str(budget.crop), "--face-crop", str(budget.face_crop), "--lr", str(budget.lr),
         *(["--crop-area", *map(str, budget.crop_area)] if budget.crop_area else []),
         "--precision", budget.precision, "--seed", str(seed), "--log-every", str(log_every),
         "--ckpt-every", str(ckpt_every)]
+    if method == "moco":
+        command += ["--queue-size", str(budget.moco_queue), "--momentum", str(budget.moco_momentum)]
     if budget.threads:
         command += ["--workers", "0"]  # a core per run: loading in-process beats a competing worker
     return command
@@ -143,7 +157,7 @@ def train_and_export(shards: Path, out: Path, row: str, seed: int, budget: Budge
     command = train_command(shards, run, row, seed, budget)
     resumed = (run / "checkpoints").is_dir()
     if resumed:
-        command = tool("train.cli") + ["train", "--out", str(run), "--resume"]
+        command = tool("train.cli") + [BASELINES.get(row, "train"), "--out", str(run), "--resume"]
     elif run.exists():
         shutil.rmtree(run)  # started but no checkpoint yet: start again
     took = run_logged(command, out / "logs" / f"train-{name}.log", budget.threads)
@@ -329,7 +343,7 @@ def main() -> None:
                              "run after settings were explored on the default ones.")
     parser.add_argument("--steps", type=int, default=None, help="Override the budget's training steps.")
     parser.add_argument("--lr", type=float, default=None, help="Override the budget's learning rate.")
-    parser.add_argument("--rows", nargs="*", default=None, help=f"Subset of rows: {', '.join(ROWS)}, {RANDOM_ROW}")
+    parser.add_argument("--rows", nargs="*", default=None, help=f"Subset of rows: {', '.join(ALL_ROWS)}")
     parser.add_argument("--parallel", type=int, default=None, help="Processes side by side [default: cores / threads]")
     args = parser.parse_args()
 
@@ -344,10 +358,10 @@ def main() -> None:
     for path, what in ((data, "--data"), (fer, "--fer")):
         if not path.is_dir():
             raise SystemExit(f"{what} {path}: no such folder (set SSLFER_DATA or pass {what})")
-    rows = args.rows or [*ROWS, RANDOM_ROW]
-    unknown = [r for r in rows if r not in ROWS and r != RANDOM_ROW]
+    rows = args.rows or list(ALL_ROWS)
+    unknown = [r for r in rows if r not in ALL_ROWS]
     if unknown:
-        raise SystemExit(f"unknown rows: {', '.join(unknown)}; choose from {', '.join([*ROWS, RANDOM_ROW])}")
+        raise SystemExit(f"unknown rows: {', '.join(unknown)}; choose from {', '.join(ALL_ROWS)}")
     cores = os.cpu_count() or 1
     parallel = args.parallel or max(1, cores // budget.threads if budget.threads else 1)
     out = args.out.resolve()

@@ -323,6 +323,7 @@ def _loop(cfg: TrainConfig, ctx: DistContext, data: _Data, state: RunState, net,
             grad_norm = None if clip is None else torch.nn.utils.clip_grad_norm_(state.model.parameters(), clip)
             state.optimizer.step()
             state.scheduler.step()
+            method.after_optimizer_step(state.model, state.step + 1, data.total_steps)
             epoch_of_step = state.epoch
             epoch_end = state.advance(data.steps_per_epoch)
             step_counts = method.counts(batch, outputs)

@@ -27,6 +27,8 @@ from train.shard_index import ShardIndex
 METHOD_MODULES = {
     "contrastive": "train.methods.contrastive",
     "mae": "train.methods.mae",
+    "byol": "train.methods.byol",
+    "moco": "train.methods.moco",
 }
 _REGISTERED: dict[str, type["Method"]] = {}
 
@@ -61,9 +63,10 @@ class Method:
     is set up and the batch is known to divide among the ranks, and calls it in this order: check_shards,
     loader_workers, make_stream, default_warmup, config_record, [RNGs seeded] build_model, build_optimizer,
     build_scheduler, [checkpoint restored, DDP/compile] title, batch_description, make_loader; then per
-    step: step -> backward -> [clip to grad_clip] -> optimiser and scheduler step -> counts; at log lines
-    log_record (every rank), after each checkpoint on_checkpoint (rank 0 only; PNGs it returns also go to
-    TensorBoard); before the first step start_images (rank 0, TensorBoard on); final_summary at the end.
+    step: step -> backward -> [clip to grad_clip] -> optimiser and scheduler step -> after_optimizer_step ->
+    counts; at log lines log_record (every rank), after each checkpoint on_checkpoint (rank 0 only; PNGs it
+    returns also go to TensorBoard); before the first step start_images (rank 0, TensorBoard on);
+    final_summary at the end.
     Per-rank batch size: cfg.batch_size // ctx.world_size."""
 
     name: ClassVar[str]
@@ -141,6 +144,11 @@ class Method:
         pure function of (seed, rank, step), so every random draw made from it is the same after a resume.
         Keep results on the device: the loop reads the loss only at its sync points."""
         raise NotImplementedError
+
+    def after_optimizer_step(self, model: nn.Module, step: int, total_steps: int) -> None:
+        """After the optimiser and scheduler applied step `step` (1-based) of `total_steps`, on every rank:
+        e.g. a momentum (EMA) target follows the trained weights. `model` is the unwrapped model; what this
+        changes in it must live in its parameters or buffers, so that checkpoints and resume carry it."""
 
     def counts(self, batch: dict[str, Tensor], outputs: dict[str, Tensor]) -> Tensor | None:
         """int64 (len(counter_names),) of this step on this rank, on the device; None when there are none."""

@@ -3,9 +3,10 @@ FaceSwap, CutMix and MaskFN ablation flags. Batches come from ShardStream (shard
 ContrastiveStep (step.py); optimiser Adam, schedule warm-up then cosine to 0."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import click
 import torch
@@ -82,15 +83,14 @@ class ContrastiveConfig(TrainConfig):
             raise ValueError(f"need 0 < --crop <= --resize, got {self.crop} and {self.resize}")
 
     @property
+    def strategies(self) -> list[str]:
+        return [name for name, on in (("TimeAug", self.timeaug), ("HardNeg", self.hardneg),
+                                      ("FaceSwap", self.faceswap), ("CutMix", self.cutmix),
+                                      ("MaskFN", self.maskfn)) if on]
+
+    @property
     def ablation(self) -> str:
-        parts = [name for name, on in (("TimeAug", self.timeaug), ("HardNeg", self.hardneg),
-                                       ("FaceSwap", self.faceswap), ("CutMix", self.cutmix),
-                                       ("MaskFN", self.maskfn)) if on]
-        return "+".join(parts) if parts else "SimCLR"
-
-
-def _option(name: str, **kwargs) -> click.Option:
-    return config_option(ContrastiveConfig, name, **kwargs)
+        return "+".join(self.strategies) if self.strategies else "SimCLR"
 
 
 @register
@@ -109,6 +109,7 @@ class Contrastive(Method):
 
     @classmethod
     def cli_options(cls) -> list[click.Option]:
+        _option = functools.partial(config_option, cls.config_class)  # defaults of the subclass configs too
         return [
             _option("arch", type=click.Choice(ARCHS)),
             _option("timeaug", is_flag=True, help="Positive = a frame 0.5-1.5 s away (else a second augmentation)."),
@@ -173,8 +174,14 @@ class Contrastive(Method):
     def rows_per_step(self) -> int:
         return self.cfg.batch_size * self.objective.num_views
 
+    @classmethod
+    def build_network(cls, setting: Callable[[str], Any]) -> nn.Module:
+        """The method's model from its config settings (`setting(name)`), on the CPU; its ResNet is .backbone,
+        which is what export writes. Methods that train on the same views (BYOL, MoCo) override this."""
+        return ContrastiveModel(setting("arch"), proj_dim=int(setting("proj_dim")))
+
     def build_model(self) -> nn.Module:
-        model = ContrastiveModel(self.cfg.arch, self.cfg.proj_dim).to(self.ctx.device)
+        model = self.build_network(lambda name: getattr(self.cfg, name)).to(self.ctx.device)
         if self.objective.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.cfg.sync_bn and self.ctx.distributed:
@@ -233,10 +240,10 @@ class Contrastive(Method):
         """The backbone as a plain torchvision ResNet state_dict (keys conv1.weight, layer1.0..., no fc.*), with
         the input preprocessing it was trained with."""
         def setting(name: str):  # the checkpoint's config, or the default for settings it predates
-            return state["config"].get(name, field_default(ContrastiveConfig, name))
+            return state["config"].get(name, field_default(cls.config_class, name))
 
         arch = setting("arch")
-        model = ContrastiveModel(arch, proj_dim=int(setting("proj_dim")))
+        model = cls.build_network(setting)
         try:
             model.load_state_dict(state["model"], strict=True)
         except RuntimeError as error:
