@@ -198,9 +198,11 @@ def write_sheet(path: Path, out: Path, *, identities: int = 8, samples: int = 4,
     title = f"{Path(path).resolve().name}: {len(videos)} videos, {sum(v.rows.stop - v.rows.start for v in videos):,} " \
             f"frames, {len(names)} identities"
     text(MARGIN, MARGIN, title, fontsize=14, weight="bold")
-    text(MARGIN, MARGIN + 24, f"{header.image_size} px faces, patches {header.patch_size} px, "
-         f"{header.swaps_per_frame} swap(s) per frame, descriptor {header.descriptor_kind}, "
-         f"prep fps {prep.get('fps', '?')}" + (", video profile" if video_profile else ""), fontsize=10)
+    stored = [f"{header.image_size} px faces",
+              f"{header.patch_size} px eye/mouth patches" if patches else "no patches",
+              f"{header.swaps_per_frame} swap(s) per frame" if header.swaps_per_frame else "no swaps",
+              f"descriptor {header.descriptor_kind}", f"prep fps {prep.get('fps', '?')}"]
+    text(MARGIN, MARGIN + 24, ", ".join(stored) + (", video profile" if video_profile else ""), fontsize=10)
 
     readers: dict[Path, ShardReader] = {}
     reader_of = lambda shard: readers.setdefault(shard, ShardReader(shard))
