@@ -76,7 +76,7 @@ BUDGETS = {
     # table took 49 min here once 2x2-map convolutions ran as one matrix product (130 min before, when 300 steps
     # was the most that fit; at 300 no row beat a random backbone by more than the seed spread). The probe
     # uses the whole FER2013 training split (with 4,000 images its scores moved by several points between
-    # seeds) and bf16 features (about 2x faster end to end here). docs/results.md says how each was chosen.
+    # seeds) and bf16 features (about 2x faster end to end here). docs/results-log.md says how each was chosen.
     "small": Budget("resnet18", steps=600, batch_size=32, resize=96, crop=48, face_crop=0.72, crop_area=(0.5, 1.0),
                     lr=1e-3, precision="bf16", eval_size=48, probe_precision="bf16", max_per_split=None, threads=1),
     # A GPU: the paper's network, input size and learning rate.
