@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torchvision
 from click.testing import CliRunner
@@ -12,6 +13,8 @@ from safetensors import safe_open
 
 from data_manifest.verify import ERROR, verify_shards
 from needs import missing
+from preprocess.demo_sample import expression_clip_schedule
+from sslfer_core.synthetic_faces import EXPRESSION_CLASSES, PARAM_NAMES, ExpressionParams
 from train.demo import OWNED_NAMES, SUMMARY_NAME, main, prepare_out
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,8 +182,21 @@ def test_rerun_replaces_only_the_demos_own_outputs(tmp_path):
     (["--limit", "3"], "--limit applies to --data only"),
     (["--eval-max", "3"], "--eval-max applies to --eval-data only"),
     (["--family", "video", "--eval-data", "."], "--family video has none"),
+    (["--probe-seconds", "1"], "shorter than the tiny preset's clip (1.6 s at 10 fps)"),
 ])
 def test_bad_option_combinations_are_usage_errors(tmp_path, args, message):
     result = CliRunner().invoke(main, ["--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("label", EXPRESSION_CLASSES)
+def test_video_probe_clips_show_their_label_after_the_rise(label):
+    # A clip labelled X must show X (ExpressionParams.label) in every frame the DFER probe samples after the
+    # first third, and no other expression above the labelling threshold anywhere.
+    for seed in range(20):
+        schedule = expression_clip_schedule(np.random.default_rng(seed), label, 16)
+        labels = [ExpressionParams.from_array(values).label() for values in schedule]
+        assert set(labels[16 // 3:]) == {label}, (seed, labels)
+        others = [c for c in range(3) if label == "neutral" or PARAM_NAMES[c] != label]
+        assert schedule[:, others].max() < 0.35

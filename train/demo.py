@@ -22,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from preprocess.demo_sample import CLIP_FPS
+
 # Console script -> module whose `main` it runs (as in setup.cfg). Tools are launched through the current
 # interpreter so the demo works whether or not the venv's bin/ is on PATH.
 TOOL_MODULES = {
@@ -36,16 +38,24 @@ OWNED_NAMES = ("sample", "shards", "shards-video", "run", "run-mae", "backbone.s
                "eval", "eval-video", "sheets", "feature-cache", SUMMARY_NAME)
 ABLATION_FLAGS = ("--timeaug", "--hardneg", "--faceswap", "--maskfn")
 FAMILIES = ("both", "contrastive", "video")
-MAE_PRESET = "tiny"
-MAE_FRAMES = 16  # the tiny preset's clip: 16 frames of 80 px
-MAE_INPUT = 80
+MAE_PRESET = "tiny"  # its clip (frames, input side) comes from sslfer_core.lgi_former.PRESETS
 VIDEO_PREP_SIZE = 96  # stored face side of the video shards: above the tiny preset's input, so crops are real
-# The synthetic clips are 10 fps: the video shards keep every frame and a clip steps one frame (0.1 s).
+# The synthetic clips are CLIP_FPS (10 fps): the video shards keep every frame and a clip steps one frame.
 # Real VoxCeleb2 (--data) is 25 fps: the reference's 25 fps and 4-frame (0.16 s) stride.
-SAMPLE_VIDEO_FPS = 10
+REAL_DATA_STRIDE = ("--stride", "4")
 # The reference's lr rule (3e-4 per 256 clips) gives 1e-5 at a batch of 8, below its own final lr; a few dozen
 # steps need a fixed peak instead.
 MAE_SCHEDULE = ("--lr", "1e-3", "--min-lr", "1e-5")
+
+
+def mae_clip() -> tuple[int, int]:
+    """(frames, input side) of the MAE preset's clip; imported when the video family runs (it loads torch)."""
+    from sslfer_core.lgi_former import preset
+
+    config = preset(MAE_PRESET)
+    return config.frames, config.img_size
+
+
 class StageFailed(Exception):
     """A stage did not complete; the message is one line."""
 
@@ -317,17 +327,18 @@ def contrastive_stages(log: DemoLog, paths: DemoPaths, source: Path, *, limit, s
 
 def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: bool, limit, steps, batch_size,
                  seed) -> None:
-    timing = ["--stride", "4"] if real_data else ["--stride-seconds", f"{1 / SAMPLE_VIDEO_FPS:g}"]
+    frames, side = mae_clip()
+    timing = list(REAL_DATA_STRIDE) if real_data else ["--stride-seconds", f"{1 / CLIP_FPS:g}"]
     run_tool(log, "prep-video", "sslfer-prep",
              ["voxceleb", str(source), "--out", str(paths.video_shards), "--profile", "video",
               "--size", str(VIDEO_PREP_SIZE), "--seed", str(seed)]
-             + ([] if real_data else ["--fps", str(SAMPLE_VIDEO_FPS)]) + (["--limit", str(limit)] if limit else []),
+             + ([] if real_data else ["--fps", f"{CLIP_FPS:g}"]) + (["--limit", str(limit)] if limit else []),
              what="videos -> every aligned frame (video profile)")
     run_tool(log, "sheet-video", "sslfer-manifest", ["inspect", str(paths.video_shards), "--sheet", str(paths.video_sheet)],
              what="a picture of the video shard set")
     run_tool(log, "train-mae", "sslfer-train",
              ["mae", "--shards", str(paths.video_shards), "--out", str(paths.mae_run), "--preset", MAE_PRESET,
-              "--frames", str(MAE_FRAMES), *timing, "--clips-per-video", "4", "--batch-size", str(batch_size),
+              "--frames", str(frames), *timing, "--clips-per-video", "4", "--batch-size", str(batch_size),
               "--steps", str(steps), *MAE_SCHEDULE, "--seed", str(seed),
               "--log-every", str(max(1, min(10, steps // 6)))],
              what=f"{steps} masked-autoencoder steps, LGI-Former {MAE_PRESET}")
@@ -335,8 +346,8 @@ def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: boo
              what="the LGI-Former encoder")
     run_tool(log, "eval-video", "sslfer-eval",
              ["dfer", "linear", "--backbone", str(paths.mae_encoder), "--backbone", f"mae:{MAE_PRESET}",
-              "--data", str(paths.sample / "video-probe.csv"), "--frames", str(MAE_FRAMES), "--stride", "1",
-              "--image-size", str(MAE_INPUT), "--out", str(paths.video_eval)],
+              "--data", str(paths.sample / "video-probe.csv"), "--frames", str(frames), "--stride", "1",
+              "--image-size", str(side), "--out", str(paths.video_eval)],
              what="clip-level linear probe, pretrained vs random LGI-Former")
 
 
@@ -358,9 +369,9 @@ def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: boo
               help="Synthetic training clips per identity.")
 @click.option("--seconds", type=click.FloatRange(min=4.0), default=10.0, show_default=True,
               help="Length of each synthetic training clip.")
-@click.option("--probe-seconds", type=click.FloatRange(min=MAE_FRAMES / SAMPLE_VIDEO_FPS),
-              default=MAE_FRAMES / SAMPLE_VIDEO_FPS, show_default=True,
-              help="Length of each labelled video probe clip (at least the tiny preset's 16 frames).")
+@click.option("--probe-seconds", type=click.FloatRange(min_open=True, min=0), default=None,
+              help="Length of each labelled video probe clip [default and least: the MAE preset's clip at the "
+                   "sample's frame rate].")
 @click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Contrastive training steps.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=16, show_default=True,
               help="Anchors per contrastive step (4 rows each with --hardneg).")
@@ -371,7 +382,7 @@ def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: boo
               help="sslfer-train --crop; also the evaluation image size.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out: Path, family: str, data: Path | None, eval_data: Path | None, eval_max: int | None, limit: int | None,
-         clips: int, seconds: float, probe_seconds: float, steps: int, batch_size: int, mae_steps: int,
+         clips: int, seconds: float, probe_seconds: float | None, steps: int, batch_size: int, mae_steps: int,
          mae_batch_size: int, resize: int, crop: int, seed: int):
     """Generate (or take) data, then run both families of the tool with a short budget: sslfer-prep,
     sslfer-manifest verify and inspect --sheet, sslfer-train (contrastive, then mae), export, and
@@ -384,6 +395,13 @@ def main(out: Path, family: str, data: Path | None, eval_data: Path | None, eval
         raise click.UsageError("--eval-max applies to --eval-data only")
     if eval_data is not None and family == "video":
         raise click.UsageError("--eval-data is the image probe's; --family video has none")
+    contrastive, video = family in ("both", "contrastive"), family in ("both", "video")
+    if video:
+        shortest = mae_clip()[0] / CLIP_FPS
+        if probe_seconds is not None and probe_seconds < shortest:
+            raise click.UsageError(f"--probe-seconds {probe_seconds:g} is shorter than the {MAE_PRESET} preset's "
+                                   f"clip ({shortest:g} s at {CLIP_FPS:g} fps)")
+        probe_seconds = shortest if probe_seconds is None else probe_seconds
     out = out.resolve()
     prepare_out(out)
     paths = DemoPaths(out)
@@ -392,7 +410,6 @@ def main(out: Path, family: str, data: Path | None, eval_data: Path | None, eval
                "clips": clips, "seconds": seconds, "probe_seconds": probe_seconds, "steps": steps,
                "batch_size": batch_size, "mae_steps": mae_steps, "mae_batch_size": mae_batch_size,
                "resize": resize, "crop": crop, "seed": seed}
-    contrastive, video = family in ("both", "contrastive"), family in ("both", "video")
     image_probe = contrastive and eval_data is None
     need_sample = data is None or image_probe or video
     log = DemoLog(total=int(need_sample) + 6 * contrastive + 5 * video)
