@@ -81,7 +81,7 @@ BUDGETS = {
     # table took 49 min here once 2x2-map convolutions ran as one matrix product (130 min before, when 300 steps
     # was the most that fit; at 300 no row beat a random backbone by more than the seed spread). The probe
     # uses the whole FER2013 training split (with 4,000 images its scores moved by several points between
-    # seeds) and bf16 features (about 2x faster end to end here). docs/results.md says how each was chosen.
+    # seeds) and bf16 features (about 2x faster end to end here). docs/results-log.md says how each was chosen.
     # MoCo: voxceleb_mini holds 1,830 frames, so the queue keeps 512 keys (16 steps' worth; 8x SimCLR's 62
     # in-batch negatives), and momentum 0.99 averages over about 100 steps where 0.999 would average over
     # more steps than the run has.

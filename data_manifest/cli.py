@@ -68,9 +68,24 @@ def verify(directory: Path, quick: bool):
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("--videos", is_flag=True, help="Also list every video (always included with --json).")
+@click.option("--sheet", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw a PNG of the set: sampled faces per identity with their swaps and eye/mouth patches, "
+                   "frame strips of sampled videos (video profile), frames per identity and failure reasons.")
+@click.option("--sheet-identities", type=click.IntRange(1, 64), default=8, show_default=True,
+              help="Identities (rows) sampled for the sheet.")
+@click.option("--sheet-samples", type=click.IntRange(1, 16), default=4, show_default=True,
+              help="Frames sampled per identity for the sheet.")
+@click.option("--sheet-clips", type=click.IntRange(1, 64), default=6, show_default=True,
+              help="Video profile: videos drawn as strips of consecutive frames.")
+@click.option("--sheet-strip", type=click.IntRange(2, 32), default=8, show_default=True,
+              help="Video profile: consecutive frames per strip.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sheet's draws.")
 @one_line_errors
-def inspect(path: Path, as_json: bool, videos: bool):
+def inspect(path: Path, as_json: bool, videos: bool, sheet: Path | None, sheet_identities: int, sheet_samples: int,
+            sheet_clips: int, sheet_strip: int, seed: int):
     """Counts, config, codecs and per-identity totals of a shard directory or of one shard file."""
+    if sheet is not None and sheet.suffix.lower() != ".png":
+        raise click.BadParameter(f"{sheet}: the sheet is a PNG; name it *.png", param_hint="--sheet")
     total = len(load_manifest(path).shards) if path.is_dir() else 1
     bar = Progress("inspect", total, unit=" shards")
     try:
@@ -78,6 +93,21 @@ def inspect(path: Path, as_json: bool, videos: bool):
     finally:
         bar.close()
     click.echo(json.dumps(report, indent=2, sort_keys=True) if as_json else format_report(report, show_videos=videos))
+    if sheet is not None:
+        from data_manifest.sheet import write_sheet
+
+        profile = (report["config"].get("prep_config") or {}).get("profile")
+        rows = min(sheet_identities, report["totals"]["identities"]) + (
+            min(sheet_clips, report["totals"]["videos"]) if profile == "video" else 0)
+        bar = Progress("sheet", rows, unit=" rows")
+        try:
+            write_sheet(path, sheet, identities=sheet_identities, samples=sheet_samples, clips=sheet_clips,
+                        strip=sheet_strip, seed=seed, progress=bar.advance)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+        finally:
+            bar.close()
+        click.echo(f"sheet: {sheet}", err=True)
 
 
 @main.command(epilog=EXIT_CODES)

@@ -2,7 +2,9 @@
 
 NASA's portrait of Eileen Collins ships with scikit-image and the US Navy's portrait of Grace Hopper with
 matplotlib; both are public domain. Clips are written in VoxCeleb2's layout so `sslfer-prep voxceleb` reads
-them unchanged, and a held-out probe set of aligned frames carries the known expression parameters as labels.
+them unchanged. Two held-out probe sets carry the known expression parameters as labels: aligned frames
+(probe.csv, for the image commands) and short aligned clips that each show one expression (video-probe.csv,
+for `sslfer-eval dfer`).
 """
 from __future__ import annotations
 
@@ -14,10 +16,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sslfer_core.synthetic_faces import ExpressionParams, render_expression, smooth_schedule
+from sslfer_core.synthetic_faces import (
+    EXPRESSION_CLASSES, PARAM_NAMES, ExpressionParams, render_expression, smooth_schedule,
+)
 
 CLIP_FPS = 10.0
 CLIP_SIDE = 256
+PROBE_SIDE = 128  # aligned probe images and clips, as sslfer-prep stores faces
+# Video probe clips per (identity, expression): the first ones train the head, then one validation, one test.
+VIDEO_PROBE_SPLITS = ("train", "train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -78,13 +85,68 @@ def write_clip(path: Path, portrait: Portrait, schedule: np.ndarray) -> list[np.
     return landmarks
 
 
+def expression_clip_schedule(rng: np.random.Generator, label: str, num_frames: int) -> np.ndarray:
+    """(T, 4) parameters of a clip that shows one expression: it rises from near neutral to an apex within
+    the first third and holds there, while the other expressions stay below the labelling threshold and
+    the head turns a little. `ExpressionParams.label` gives `label` for every frame after the rise."""
+    params = np.zeros((num_frames, len(PARAM_NAMES)))
+    params[:, :3] = rng.uniform(0.0, 0.15, size=3)  # low background activity, constant over the clip
+    if label != "neutral":
+        column = PARAM_NAMES.index(label)
+        rise = max(1, num_frames // 3)
+        ramp = np.minimum(np.arange(num_frames) / rise, 1.0)
+        params[:, column] = params[0, column] + ramp * (rng.uniform(0.6, 1.0) - params[0, column])
+    phase = rng.uniform(0, 2 * np.pi)
+    params[:, 3] = 0.3 * np.sin(phase + np.linspace(0, np.pi, num_frames))
+    return params
+
+
+def write_aligned_clip(path: Path, portrait: Portrait, schedule: np.ndarray) -> None:
+    """Render a clip, align every frame with its known landmarks and write it as an mp4 of aligned faces."""
+    from sslfer_core.face_alignment import align_face
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".partial-" + path.name)
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), CLIP_FPS, (PROBE_SIDE, PROBE_SIDE))
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write mp4 files here (no mp4v encoder)")
+    try:
+        for values in schedule:
+            frame, lms = render_expression(portrait.image, portrait.landmarks, ExpressionParams.from_array(values))
+            writer.write(cv2.cvtColor(align_face(frame, lms, PROBE_SIDE).image, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    tmp.replace(path)
+
+
+def write_video_probe(out: Path, portraits: list[Portrait], *, seconds: float, seed: int) -> int:
+    """Labelled aligned clips, len(VIDEO_PROBE_SPLITS) per (identity, expression), listed in video-probe.csv
+    (path,label,split) with their split; returns the number of clips."""
+    num_frames = int(round(seconds * CLIP_FPS))
+    rows = []
+    for portrait in portraits:
+        for label in EXPRESSION_CLASSES:
+            for number, split in enumerate(VIDEO_PROBE_SPLITS):
+                rng = np.random.default_rng([seed + 2000, zlib.crc32(portrait.identity.encode()),
+                                             zlib.crc32(label.encode()), number])
+                name = f"video-probe/{portrait.identity}_{label}_{number}.mp4"
+                write_aligned_clip(out / name, portrait, expression_clip_schedule(rng, label, num_frames))
+                rows.append({"path": name, "label": label, "split": split})
+    with open(out / "video-probe.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
 def write_demo_sample(out: Path, detector, *, clips_per_identity: int = 4, seconds: float = 12.0,
                       probe_clips_per_identity: int = 2, probe_seconds: float | None = None, probe_every: int = 2,
-                      seed: int = 0) -> dict:
-    """Write training clips (VoxCeleb2 layout) and a labelled probe set into `out`. Returns counts.
+                      video_probe_seconds: float = 0.0, seed: int = 0) -> dict:
+    """Write training clips (VoxCeleb2 layout) and labelled probe sets into `out`. Returns counts.
 
     `probe_seconds` (default: `seconds`) lets short training clips keep a full-length probe; zero clips of
-    either kind are allowed (probe only, or training clips with an empty probe.csv).
+    either kind are allowed (probe only, or training clips with an empty probe.csv). `video_probe_seconds`
+    > 0 also writes the labelled video probe (video-probe.csv) with clips of that length.
     """
     from sslfer_core.face_alignment import align_face
 
@@ -110,7 +172,7 @@ def write_demo_sample(out: Path, detector, *, clips_per_identity: int = 4, secon
             for t in range(0, probe_frames, probe_every):
                 params = ExpressionParams.from_array(schedule[t])
                 frame, lms = render_expression(portrait.image, portrait.landmarks, params)
-                aligned = align_face(frame, lms, 128)
+                aligned = align_face(frame, lms, PROBE_SIDE)
                 name = f"{portrait.identity}_probe{clip}_{t:04d}.png"
                 cv2.imwrite(str(probe_dir / name), cv2.cvtColor(aligned.image, cv2.COLOR_RGB2BGR))
                 rows.append({"path": f"probe/{name}", "label": params.label(), "valence": f"{params.smile:.4f}",
@@ -120,4 +182,6 @@ def write_demo_sample(out: Path, detector, *, clips_per_identity: int = 4, secon
         writer.writeheader()
         writer.writerows(rows)
     counts["probe_images"] = len(rows)
+    counts["video_probe_clips"] = write_video_probe(out, portraits, seconds=video_probe_seconds, seed=seed) \
+        if video_probe_seconds > 0 else 0
     return counts

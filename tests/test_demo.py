@@ -1,10 +1,11 @@
-"""`python -m train.demo` end to end with a tiny budget (one ~1 min run shared by the checks), plus its
-refusals and the one-line verdict when a stage fails."""
+"""`python -m train.demo` end to end, both families, with a tiny budget (one ~2 min run shared by the checks),
+plus its refusals and the one-line verdict when a stage fails."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torchvision
 from click.testing import CliRunner
@@ -12,12 +13,17 @@ from safetensors import safe_open
 
 from data_manifest.verify import ERROR, verify_shards
 from needs import missing
+from preprocess.demo_sample import expression_clip_schedule
+from sslfer_core.synthetic_faces import EXPRESSION_CLASSES, PARAM_NAMES, ExpressionParams
 from train.demo import OWNED_NAMES, SUMMARY_NAME, main, prepare_out
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# 1 clip of 4 s per identity (2 identities -> 40 frames at 5 fps), 3 steps of 4 anchors at 32 px.
-TINY = ["--clips", "1", "--seconds", "4", "--steps", "3", "--batch-size", "4", "--resize", "40", "--crop", "32"]
-STAGES = ["sample", "prep", "verify", "train", "export", "eval"]
+# 1 clip of 4 s per identity (2 identities -> 40 frames at 5 fps, 80 at 10 fps in the video shards), 3 contrastive
+# steps of 4 anchors at 32 px, 2 MAE steps of 2 clips.
+TINY = ["--clips", "1", "--seconds", "4", "--steps", "3", "--batch-size", "4", "--resize", "40", "--crop", "32",
+        "--mae-steps", "2", "--mae-batch-size", "2"]
+STAGES = ["sample", "prep", "verify", "sheet", "train", "export", "eval",
+          "prep-video", "sheet-video", "train-mae", "export-mae", "eval-video"]
 
 
 NO_NETWORK = ["unshare", "--user", "--map-root-user", "--net"]  # a namespace with only loopback
@@ -97,14 +103,34 @@ def test_demo_results_compare_the_pretrained_and_random_backbones(demo_out):
     for row in rows:
         test = row["runs"][0]["test"]
         assert 0.0 <= test["macro_f1"] <= 1.0 and test["count"] > 0
-    # The printed report: every stage with its time, the table's two rows, and the output paths.
+    video = json.loads((out / "eval-video" / "results.json").read_text())
+    assert video["command"] == "dfer-linear"
+    assert [row["backbone"]["name"] for row in video["backbones"]] == ["mae-encoder", "random-lgi-tiny"]
+    assert video["backbones"][0]["backbone"]["source"] == str(out / "mae-encoder.safetensors")
+    assert video["dataset"]["classes"] == ["brow_raise", "mouth_open", "neutral", "smile"]
+    assert video["dataset"]["counts"]["test"]["total"] == 8  # one test clip per (identity, expression)
+    # The printed report: every stage with its time, one table with the rows of both families, the paths.
     report = stdout.split("=== sslfer demo finished in", 1)[1]
     for stage in STAGES:
-        assert f"\n  {stage}" in report
-    assert "\nbackbone " in report and "\nrandom-resnet18 " in report
-    for path in (out / "shards" / "manifest.json", out / "run" / "metrics.jsonl", out / "backbone.safetensors",
-                 out / "eval" / "results.json"):
-        assert str(path) in report
+        assert f"\n  {stage} " in report
+    table = [line for line in report.splitlines() if line.startswith(("contrastive ", "video (MAE) "))]
+    assert [line.split()[-4] for line in table] == ["backbone", "random-resnet18", "mae-encoder", "random-lgi-tiny"]
+    for path in (out / "shards", out / "run", out / "backbone.safetensors", out / "eval" / "results.json",
+                 out / "shards-video", out / "run-mae", out / "mae-encoder.safetensors",
+                 out / "eval-video" / "results.json"):
+        assert f" {path}\n" in report
+
+
+def test_demo_prints_where_the_sheets_and_confusion_matrices_are(demo_out):
+    out, stdout, _ = demo_out
+    pictures = stdout.split("\nPictures:\n", 1)[1].splitlines()
+    expected = [out / "sheets" / "shards.png", out / "sheets" / "shards-video.png",
+                out / "eval" / "confusion-backbone.png", out / "eval" / "confusion-random-resnet18.png",
+                out / "eval-video" / "confusion-mae-encoder.png", out / "eval-video" / "confusion-random-lgi-tiny.png"]
+    assert [line.split()[-1] for line in pictures] == [str(p) for p in expected]
+    for path in expected:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / SUMMARY_NAME).read_text())["pictures"] == [str(p) for p in expected]
 
 
 def test_demo_summary_records_every_stage(demo_out):
@@ -114,19 +140,23 @@ def test_demo_summary_records_every_stage(demo_out):
     assert [stage["name"] for stage in summary["stages"]] == STAGES
     assert all(stage["seconds"] > 0 for stage in summary["stages"])
     assert summary["stages"][1]["command"].startswith("sslfer-prep voxceleb ")
+    assert "--profile video" in summary["stages"][7]["command"]
+    assert summary["stages"][9]["command"].startswith("sslfer-train mae ") and "--preset tiny" in summary["stages"][9]["command"]
 
 
 def test_failing_stage_exits_nonzero_naming_it(tmp_path):
-    # --data without clips: sslfer-prep finds nothing and exits 1; with --eval-data there is no sample stage.
+    # --data without clips: sslfer-prep finds nothing and exits 1; with --eval-data and only the contrastive
+    # family there is no sample stage.
     empty = tmp_path / "empty"
     empty.mkdir()
     probe = tmp_path / "probe.csv"
     probe.write_text("path,label\n")
-    result = run_demo("--out", str(tmp_path / "out"), "--data", str(empty), "--eval-data", str(probe))
+    result = run_demo("--out", str(tmp_path / "out"), "--family", "contrastive", "--data", str(empty),
+                      "--eval-data", str(probe))
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert "demo failed at stage 'prep'" in last_line and "sslfer-prep exited with status 1" in last_line
-    assert "[1/5] prep" in result.stdout and f"sslfer-prep voxceleb {empty}" in result.stdout
+    assert "[1/6] prep" in result.stdout and f"sslfer-prep voxceleb {empty}" in result.stdout
     assert not (tmp_path / "out" / "sample").exists()
     assert json.loads((tmp_path / "out" / SUMMARY_NAME).read_text())["status"] == "failed at prep"
 
@@ -151,8 +181,22 @@ def test_rerun_replaces_only_the_demos_own_outputs(tmp_path):
     (["--crop", "80"], "larger than --resize"),
     (["--limit", "3"], "--limit applies to --data only"),
     (["--eval-max", "3"], "--eval-max applies to --eval-data only"),
+    (["--family", "video", "--eval-data", "."], "--family video has none"),
+    (["--probe-seconds", "1"], "shorter than the tiny preset's clip (1.6 s at 10 fps)"),
 ])
 def test_bad_option_combinations_are_usage_errors(tmp_path, args, message):
     result = CliRunner().invoke(main, ["--out", str(tmp_path / "out"), *args])
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("label", EXPRESSION_CLASSES)
+def test_video_probe_clips_show_their_label_after_the_rise(label):
+    # A clip labelled X must show X (ExpressionParams.label) in every frame the DFER probe samples after the
+    # first third, and no other expression above the labelling threshold anywhere.
+    for seed in range(20):
+        schedule = expression_clip_schedule(np.random.default_rng(seed), label, 16)
+        labels = [ExpressionParams.from_array(values).label() for values in schedule]
+        assert set(labels[16 // 3:]) == {label}, (seed, labels)
+        others = [c for c in range(3) if label == "neutral" or PARAM_NAMES[c] != label]
+        assert schedule[:, others].max() < 0.35

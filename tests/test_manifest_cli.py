@@ -213,7 +213,8 @@ def test_cli_does_not_import_torch(tmp_path):
         "import sys\n"
         "from data_manifest.cli import main\n"
         f"main(['verify', {str(root)!r}], standalone_mode=False)\n"
-        f"main(['inspect', '--json', {str(root)!r}], standalone_mode=False)\n"
+        f"main(['inspect', '--json', {str(root)!r}, '--sheet', {str(tmp_path / 'sheet.png')!r}], "
+        "standalone_mode=False)\n"
         "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not loaded, loaded\n"
     )

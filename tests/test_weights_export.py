@@ -61,6 +61,42 @@ def test_safetensors_export_round_trips_with_metadata(run_dir, exported):
         assert torch.equal(value, trained["backbone." + key])
 
 
+@pytest.mark.parametrize("name", ["backbone.pt", "backbone.PTH"])
+def test_a_torch_name_gets_a_torch_file_that_torch_load_reads(run_dir, tmp_path, name):
+    out = tmp_path / name
+    result = CliRunner().invoke(train_main, ["export", str(run_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "torch format" in result.output
+    state = torch.load(out, weights_only=True)  # a safetensors file here fails with a pickle error
+    assert sorted(torchvision.models.resnet18().load_state_dict(state, strict=False).missing_keys) == \
+        ["fc.bias", "fc.weight"]
+
+
+@pytest.mark.parametrize("name, fmt, expected", [("backbone.bin", "torch", "torch"),
+                                                  ("backbone.bin", None, "safetensors"),
+                                                  ("backbone.safetensors", "safetensors", "safetensors")])
+def test_format_follows_the_option_where_the_name_does_not_say(run_dir, tmp_path, name, fmt, expected):
+    out = tmp_path / name
+    result = CliRunner().invoke(train_main, ["export", str(run_dir), "-o", str(out)] + (["--format", fmt] if fmt else []))
+    assert result.exit_code == 0, result.output
+    if expected == "torch":
+        assert isinstance(torch.load(out, weights_only=True), dict)
+    else:
+        with safe_open(str(out), framework="pt") as handle:
+            assert "conv1.weight" in handle.keys()
+
+
+@pytest.mark.parametrize("name, fmt", [("backbone.pt", "safetensors"), ("backbone.pth", "safetensors"),
+                                       ("backbone.safetensors", "torch")])
+def test_a_format_that_contradicts_the_name_is_refused_in_one_line(run_dir, tmp_path, name, fmt):
+    out = tmp_path / name
+    result = CliRunner().invoke(train_main, ["export", str(run_dir), "-o", str(out), "--format", fmt])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.output.strip().splitlines()[-1]
+    assert f"{name} names a" in line and f"--format {fmt}" in line
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_torch_format_keeps_a_plain_state_dict_and_metadata_beside_it(run_dir, exported, tmp_path):
     out = tmp_path / "backbone.pt"
     result = CliRunner().invoke(train_main, ["export", str(run_dir), "-o", str(out), "--format", "torch"])

@@ -4,7 +4,7 @@
     sslfer-train contrastive --shards SHARDS --out RUN ...
     torchrun --nproc-per-node G -m train.cli --shards SHARDS --out RUN ...
     sslfer-train --out RUN --resume
-    sslfer-train export RUN -o backbone.safetensors [--format torch]
+    sslfer-train export RUN -o backbone.safetensors      (or -o backbone.pt: a torch file; the name sets the format)
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from train.precision import PRECISIONS
 from train.run_config import DEFAULT_METHOD, LIMITS, TrainConfig, resume_command
 from train.shard_set import ShardSetError
 from train.trainer import RunFolderUnwritable, TrainingError, check_same_method, read_run_config, train
-from train.weights_file import DEFAULT_FORMAT, FORMATS
+from train.weights_file import DEFAULT_FORMAT, FORMATS, format_for_path
 
 
 class _ContrastiveByDefault(click.Group):
@@ -179,18 +179,24 @@ main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=Tru
               help="Where to write the export (contrastive: the backbone state_dict, torchvision ResNet keys, no fc).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A specific checkpoint instead of the run's newest.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=DEFAULT_FORMAT, show_default=True,
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="safetensors: tensors plus metadata in the header, no pickle; torch: a torch.save state_dict "
-                   "(metadata in OUTPUT.json beside it).")
-def export_command(run: Path, output: Path, checkpoint: Path | None, fmt: str):
-    """Write what RUN's newest checkpoint learnt, as its method exports it."""
+                   "(metadata in OUTPUT.json beside it). [default: from OUTPUT's extension: .safetensors -> "
+                   f"safetensors, .pt/.pth -> torch; {DEFAULT_FORMAT} for other names]")
+def export_command(run: Path, output: Path, checkpoint: Path | None, fmt: str | None):
+    """Write what RUN's newest checkpoint learnt, as its method exports it, in the format OUTPUT's name
+    says (.safetensors, .pt, .pth) or --format gives."""
+    try:
+        fmt = format_for_path(output, fmt)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     _check_writable(output.parent)
     try:
         used, description, step = export_run(run, output, checkpoint, fmt,
                                               warn=lambda text: click.echo(text, err=True))
     except ExportError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"{output}: {description} from {used.name} (step {step})", err=True)
+    click.echo(f"{output}: {description} from {used.name} (step {step}), {fmt} format", err=True)
 
 
 if __name__ == "__main__":

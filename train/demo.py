@@ -1,6 +1,9 @@
-"""The whole pipeline end to end on a fresh machine: sample -> prep -> verify -> train -> export -> eval.
+"""Both families of the tool end to end on a fresh machine (or make demo):
 
-    python -m train.demo --out DIR [--data VOXCELEB_ROOT] [--eval-data PATH]   (or: make demo)
+    contrastive  sample -> prep -> verify -> sheet -> train -> export -> eval (linear probe on images)
+    video        prep --profile video -> sheet -> train mae (LGI-Former tiny) -> export -> eval dfer linear
+
+    python -m train.demo --out DIR [--family both|contrastive|video] [--data VOXCELEB_ROOT] [--eval-data PATH]
 
 Without --data it first writes the embedded synthetic sample (preprocess.demo_sample). Every other stage runs
 the installed command-line tool in its own process, exactly as a user would type it, so a failing stage is
@@ -19,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from preprocess.demo_sample import CLIP_FPS
+
 # Console script -> module whose `main` it runs (as in setup.cfg). Tools are launched through the current
 # interpreter so the demo works whether or not the venv's bin/ is on PATH.
 TOOL_MODULES = {
@@ -29,8 +34,26 @@ TOOL_MODULES = {
 }
 SUMMARY_NAME = "demo.json"
 # Everything the demo writes into OUT; a rerun removes exactly these.
-OWNED_NAMES = ("sample", "shards", "run", "backbone.safetensors", "eval", "feature-cache", SUMMARY_NAME)
+OWNED_NAMES = ("sample", "shards", "shards-video", "run", "run-mae", "backbone.safetensors", "mae-encoder.safetensors",
+               "eval", "eval-video", "sheets", "feature-cache", SUMMARY_NAME)
 ABLATION_FLAGS = ("--timeaug", "--hardneg", "--faceswap", "--maskfn")
+FAMILIES = ("both", "contrastive", "video")
+MAE_PRESET = "tiny"  # its clip (frames, input side) comes from sslfer_core.lgi_former.PRESETS
+VIDEO_PREP_SIZE = 96  # stored face side of the video shards: above the tiny preset's input, so crops are real
+# The synthetic clips are CLIP_FPS (10 fps): the video shards keep every frame and a clip steps one frame.
+# Real VoxCeleb2 (--data) is 25 fps: the reference's 25 fps and 4-frame (0.16 s) stride.
+REAL_DATA_STRIDE = ("--stride", "4")
+# The reference's lr rule (3e-4 per 256 clips) gives 1e-5 at a batch of 8, below its own final lr; a few dozen
+# steps need a fixed peak instead.
+MAE_SCHEDULE = ("--lr", "1e-3", "--min-lr", "1e-5")
+
+
+def mae_clip() -> tuple[int, int]:
+    """(frames, input side) of the MAE preset's clip; imported when the video family runs (it loads torch)."""
+    from sslfer_core.lgi_former import preset
+
+    config = preset(MAE_PRESET)
+    return config.frames, config.img_size
 
 
 class StageFailed(Exception):
@@ -74,6 +97,38 @@ class DemoPaths:
         return self.eval / "results.json"
 
     @property
+    def video_shards(self) -> Path:
+        return self.out / "shards-video"
+
+    @property
+    def mae_run(self) -> Path:
+        return self.out / "run-mae"
+
+    @property
+    def mae_encoder(self) -> Path:
+        return self.out / "mae-encoder.safetensors"
+
+    @property
+    def video_eval(self) -> Path:
+        return self.out / "eval-video"
+
+    @property
+    def video_results(self) -> Path:
+        return self.video_eval / "results.json"
+
+    @property
+    def sheets(self) -> Path:
+        return self.out / "sheets"
+
+    @property
+    def sheet(self) -> Path:
+        return self.sheets / "shards.png"
+
+    @property
+    def video_sheet(self) -> Path:
+        return self.sheets / "shards-video.png"
+
+    @property
     def feature_cache(self) -> Path:
         return self.out / "feature-cache"
 
@@ -94,8 +149,10 @@ class StageRecord:
 class DemoLog:
     stages: list[StageRecord] = field(default_factory=list)
     total: int = 0
+    running: str | None = None  # the stage begun last and not yet done
 
     def header(self, name: str, command: list[str] | None = None, what: str = "") -> None:
+        self.running = name
         number = len(self.stages) + 1
         text = f"\n[{number}/{self.total}] {name}" + (f": {what}" if what else "")
         if command:
@@ -104,6 +161,7 @@ class DemoLog:
         sys.stdout.flush()
 
     def done(self, record: StageRecord) -> None:
+        self.running = None
         self.stages.append(record)
         click.echo(f"[{len(self.stages)}/{self.total}] {record.name} done in {record.seconds:.1f} s"
                    + (f" ({record.note})" if record.note else ""))
@@ -130,13 +188,12 @@ def run_tool(log: DemoLog, stage: str, tool: str, args: list[str], what: str = "
     log.done(StageRecord(stage, time.perf_counter() - start, shlex.join(command)))
 
 
-def make_sample(log: DemoLog, paths: DemoPaths, *, clips: int, seconds: float, probe: bool, seed: int) -> dict:
-    if clips:
-        what = f"{clips} synthetic clip(s) of {seconds:g} s per identity"
-        what += " + labelled probe images" if probe else ""
-    else:
-        what = "labelled probe images only (training clips come from --data)"
-    log.header("sample", what=what)
+def make_sample(log: DemoLog, paths: DemoPaths, *, clips: int, seconds: float, probe: bool,
+                video_probe_seconds: float, seed: int) -> dict:
+    parts = [f"{clips} synthetic clip(s) of {seconds:g} s per identity"] if clips else []
+    parts += ["labelled probe images"] if probe else []
+    parts += [f"labelled {video_probe_seconds:g} s probe clips"] if video_probe_seconds else []
+    log.header("sample", what=" + ".join(parts) + ("" if clips else " (training clips come from --data)"))
     start = time.perf_counter()
     from preprocess.demo_sample import write_demo_sample
     from sslfer_core.dlib_models import DlibModelsNotFound, locate_dlib_models
@@ -145,13 +202,15 @@ def make_sample(log: DemoLog, paths: DemoPaths, *, clips: int, seconds: float, p
     try:
         detector = FaceDetector(locate_dlib_models())
         counts = write_demo_sample(paths.sample, detector, clips_per_identity=clips, seconds=seconds,
-                                   probe_clips_per_identity=2 if probe else 0, probe_seconds=12.0, seed=seed)
+                                   probe_clips_per_identity=2 if probe else 0, probe_seconds=12.0,
+                                   video_probe_seconds=video_probe_seconds, seed=seed)
     except DlibModelsNotFound as error:
         raise StageFailed(str(error)) from None
     except Exception as error:  # any failure here ends the demo with one line naming the stage
         first_line = (str(error).strip().splitlines() or [""])[0]
         raise StageFailed(f"{type(error).__name__}: {first_line}") from None
-    note = f"{counts['train_clips']} training clips, {counts['probe_images']} probe images in {paths.sample}"
+    note = (f"{counts['train_clips']} training clips, {counts['probe_images']} probe images, "
+            f"{counts['video_probe_clips']} probe clips in {paths.sample}")
     log.done(StageRecord("sample", time.perf_counter() - start, note=note))
     return counts
 
@@ -174,122 +233,217 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+PATH_NAMES = ("sample", "shards", "manifest", "sheet", "run", "metrics", "backbone", "results", "video_shards",
+              "video_sheet", "mae_run", "mae_encoder", "video_results", "feature_cache")
+
+
 def write_summary(paths: DemoPaths, log: DemoLog, status: str, options: dict) -> None:
     payload = {
         "status": status,
         "options": options,
         "stages": [dict(vars(record), seconds=round(record.seconds, 2)) for record in log.stages],
         "total_seconds": round(sum(record.seconds for record in log.stages), 2),
-        "paths": {name: str(getattr(paths, name)) for name in
-                  ("sample", "shards", "manifest", "run", "metrics", "backbone", "results", "feature_cache")},
+        "paths": {name: str(getattr(paths, name)) for name in PATH_NAMES},
+        "pictures": [str(p) for p in pictures(paths)],
     }
     paths.summary.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def results_table(results_path: Path) -> str:
-    from train.evaluation.results import COLUMNS, load_results, render_table, table_rows
-
-    try:
-        payload = load_results(results_path)
-    except click.ClickException as error:
-        raise StageFailed(error.message) from None
-    return render_table(table_rows(payload), tuple(c[0] for c in COLUMNS), markdown=False)
+def pictures(paths: DemoPaths) -> list[Path]:
+    """The PNGs the demo's stages wrote: shard-set sheets, then the evaluations' confusion matrices."""
+    found = [p for p in (paths.sheet, paths.video_sheet) if p.is_file()]
+    for folder in (paths.eval, paths.video_eval):
+        found += sorted(folder.glob("confusion-*.png")) if folder.is_dir() else []
+    return found
 
 
-def print_report(paths: DemoPaths, log: DemoLog, eval_name: str, used_sample: bool) -> None:
+def closing_table(results: list[tuple[str, str, Path]]) -> str:
+    """One table over both families: (family, data, results.json) -> a row per backbone. Image results give
+    accuracy, video results WAR, which is the same quantity (the fraction of test items right)."""
+    from train.evaluation.results import load_results
+
+    header = ["family", "probe data", "backbone", "macro F1 (%)", "accuracy / WAR (%)", "UAR (%)"]
+    body = []
+    for family, data, path in results:
+        try:
+            payload = load_results(path)
+        except click.ClickException as error:
+            raise StageFailed(error.message) from None
+        for entry in payload["backbones"]:
+            summary = entry.get("summary", {})
+            cells = []
+            for keys in (("macro_f1",), ("accuracy", "war"), ("uar",)):
+                value = next((summary[k]["mean"] for k in keys if summary.get(k, {}).get("mean") is not None), None)
+                cells.append("-" if value is None else f"{100 * value:.2f}")
+            body.append([family, data, entry["backbone"]["name"], *cells])
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+    line = lambda row: "  ".join(v.ljust(w) if i < 3 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in body])
+
+
+def print_report(paths: DemoPaths, log: DemoLog, results: list[tuple[str, str, Path]], used_sample: bool) -> None:
     total = sum(record.seconds for record in log.stages)
     click.echo(f"\n=== sslfer demo finished in {total:.1f} s ===\n")
     width = max(len(record.name) for record in log.stages)
     for record in log.stages:
         click.echo(f"  {record.name.ljust(width)}  {record.seconds:7.1f} s")
-    click.echo(f"\nLinear probe on {eval_name} (test split; 'backbone' = the demo's pretrained network):\n")
-    click.echo(results_table(paths.results))
+    click.echo("\nLinear probes on the test split ('backbone' / 'mae-encoder' = the demo's pretrained networks, "
+               "'random-*' = the same architecture untrained):\n")
+    click.echo(closing_table(results))
     click.echo("\nWhere everything went:")
-    rows = [("sample", paths.sample if used_sample else None), ("shards", paths.shards),
-            ("manifest", paths.manifest), ("run folder", paths.run), ("metrics", paths.metrics),
-            ("backbone", paths.backbone), ("results", paths.results), ("demo summary", paths.summary)]
+    rows = [("sample", paths.sample if used_sample else None), ("shards", paths.shards), ("run folder", paths.run),
+            ("backbone", paths.backbone), ("results", paths.results), ("video shards", paths.video_shards),
+            ("MAE run", paths.mae_run), ("MAE encoder", paths.mae_encoder), ("video results", paths.video_results),
+            ("demo summary", paths.summary)]
     for label, path in rows:
-        if path is not None:
+        if path is not None and path.exists():
             click.echo(f"  {label:<13} {path}")
+    click.echo("\nPictures:")
+    for path in pictures(paths):
+        kind = "shard-set sheet" if path.parent == paths.sheets else "confusion matrix"
+        click.echo(f"  {kind:<16} {path}")
+
+
+def contrastive_stages(log: DemoLog, paths: DemoPaths, source: Path, *, limit, steps, batch_size, resize, crop,
+                       seed, eval_source: Path, eval_max) -> None:
+    run_tool(log, "prep", "sslfer-prep", ["voxceleb", str(source), "--out", str(paths.shards), "--seed", str(seed)]
+             + (["--limit", str(limit)] if limit else []), what="videos -> face shards")
+    run_tool(log, "verify", "sslfer-manifest", ["verify", str(paths.shards)], what="shards against their manifest")
+    run_tool(log, "sheet", "sslfer-manifest", ["inspect", str(paths.shards), "--sheet", str(paths.sheet)],
+             what="a picture of the shard set")
+    run_tool(log, "train", "sslfer-train",
+             ["train", "--shards", str(paths.shards), "--out", str(paths.run), "--arch", "resnet18",
+              *ABLATION_FLAGS, "--batch-size", str(batch_size), "--steps", str(steps), "--resize", str(resize),
+              "--crop", str(crop), "--seed", str(seed), "--log-every", str(max(1, min(10, steps // 6)))],
+             what=f"{steps} contrastive steps")
+    run_tool(log, "export", "sslfer-train", ["export", str(paths.run), "-o", str(paths.backbone)],
+             what="backbone as a torchvision state_dict")
+    run_tool(log, "eval", "sslfer-eval",
+             ["linear", "--backbone", str(paths.backbone), "--backbone", "random", "--data", str(eval_source),
+              "--image-size", str(crop), "--out", str(paths.eval),
+              "--cache-dir", str(paths.feature_cache)] + (["--max-per-split", str(eval_max)] if eval_max else []),
+             what="linear probe, pretrained vs random backbone")
+
+
+def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: bool, limit, steps, batch_size,
+                 seed) -> None:
+    frames, side = mae_clip()
+    timing = list(REAL_DATA_STRIDE) if real_data else ["--stride-seconds", f"{1 / CLIP_FPS:g}"]
+    run_tool(log, "prep-video", "sslfer-prep",
+             ["voxceleb", str(source), "--out", str(paths.video_shards), "--profile", "video",
+              "--size", str(VIDEO_PREP_SIZE), "--seed", str(seed)]
+             + ([] if real_data else ["--fps", f"{CLIP_FPS:g}"]) + (["--limit", str(limit)] if limit else []),
+             what="videos -> every aligned frame (video profile)")
+    run_tool(log, "sheet-video", "sslfer-manifest", ["inspect", str(paths.video_shards), "--sheet", str(paths.video_sheet)],
+             what="a picture of the video shard set")
+    run_tool(log, "train-mae", "sslfer-train",
+             ["mae", "--shards", str(paths.video_shards), "--out", str(paths.mae_run), "--preset", MAE_PRESET,
+              "--frames", str(frames), *timing, "--clips-per-video", "4", "--batch-size", str(batch_size),
+              "--steps", str(steps), *MAE_SCHEDULE, "--seed", str(seed),
+              "--log-every", str(max(1, min(10, steps // 6)))],
+             what=f"{steps} masked-autoencoder steps, LGI-Former {MAE_PRESET}")
+    run_tool(log, "export-mae", "sslfer-train", ["export", str(paths.mae_run), "-o", str(paths.mae_encoder)],
+             what="the LGI-Former encoder")
+    run_tool(log, "eval-video", "sslfer-eval",
+             ["dfer", "linear", "--backbone", str(paths.mae_encoder), "--backbone", f"mae:{MAE_PRESET}",
+              "--data", str(paths.sample / "video-probe.csv"), "--frames", str(frames), "--stride", "1",
+              "--image-size", str(side), "--out", str(paths.video_eval)],
+             what="clip-level linear probe, pretrained vs random LGI-Former")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for everything the demo writes (new, empty, or an earlier demo's, which is replaced).")
+@click.option("--family", type=click.Choice(FAMILIES), default="both", show_default=True,
+              help="contrastive: prep, train, export, linear probe on images; video: video-profile prep, MAE "
+                   "pretraining, export, linear probe on clips; both: one after the other.")
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="VoxCeleb root to prepare instead of the embedded synthetic sample.")
 @click.option("--eval-data", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Dataset for the linear probe (any that sslfer-eval reads); default: the synthetic probe set.")
+              help="Dataset for the image linear probe (any that sslfer-eval reads); default: the synthetic probe set.")
 @click.option("--eval-max", type=click.IntRange(min=1), default=None,
               help="With --eval-data: at most ~N images per split (sslfer-eval --max-per-split).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="With --data: prepare only the first N clips (sslfer-prep --limit).")
-@click.option("--clips", type=click.IntRange(min=1), default=4, show_default=True,
+@click.option("--clips", type=click.IntRange(min=1), default=3, show_default=True,
               help="Synthetic training clips per identity.")
-@click.option("--seconds", type=click.FloatRange(min=4.0), default=12.0, show_default=True,
+@click.option("--seconds", type=click.FloatRange(min=4.0), default=10.0, show_default=True,
               help="Length of each synthetic training clip.")
-@click.option("--steps", type=click.IntRange(min=1), default=60, show_default=True, help="Training steps.")
+@click.option("--probe-seconds", type=click.FloatRange(min_open=True, min=0), default=None,
+              help="Length of each labelled video probe clip [default and least: the MAE preset's clip at the "
+                   "sample's frame rate].")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Contrastive training steps.")
 @click.option("--batch-size", type=click.IntRange(min=2), default=16, show_default=True,
-              help="Anchors per step (4 rows each with --hardneg).")
+              help="Anchors per contrastive step (4 rows each with --hardneg).")
+@click.option("--mae-steps", type=click.IntRange(min=1), default=20, show_default=True, help="MAE training steps.")
+@click.option("--mae-batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per MAE step.")
 @click.option("--resize", type=click.IntRange(min=16), default=72, show_default=True, help="sslfer-train --resize.")
 @click.option("--crop", type=click.IntRange(min=16), default=64, show_default=True,
               help="sslfer-train --crop; also the evaluation image size.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out: Path, data: Path | None, eval_data: Path | None, eval_max: int | None, limit: int | None,
-         clips: int, seconds: float, steps: int, batch_size: int, resize: int, crop: int, seed: int):
-    """Generate (or take) data, then run sslfer-prep, sslfer-manifest verify, sslfer-train, export and
-    sslfer-eval linear with a short budget, and print the results and where everything went."""
+def main(out: Path, family: str, data: Path | None, eval_data: Path | None, eval_max: int | None, limit: int | None,
+         clips: int, seconds: float, probe_seconds: float | None, steps: int, batch_size: int, mae_steps: int,
+         mae_batch_size: int, resize: int, crop: int, seed: int):
+    """Generate (or take) data, then run both families of the tool with a short budget: sslfer-prep,
+    sslfer-manifest verify and inspect --sheet, sslfer-train (contrastive, then mae), export, and
+    sslfer-eval linear / dfer linear; print one results table and where everything went."""
     if crop > resize:
         raise click.UsageError(f"--crop {crop} is larger than --resize {resize}")
     if limit is not None and data is None:
         raise click.UsageError("--limit applies to --data only")
     if eval_max is not None and eval_data is None:
         raise click.UsageError("--eval-max applies to --eval-data only")
+    if eval_data is not None and family == "video":
+        raise click.UsageError("--eval-data is the image probe's; --family video has none")
+    contrastive, video = family in ("both", "contrastive"), family in ("both", "video")
+    if video:
+        shortest = mae_clip()[0] / CLIP_FPS
+        if probe_seconds is not None and probe_seconds < shortest:
+            raise click.UsageError(f"--probe-seconds {probe_seconds:g} is shorter than the {MAE_PRESET} preset's "
+                                   f"clip ({shortest:g} s at {CLIP_FPS:g} fps)")
+        probe_seconds = shortest if probe_seconds is None else probe_seconds
     out = out.resolve()
     prepare_out(out)
     paths = DemoPaths(out)
-    options = {"data": str(data) if data else None, "eval_data": str(eval_data) if eval_data else None,
-               "eval_max": eval_max, "limit": limit, "clips": clips, "seconds": seconds, "steps": steps,
-               "batch_size": batch_size, "resize": resize, "crop": crop, "seed": seed}
-    need_sample = data is None or eval_data is None
-    log = DemoLog(total=5 + int(need_sample))
+    options = {"family": family, "data": str(data) if data else None,
+               "eval_data": str(eval_data) if eval_data else None, "eval_max": eval_max, "limit": limit,
+               "clips": clips, "seconds": seconds, "probe_seconds": probe_seconds, "steps": steps,
+               "batch_size": batch_size, "mae_steps": mae_steps, "mae_batch_size": mae_batch_size,
+               "resize": resize, "crop": crop, "seed": seed}
+    image_probe = contrastive and eval_data is None
+    need_sample = data is None or image_probe or video
+    log = DemoLog(total=int(need_sample) + 6 * contrastive + 5 * video)
     write_summary(paths, log, "running", options)  # marks OUT as a demo folder from the start
+    source = data.resolve() if data else paths.sample
+    eval_source = eval_data.resolve() if eval_data else paths.sample / "probe.csv"
+    results = []
     current = "setup"
     try:
         if need_sample:
             current = "sample"
-            make_sample(log, paths, clips=0 if data else clips, seconds=seconds, probe=eval_data is None, seed=seed)
-        current = "prep"
-        source = data.resolve() if data else paths.sample
-        run_tool(log, "prep", "sslfer-prep", ["voxceleb", str(source), "--out", str(paths.shards), "--seed", str(seed)]
-                 + (["--limit", str(limit)] if limit else []), what="videos -> face shards")
-        current = "verify"
-        run_tool(log, "verify", "sslfer-manifest", ["verify", str(paths.shards)], what="shards against their manifest")
-        current = "train"
-        run_tool(log, "train", "sslfer-train",
-                 ["train", "--shards", str(paths.shards), "--out", str(paths.run), "--arch", "resnet18",
-                  *ABLATION_FLAGS, "--batch-size", str(batch_size), "--steps", str(steps), "--resize", str(resize),
-                  "--crop", str(crop), "--seed", str(seed), "--log-every", str(max(1, min(10, steps // 6)))],
-                 what=f"{steps} contrastive steps")
-        current = "export"
-        run_tool(log, "export", "sslfer-train", ["export", str(paths.run), "-o", str(paths.backbone)],
-                 what="backbone as a torchvision state_dict")
-        current = "eval"
-        eval_source = eval_data.resolve() if eval_data else paths.sample / "probe.csv"
-        run_tool(log, "eval", "sslfer-eval",
-                 ["linear", "--backbone", str(paths.backbone), "--backbone", "random", "--data", str(eval_source),
-                  "--image-size", str(crop), "--out", str(paths.eval),
-                  "--cache-dir", str(paths.feature_cache)] + (["--max-per-split", str(eval_max)] if eval_max else []),
-                 what="linear probe, pretrained vs random backbone")
+            make_sample(log, paths, clips=0 if data else clips, seconds=seconds, probe=image_probe,
+                        video_probe_seconds=probe_seconds if video else 0.0, seed=seed)
+        if contrastive:
+            current = "contrastive"
+            contrastive_stages(log, paths, source, limit=limit, steps=steps, batch_size=batch_size, resize=resize,
+                               crop=crop, seed=seed, eval_source=eval_source, eval_max=eval_max)
+            results.append(("contrastive", "synthetic probe images" if eval_data is None else eval_source.name,
+                            paths.results))
+        if video:
+            current = "video"
+            video_stages(log, paths, source, real_data=data is not None, limit=limit, steps=mae_steps,
+                         batch_size=mae_batch_size, seed=seed)
+            results.append(("video (MAE)", "synthetic probe clips", paths.video_results))
         current = "report"
         write_summary(paths, log, "ok", options)
-        print_report(paths, log, "the synthetic probe set" if eval_data is None else str(eval_source),
-                     used_sample=need_sample)
+        print_report(paths, log, results, used_sample=need_sample)
     except StageFailed as error:
+        current = log.running or current
         write_summary(paths, log, f"failed at {current}", options)
         sys.stdout.flush()
         raise click.ClickException(f"demo failed at stage '{current}': {error}") from None
     except KeyboardInterrupt:
+        current = log.running or current
         write_summary(paths, log, f"interrupted at {current}", options)
         click.echo(f"\ndemo interrupted during stage '{current}'", err=True)
         sys.exit(130)

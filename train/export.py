@@ -1,6 +1,7 @@
 """`sslfer-train export`: what the run's method exports from its newest (or a given) checkpoint, e.g. the
-contrastive backbone as a plain torchvision ResNet state_dict, in safetensors (default) or torch format,
-with the method's metadata plus method, source checkpoint sha256 and code version (train/weights_file.py)."""
+contrastive backbone as a plain torchvision ResNet state_dict, in safetensors or torch format as the output's
+name says (.safetensors / .pt, .pth), with the method's metadata plus method, source checkpoint sha256 and code
+version (train/weights_file.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, get_method
 from train.run_config import code_version, method_of_config
-from train.weights_file import DEFAULT_FORMAT, write_weights
+from train.weights_file import format_for_path, write_weights
 
 __all__ = ["ExportError", "export_run"]
 
@@ -30,10 +31,15 @@ def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, di
     raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
 
 
-def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str = DEFAULT_FORMAT,
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str | None = None,
                warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
-    """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
-    description of what was written, step). Non-finite weights are refused."""
+    """Write the export of the checkpoint's method to out_path atomically, in the format its name says (or
+    `fmt` for other names; a contradiction is an ExportError); returns (checkpoint used, description of what
+    was written, step). Non-finite weights are refused."""
+    try:
+        fmt = format_for_path(Path(out_path), fmt)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
     problem = writable_dir_problem(Path(out_path).parent)
     if problem:
         raise ExportError(problem)

@@ -23,6 +23,8 @@ from sslfer_core.atomic_files import atomic_path, write_bytes_atomic
 
 FORMATS = ("safetensors", "torch")
 DEFAULT_FORMAT = "safetensors"
+# The format a file name promises; other names get --format, else DEFAULT_FORMAT.
+FORMAT_OF_SUFFIX = {".safetensors": "safetensors", ".pt": "torch", ".pth": "torch"}
 PREPROCESSING_KEYS = ("input_size", "face_crop", "resize", "crop_convention", "normalisation")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
@@ -43,6 +45,19 @@ def split_payload(payload: dict) -> tuple[dict[str, torch.Tensor], dict | None]:
     if isinstance(payload.get("state_dict"), dict):
         return payload["state_dict"], {k: v for k, v in payload.items() if k != "state_dict"}
     raise ValueError("an export payload is name -> tensor, or has its tensors under 'state_dict'")
+
+
+def format_for_path(path: Path, requested: str | None = None) -> str:
+    """The format to write `path` in: what its extension names (.safetensors, .pt, .pth), `requested` for any
+    other name (DEFAULT_FORMAT without one). A request that contradicts the extension is a ValueError."""
+    named = FORMAT_OF_SUFFIX.get(Path(path).suffix.lower())
+    if requested is not None and requested not in FORMATS:
+        raise ValueError(f"unknown weights format {requested!r}; use one of {', '.join(FORMATS)}")
+    if named and requested and requested != named:
+        fitting = next(suffix for suffix, fmt in FORMAT_OF_SUFFIX.items() if fmt == requested)
+        raise ValueError(f"{Path(path).name} names a {named} file but --format {requested} was given; "
+                         f"name it {Path(path).stem}{fitting} or leave out --format")
+    return named or requested or DEFAULT_FORMAT
 
 
 def write_weights(path: Path, payload: dict, metadata: dict, fmt: str = DEFAULT_FORMAT) -> Path:

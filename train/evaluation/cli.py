@@ -22,14 +22,15 @@ from sslfer_core.models import ARCHS
 from train.evaluation import session
 from train.evaluation.backbones import load_backbone, load_backbones
 from train.evaluation.datasets import FORMATS, load_dataset
+from train.evaluation.figures import plot_compared, plot_options, write_confusion_figures
 from train.evaluation.finetune import SCHEDULES, FinetuneConfig, make_finetune_fit
 from train.evaluation.identity_probe import identity_run
 from train.evaluation.images import DEFAULT_IMAGE_SIZE, Preprocessing, RecordImages, preprocessing_for
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
 from train.evaluation.option_group import option_group
 from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
-from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
-                                      table_rows, write_results)
+from train.evaluation.results import (COLUMNS, code_version, compare_markdown, load_results, now_utc, render_table,
+                                      summarise, table_rows, write_results)
 from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
 from train.precision import PRECISIONS, uses_bf16
 from train.tensorboard_log import tensorboard_available, write_curves
@@ -116,6 +117,8 @@ def _finish(payload: dict, dataset, out_dir: str | None, table_keys=tuple(c[0] f
     if out_dir:
         path = write_results(Path(out_dir), payload)
         click.echo(f"results: {path}", err=True)
+        for picture in write_confusion_figures(Path(out_dir), payload):
+            click.echo(f"confusion matrix: {picture}", err=True)
 
 
 def _setup(params: dict) -> tuple[session.DataSetup, torch.device, int]:
@@ -342,12 +345,16 @@ def _spread_over_classes(labels: np.ndarray, pool: np.ndarray, count: int, seed:
 @main.command(help="Print results.json files side by side as a Markdown table (rows = backbone/method).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None, help="Also write the table here.")
-def compare(files, out_path):
+@plot_options(tuple(c[0] for c in COLUMNS), "macro_f1")
+def compare(files, out_path, plot_path, metric):
     session.check_output(out_path, is_file=True)
+    session.check_output(plot_path, "--plot", is_file=True)
     table = compare_markdown([Path(f) for f in files])
     click.echo(table)
     if out_path:
         write_bytes_atomic(out_path, (table + "\n").encode())
+    rows = [row for f in files for row in table_rows(load_results(Path(f)), label_with_method=True)]
+    plot_compared(plot_path, rows, metric, next(c[2] for c in COLUMNS if c[0] == metric))
 
 
 from train.evaluation.dfer_cli import dfer  # noqa: E402  (video commands live in their own module)

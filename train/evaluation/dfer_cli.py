@@ -20,6 +20,7 @@ from sslfer_core.atomic_files import write_bytes_atomic
 from sslfer_core.ca_branch import FUSIONS, MOTION_INPUTS
 from train.evaluation import session
 from train.evaluation.datasets import split_counts
+from train.evaluation.figures import plot_compared, plot_options, write_confusion_figures
 from train.evaluation.dfer_finetune import DferFinetuneConfig, DferFinetuner
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
 from train.evaluation.option_group import option_group
@@ -168,6 +169,8 @@ def finish(payload: dict, dataset: VideoDataset, out_dir: str | None) -> None:
         table = Path(out_dir) / "table.md"
         write_bytes_atomic(table, (dfer_table(_rows(payload), markdown=True) + "\n").encode())
         click.echo(f"results: {path}", err=True)
+        for picture in write_confusion_figures(Path(out_dir), payload):
+            click.echo(f"confusion matrix: {picture}", err=True)
 
 
 def payload_for(command: str, params: dict, dataset: VideoDataset, plans: list, entries: list[dict],
@@ -320,7 +323,9 @@ def finetune(**params):
 
 @dfer.command(help="Video results.json files side by side in the reference's layout (UAR, WAR).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-def compare(files):
+@plot_options(tuple(key for key, _ in DFER_COLUMNS), "uar")
+def compare(files, plot_path, metric):
+    session.check_output(plot_path, "--plot", is_file=True)
     rows = []
     for path in files:
         payload = load_results(Path(path))
@@ -328,3 +333,4 @@ def compare(files):
             raise click.ClickException(f"{path}: not a `sslfer-eval dfer` result (command {payload.get('command')!r})")
         rows.extend(_rows(payload, with_command=True))
     click.echo(dfer_table(rows, markdown=True))
+    plot_compared(plot_path, rows, metric, 100.0)
