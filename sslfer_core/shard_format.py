@@ -6,6 +6,7 @@ major version; nothing in a shard is pickled (strings are UTF-8, structured meta
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -37,6 +38,11 @@ VLEN_REFERENCE_BYTES = 16
 # Scattered-row reads (ShardReader.read_array): a fixed-size field whose requested span is at most this
 # many bytes is read in one slice, since each h5py call costs 12 us (uint8) to 100 us (bool) here.
 SPAN_READ_BYTES = 256 << 10
+# An HDF5 dataset may declare any shape, since chunks never written read back as fill values: a 16 KB file
+# can claim 2^36 frames. A whole-dataset read is refused when the declared bytes exceed what the file can
+# hold: its size for unfiltered data, MAX_FILTER_RATIO times that for filtered data (deflate, the
+# strongest filter h5py offers, tops out near 1032:1).
+MAX_FILTER_RATIO = 1100
 # Header values beyond these are refused as damage: no prep option makes them.
 MAX_IMAGE_SIDE = 4096
 MAX_SWAPS = 64
@@ -532,21 +538,31 @@ class ShardReader:
                 check_self_contained(h5, str(self.path))
                 self.num_frames = int(h5.attrs.get("num_frames", 0))
                 g = h5["videos"]
+                size = os.stat(self.path).st_size
+
+                def whole(dataset, text=False):
+                    return read_backed(dataset, size, self.path, text=text)
+
                 self.videos = VideoTable(
-                    video_id=np.array(g["video_id"].asstr()[()], dtype=object),
-                    identity=np.array(g["identity"].asstr()[()], dtype=object),
-                    source_path=np.array(g["source_path"].asstr()[()], dtype=object),
-                    source_fps=g["source_fps"][()],
-                    first_row=g["first_row"][()],
-                    row_count=g["row_count"][()],
-                    status=np.array(g["status"].asstr()[()], dtype=object),
+                    video_id=np.array(whole(g["video_id"], True), dtype=object),
+                    identity=np.array(whole(g["identity"], True), dtype=object),
+                    source_path=np.array(whole(g["source_path"], True), dtype=object),
+                    source_fps=whole(g["source_fps"]),
+                    first_row=whole(g["first_row"]),
+                    row_count=whole(g["row_count"]),
+                    status=np.array(whole(g["status"], True), dtype=object),
                 )
-                self.timestamps = h5["frames/timestamp"][()]
-                self.video_row = h5["frames/video_row"][()]
+                self.timestamps = whole(h5["frames/timestamp"])
+                self.video_row = whole(h5["frames/video_row"])
                 streams = h5.get(STREAMS_GROUP)
                 stream_fields = set(streams.keys()) if streams is not None else set()
                 self.fields = tuple(sorted(set(h5["frames"].keys()) | stream_fields))
-                shapes = {name: h5["frames"][name].shape for name in h5["frames"].keys()}
+                shapes = {}
+                for name, dataset in h5["frames"].items():
+                    check_backed(dataset, size, self.path)  # every later row read is then bounded too
+                    shapes[name] = dataset.shape
+                for name in stream_fields:
+                    check_backed(streams[name]["data"], size, self.path)
                 num_videos = int(h5.attrs.get("num_videos", -1))
         except ShardFormatError:
             raise
@@ -554,7 +570,8 @@ class ShardReader:
             raise ShardFormatError(f"{self.path}: cannot open as HDF5 ({exc}); {VERIFY_HINT}") from None
         except KeyError as exc:
             raise ShardFormatError(f"{self.path}: shard is missing a dataset ({exc}); {VERIFY_HINT}") from None
-        except (ValueError, TypeError, IndexError, RuntimeError, UnicodeError, OverflowError) as exc:
+        except (ValueError, TypeError, IndexError, RuntimeError, UnicodeError, OverflowError,
+                AttributeError) as exc:
             raise ShardFormatError(f"{self.path}: unreadable shard metadata ({type(exc).__name__}: {exc}); "
                                    f"{VERIFY_HINT}") from None
         try:
@@ -716,7 +733,8 @@ class ShardReader:
         if data is None:  # looked up once per handle, as the frames/ datasets
             group = h5[STREAMS_GROUP][name]
             data = self._streams.data[name] = group["data"]
-            self._streams.first_rows[name] = group["first_row"][()]
+            self._streams.first_rows[name] = read_backed(group["first_row"], os.stat(self.path).st_size,
+                                                         self.path)
         first_row = self._streams.first_rows[name]
         n = self.num_frames
         shape, flat = _row_indices(rows, n)
@@ -870,6 +888,25 @@ def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:
     if unique.size == flat.size and np.array_equal(unique, flat):
         return block.reshape(rows.shape + row_shape)
     return block[inverse.reshape(-1)].reshape(rows.shape + row_shape)
+
+
+def read_backed(dataset: h5py.Dataset, file_bytes: int, source, *, text: bool = False) -> np.ndarray:
+    """The whole dataset (UTF-8 strings when `text`), after checking that the file can hold what it
+    declares; ShardFormatError otherwise, before anything is allocated."""
+    check_backed(dataset, file_bytes, source)
+    return dataset.asstr()[()] if text else dataset[()]
+
+
+def check_backed(dataset: h5py.Dataset, file_bytes: int, source) -> None:
+    """Refuse (ShardFormatError) a dataset whose declared shape needs more bytes than the file can hold."""
+    vlen = dataset.dtype.kind == "O" or h5py.check_vlen_dtype(dataset.dtype) is not None
+    item = max(dataset.dtype.itemsize, VLEN_REFERENCE_BYTES) if vlen else dataset.dtype.itemsize
+    claimed = math.prod(dataset.shape or ()) * item  # Python ints: a hostile shape cannot overflow
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    if claimed > file_bytes * (MAX_FILTER_RATIO if filtered else 1):
+        raise ShardFormatError(
+            f"{source}: dataset {dataset.name} declares shape {dataset.shape} ({claimed:,} bytes), more than the "
+            f"file's {file_bytes:,} bytes can hold; {VERIFY_HINT}")
 
 
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:
