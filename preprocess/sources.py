@@ -191,7 +191,8 @@ def discover_video_folder(root: str | os.PathLike) -> list[VideoSource]:
 
 def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | None = None, *,
                         path_column: str = "path", identity_column: str = "identity") -> list[VideoSource]:
-    """Videos named in a CSV. Relative paths are taken from `root`, or from the CSV's folder when root is None.
+    """Videos named in a CSV. Relative paths are taken from `root`, or from the CSV's folder when root is None;
+    every path, absolute or relative, must lie below that folder (the video id is the path below it).
 
     A row without an identity value falls back to the video's parent folder name.
     """
@@ -199,6 +200,8 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
     if not list_csv.is_file():
         raise SourceError(f"{list_csv}: no such list file")
     base = _check_root(root) if root is not None else list_csv.resolve().parent
+    # The base as given too: a listed absolute path may reach it through a symlinked folder.
+    bases = [base, Path(os.path.abspath(Path(root).expanduser() if root is not None else list_csv.parent))]
     try:
         with open(list_csv, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -215,12 +218,15 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
         text = (row.get(path_column) or "").strip()
         if not text:
             raise SourceError(f"{list_csv}:{line}: empty {path_column!r} value")
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else base / path
-        try:
-            rel = _rel(path, base)
-        except ValueError:
-            rel = path.as_posix()  # outside the base folder: keep the full path as id
+        # normpath folds "a/../b" so that ".." cannot walk out of the base unnoticed; links are not
+        # followed, so a link inside the base keeps its own name.
+        path = Path(os.path.normpath(base / Path(text).expanduser()))
+        rel = _below(path, bases)
+        if rel is None:
+            # A video id is the path below the base: one outside it would put this machine's folders into
+            # the ids, shards and manifest, which another lab receives.
+            raise SourceError(f"{list_csv}:{line}: {safe_text(text)} is outside {safe_text(str(base))}; video ids "
+                              f"are paths below it, so give a ROOT that holds every listed video")
         identity = (row.get(identity_column) or "").strip() or path.parent.name
         if path.exists() and not path.is_file():
             notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: not a regular file")
@@ -234,6 +240,18 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
     if not found:
         raise SourceError(f"{list_csv}: the list has no rows" + (f" left ({notes[0]})" if notes else ""))
     return _unique_sorted(found, notes)
+
+
+def _below(path: Path, bases: list[Path]) -> str | None:
+    """`path` relative to the first of `bases` that holds it, as given or with its links resolved; None
+    when none does."""
+    for candidate in (path, Path(os.path.realpath(path))):
+        for base in bases:
+            try:
+                return _rel(candidate, base)
+            except ValueError:
+                continue
+    return None
 
 
 # ----------------------------------------------------------------------------- frame folders

@@ -198,3 +198,22 @@ def test_a_small_shard_claiming_2_to_the_36_frames_is_refused_before_reading(tmp
         ShardReader(fake)
     _one_line_refusal(_invoke("inspect", fake), "more than the file")
     _one_line_refusal(_invoke("build", fake.parent), "more than the file")
+
+
+@pytest.mark.parametrize("attr,value", [
+    ("prep_config", "[" * 100000 + "]" * 100000),
+    ("codecs", '{"face": {"name": "h264", "crf": 1e400}}'),
+    ("image_size", float("inf")),
+    ("descriptor_dim", 2.0 ** 80),
+    ("num_frames", "many"),
+    ("num_videos", np.arange(3)),
+])
+def test_hostile_header_attributes_give_one_line(tmp_path, attr, value):
+    root = make_shard_set(tmp_path / "set", shards=1)
+    with h5py.File(root / "shard-00000.h5", "r+") as h5:
+        h5.attrs[attr] = value
+    with pytest.raises(ShardFormatError):
+        ShardReader(root / "shard-00000.h5")
+    _one_line_refusal(_invoke("inspect", root / "shard-00000.h5"), "shard-00000.h5")
+    _one_line_refusal(_invoke("build", "--force", root), "shard-00000.h5")
+    _one_line_refusal(_invoke("verify", root), "1 of 1 shards failed")
