@@ -198,15 +198,20 @@ def count_failures(root: Path) -> int:
 
 
 def failure_file_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, text) of every non-blank line of a failures.jsonl. A file that is not UTF-8 (another
-    tool's log, a damaged copy) is a ManifestError naming the first bad line."""
-    data = Path(path).read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ManifestError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); fix or remove that line") from None
-    return [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    """(line number, text) of every non-blank line of a failures.jsonl, split at newlines only (a record
+    may hold other Unicode line breaks in its strings). A file that is not UTF-8 (another tool's log, a
+    damaged copy) is a ManifestError naming the first bad line."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(f"{path}:{number}: not UTF-8 text (byte {exc.start} of the line); fix or "
+                                    "remove that line") from None
+            if text.strip():
+                lines.append((number, text.rstrip("\r\n")))
+    return lines
 
 
 def parse_json_text(text: str):
@@ -346,6 +351,8 @@ def escaping_link(path: Path, root: Path) -> str | None:
 def load_manifest(root: Path) -> Manifest:
     """Read and validate root/manifest.json; every problem is a ManifestError with a one-line message."""
     path = Path(root) / MANIFEST_NAME
+    if path.exists() and not path.is_file():  # a FIFO would block the read until someone writes to it
+        raise ManifestError(f"{path}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -218,28 +218,44 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
         text = (row.get(path_column) or "").strip()
         if not text:
             raise SourceError(f"{list_csv}:{line}: empty {path_column!r} value")
-        # normpath folds "a/../b" so that ".." cannot walk out of the base unnoticed; links are not
-        # followed, so a link inside the base keeps its own name.
-        path = Path(os.path.normpath(base / Path(text).expanduser()))
-        rel = _below(path, bases)
-        if rel is None:
+        identity = (row.get(identity_column) or "").strip()
+        if "\x00" in text + identity:  # no file name holds one, and HDF5 strings cannot
+            raise SourceError(f"{list_csv}:{line}: the row holds a NUL character")
+        try:
+            item = _listed_video(text, identity, base, bases)
+        except (OSError, RuntimeError, ValueError) as exc:  # a name too long, an unknown ~user, ...
+            raise SourceError(f"{list_csv}:{line}: {safe_text(text)[:200]}: cannot be used "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        if item is None:
             # A video id is the path below the base: one outside it would put this machine's folders into
             # the ids, shards and manifest, which another lab receives.
-            raise SourceError(f"{list_csv}:{line}: {safe_text(text)} is outside {safe_text(str(base))}; video ids "
+            raise SourceError(f"{list_csv}:{line}: {safe_text(text)[:200]} is outside {safe_text(str(base))}; video ids "
                               f"are paths below it, so give a ROOT that holds every listed video")
-        identity = (row.get(identity_column) or "").strip() or path.parent.name
-        if path.exists() and not path.is_file():
+        source, real, regular = item
+        if not regular:
             notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: not a regular file")
             continue
-        real = os.path.realpath(path)
         if real in seen_files:
             notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: the same file as line {seen_files[real]}")
             continue
         seen_files[real] = line
-        found.append(VideoSource(str(PurePosixPath(rel).with_suffix("")), identity, str(path), rel, "video"))
+        found.append(source)
     if not found:
         raise SourceError(f"{list_csv}: the list has no rows" + (f" left ({notes[0]})" if notes else ""))
     return _unique_sorted(found, notes)
+
+
+def _listed_video(text: str, identity: str, base: Path, bases: list[Path]) -> tuple[VideoSource, str, bool] | None:
+    """(source, real path, whether it is a regular file or absent) of one listed path, None when it is
+    outside the base folders."""
+    # normpath folds "a/../b" so that ".." cannot walk out of the base unnoticed; links are not
+    # followed, so a link inside the base keeps its own name.
+    path = Path(os.path.normpath(base / Path(text).expanduser()))
+    rel = _below(path, bases)
+    if rel is None:
+        return None
+    source = VideoSource(str(PurePosixPath(rel).with_suffix("")), identity or path.parent.name, str(path), rel, "video")
+    return source, os.path.realpath(path), not path.exists() or path.is_file()
 
 
 def _below(path: Path, bases: list[Path]) -> str | None:

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections import OrderedDict
@@ -524,6 +525,7 @@ class ShardReader:
         """sha256: the digest the file is listed with (its manifest entry); when given, the file's bytes
         are checked against it before anything is read (once per machine, see sslfer_core/hash_cache.py)."""
         self.path = Path(path)
+        check_regular_file(self.path)
         if sha256 is not None:
             check_sha256(self.path, sha256)
         self._h5: h5py.File | None = None
@@ -797,6 +799,17 @@ def _row_indices(rows, n: int) -> tuple[tuple, np.ndarray]:
     return rows.shape, np.where(flat < 0, flat + n, flat)
 
 
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular file before opening it: a FIFO would block the reader until someone
+    writes to it, and a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot open ({exc.strerror or exc}); {VERIFY_HINT}") from None
+    if not stat.S_ISREG(mode):
+        raise ShardFormatError(f"{path}: not a regular file; {VERIFY_HINT}")
+
+
 def check_sha256(path: Path, sha256: str) -> None:
     """Refuse a file whose bytes do not hash to `sha256`; a file this machine has hashed since it last
     changed is not read again."""
@@ -910,6 +923,7 @@ def check_backed(dataset: h5py.Dataset, file_bytes: int, source) -> None:
 
 
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:
+    check_regular_file(Path(path))
     try:
         with h5py.File(path, "r") as h5:
             header = ShardHeader.from_attrs(h5.attrs, source=str(path))

@@ -6,6 +6,9 @@ reads more than the file holds.
 import json
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,6 +20,8 @@ from data_manifest.manifest import MANIFEST_NAME, ManifestError, load_manifest
 from data_manifest.verify import ERROR, verify_shards
 from manifest_fixtures import make_shard_set
 from sslfer_core.shard_format import ShardFormatError, ShardReader
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _invoke(*args):
@@ -217,3 +222,20 @@ def test_hostile_header_attributes_give_one_line(tmp_path, attr, value):
     _one_line_refusal(_invoke("inspect", root / "shard-00000.h5"), "shard-00000.h5")
     _one_line_refusal(_invoke("build", "--force", root), "shard-00000.h5")
     _one_line_refusal(_invoke("verify", root), "1 of 1 shards failed")
+
+
+def test_a_fifo_in_place_of_a_manifest_or_a_shard_is_refused_without_waiting(tmp_path):
+    # A FIFO blocks its reader until someone writes: the tools must look before they open.
+    a, b = make_shard_set(tmp_path / "a"), make_shard_set(tmp_path / "b", prefix="b")
+    (a / MANIFEST_NAME).unlink()
+    os.mkfifo(a / MANIFEST_NAME)
+    (b / "shard-00001.h5").unlink()
+    os.mkfifo(b / "shard-00001.h5")
+    for args in (("verify", a), ("inspect", a), ("inspect", b), ("inspect", b / "shard-00001.h5"),
+                 ("merge", tmp_path / "out", b)):
+        run = subprocess.run([sys.executable, "-m", "data_manifest.cli", *map(str, args)], capture_output=True,
+                             text=True, timeout=60, cwd=REPO)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert "not a regular file" in run.stderr, run.stderr
+    with pytest.raises(ShardFormatError, match="not a regular file"):
+        ShardReader(b / "shard-00001.h5", sha256="0" * 64)

@@ -111,3 +111,18 @@ def test_a_list_naming_videos_outside_root_is_refused_without_host_paths(tmp_pat
         listing.write_text(f"path,identity\n{path},q\n", encoding="utf-8")
         found = discover_video_list(listing, given_root)
         assert [(s.video_id, s.source_path) for s in found] == [("q/b", "q/b.mp4")]
+
+
+@pytest.mark.parametrize("row", ["q/a\x00b.mp4,x", "q/b.mp4,x\x00y", "~no-such-user-here/b.mp4,x",
+                                 "q/" + "a" * 5000 + ".mp4,x"], ids=["nul path", "nul identity", "unknown home",
+                                                                      "name too long"])
+def test_hostile_list_values_give_one_line(tmp_path, row):
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "b.mp4").write_bytes(b"x")
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path,identity\n{row}\n", encoding="utf-8")
+    with pytest.raises(SourceError, match="list.csv:2: "):
+        discover_video_list(listing)
+    result = CliRunner().invoke(main, ["videos", "--list", str(listing), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.output.count("Error:") == 1 and "list.csv:2" in result.output
