@@ -10,8 +10,9 @@ import numpy as np
 
 from data_manifest.manifest import (
     FAILURES_NAME, MAX_COUNT, Manifest, ManifestError, check_relative_path, failure_file_lines, load_manifest,
-    parse_json_text, shard_paths,
+    shard_paths,
 )
+from sslfer_core import strict_json
 from sslfer_core.shard_format import VERIFY_HINT, ShardFormatError, ShardReader, read_backed
 
 JPEG_SAMPLE_ROWS = 256  # JPEG payload sizes are estimated from this many evenly spaced rows per shard
@@ -75,7 +76,7 @@ def _failure_records(path: Path) -> list[dict]:
     records = []
     for number, line in failure_file_lines(path):
         try:
-            record = parse_json_text(line)
+            record = strict_json.loads(line, constants=True)
         except ValueError as exc:
             raise ManifestError(f"{path}:{number}: not valid JSON ({exc})") from None
         if not isinstance(record, dict):

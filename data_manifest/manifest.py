@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from sslfer_core import hash_cache
+from sslfer_core import hash_cache, strict_json
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, write_json_atomic
 from sslfer_core.file_hash import file_sha256
@@ -214,19 +214,6 @@ def failure_file_lines(path: Path) -> list[tuple[int, str]]:
     return lines
 
 
-def parse_json_text(text: str):
-    """json.loads, or ValueError with a short reason: also for nesting deeper than the parser's stack
-    (RecursionError) and integers longer than Python converts."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(exc.msg) from None
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
 def repeated_clips(shards: list[tuple[str, list[str]]]) -> list[tuple[str, str, list[str]]]:
     """(shard, earlier shard, shared video ids) for every shard that holds a video id an earlier one holds.
     `shards` are (name, video ids) in order; a set must hold each clip once, or the clip is trained on
@@ -360,7 +347,7 @@ def load_manifest(root: Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read ({exc})") from None
     try:
-        obj = parse_json_text(text)
+        obj = strict_json.loads(text)
     except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
     return manifest_from_json(obj, str(path))

@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from sslfer_core import hash_cache
+from sslfer_core import hash_cache, strict_json
 from data_manifest.manifest import (
     FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, failure_file_lines,
-    load_manifest, now_utc, parse_json_text, save_manifest, shard_paths,
+    load_manifest, now_utc, save_manifest, shard_paths,
 )
 from data_manifest.verify import ERROR, verify_shards
 from sslfer_core import __version__ as TOOL_VERSION
@@ -181,7 +181,7 @@ def _merge_failures(tmp: Path, parts: list[Path], manifests: list[Manifest], lab
             continue
         for _number, line in failure_file_lines(path):
             try:
-                record = parse_json_text(line)
+                record = strict_json.loads(line, constants=True)
             except ValueError:
                 record = None
             record = record if isinstance(record, dict) else {"unparsed": line}

@@ -21,7 +21,7 @@ import cv2
 import h5py
 import numpy as np
 
-from sslfer_core import __version__
+from sslfer_core import __version__, strict_json
 from sslfer_core.atomic_files import atomic_path
 
 SCHEMA_NAME = "sslfer.shard"
@@ -189,16 +189,16 @@ class ShardHeader:
                 swaps_per_frame=int(attrs["swaps_per_frame"]),
                 descriptor_kind=_as_str(attrs["descriptor_kind"]),
                 descriptor_dim=int(attrs["descriptor_dim"]),
-                codecs={k: ImageCodec.from_json(v) for k, v in json.loads(_as_str(attrs["codecs"])).items()},
-                prep_config=json.loads(_as_str(attrs["prep_config"])),
-                dlib_model_sha256=json.loads(_as_str(attrs["dlib_model_sha256"])),
+                codecs={k: ImageCodec.from_json(v) for k, v in strict_json.loads(_as_str(attrs["codecs"])).items()},
+                prep_config=strict_json.loads(_as_str(attrs["prep_config"])),
+                dlib_model_sha256=strict_json.loads(_as_str(attrs["dlib_model_sha256"])),
                 descriptor_weights_sha256=_as_str(attrs["descriptor_weights_sha256"]) or None,
                 tool_version=_as_str(attrs["tool_version"]),
                 schema_version=version,
             )
         except ShardFormatError as exc:
             raise ShardFormatError(f"{source}: {exc}") from None
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise ShardFormatError(f"{source}: shard header is incomplete or malformed ({exc})") from None
         problem = header.implausible()
         if problem:
@@ -417,6 +417,8 @@ class ShardWriter:
             raise ValueError(f"video {video.video_id!r} has no frames; record it as a failure instead")
         if np.any(np.diff(video.timestamps) < 0):
             raise ValueError(f"video {video.video_id!r}: timestamps must be sorted")
+        if not (math.isfinite(video.source_fps) and video.source_fps > 0):
+            raise ValueError(f"video {video.video_id!r}: source_fps {video.source_fps!r} is not a positive number")
         video_row = len(self._videos)
         self._append_images("face", video.faces)
         self._append("landmarks", np.asarray(video.landmarks, np.float32), np.float32)
@@ -592,6 +594,8 @@ class ShardReader:
             return f"video table lengths {sorted(lengths)} disagree with num_videos {num_videos}"
         if t.first_row.ndim != 1 or t.row_count.ndim != 1 or np.any(t.row_count < 1):
             return "a video has no frames"
+        if t.source_fps.ndim != 1 or not np.all(np.isfinite(t.source_fps)) or np.any(t.source_fps <= 0):
+            return "a video's source_fps is not a positive finite number"
         ends = np.cumsum(t.row_count)
         if ends[-1] != n or np.any(t.first_row != ends - t.row_count):
             return f"video rows do not tile the {n} frames"

@@ -113,7 +113,7 @@ HOSTILE_MANIFEST_VALUES = [
     ("bytes", "Infinity"), ("bytes", "NaN"), ("bytes", "-1"), ("bytes", "1e400"), ("bytes", "2.5"),
     ("bytes", '"123"'), ("bytes", "true"), ("bytes", str(2 ** 70)), ("frames", "-5"), ("videos", "null"),
     ("image_size", "Infinity"), ("failures", "-3"), ("part", "1e999"), ("sha256", "{}"),
-    ("identities", "[" * 100000 + "]" * 100000),
+    ("identities", "[" * 100000 + "]" * 100000), ("prep_config", '{"fps": NaN}'),
 ]
 
 
@@ -121,7 +121,7 @@ HOSTILE_MANIFEST_VALUES = [
 def test_hostile_numbers_in_a_manifest_give_one_line(tmp_path, key, value):
     root = make_shard_set(tmp_path / "set")
     obj = json.loads((root / MANIFEST_NAME).read_text())
-    holder = obj if key in ("image_size", "failures") else obj["shards"][0]
+    holder = obj if key in ("image_size", "failures", "prep_config") else obj["shards"][0]
     holder[key] = "@@"
     (root / MANIFEST_NAME).write_text(json.dumps(obj).replace('"@@"', value))
     with pytest.raises(ManifestError):
@@ -207,6 +207,7 @@ def test_a_small_shard_claiming_2_to_the_36_frames_is_refused_before_reading(tmp
 
 @pytest.mark.parametrize("attr,value", [
     ("prep_config", "[" * 100000 + "]" * 100000),
+    ("prep_config", '{"fps": NaN}'),
     ("codecs", '{"face": {"name": "h264", "crf": 1e400}}'),
     ("image_size", float("inf")),
     ("descriptor_dim", 2.0 ** 80),
@@ -239,3 +240,12 @@ def test_a_fifo_in_place_of_a_manifest_or_a_shard_is_refused_without_waiting(tmp
         assert "not a regular file" in run.stderr, run.stderr
     with pytest.raises(ShardFormatError, match="not a regular file"):
         ShardReader(b / "shard-00001.h5", sha256="0" * 64)
+
+
+def test_a_shard_whose_source_fps_is_not_finite_is_refused(tmp_path):
+    root = make_shard_set(tmp_path / "set", shards=1)
+    with h5py.File(root / "shard-00000.h5", "r+") as h5:
+        h5["videos/source_fps"][0] = np.nan  # inspect --json would print NaN, which is not JSON
+    with pytest.raises(ShardFormatError, match="source_fps"):
+        ShardReader(root / "shard-00000.h5")
+    _one_line_refusal(_invoke("inspect", root / "shard-00000.h5", "--json"), "source_fps")
