@@ -126,3 +126,14 @@ def test_hostile_list_values_give_one_line(tmp_path, row):
     result = CliRunner().invoke(main, ["videos", "--list", str(listing), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.output.count("Error:") == 1 and "list.csv:2" in result.output
+
+
+def test_frames_without_increasing_presentation_times_are_placed_after_the_one_before():
+    from preprocess.video_decode import PresentationClock
+
+    clock = PresentationClock(25.0)
+    # OpenCV reports 0 for a frame without a time; a repeated or backward time is no better.
+    reported = [0.0, 0.04, 0.0, 0.08, 0.08, 0.06, float("nan"), 0.2, -1.0, 0.3]
+    placed = [clock.time(t) for t in reported]
+    assert placed == pytest.approx([0.0, 0.04, 0.08, 0.08, 0.12, 0.16, 0.2, 0.2, 0.24, 0.3])
+    assert clock.untimed == 5 and all(b >= a for a, b in zip(placed, placed[1:]))
