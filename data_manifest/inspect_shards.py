@@ -45,12 +45,14 @@ def kept_frames(root: Path, manifest: Manifest, frames_in_shards: int) -> dict:
     path = Path(root).joinpath(*check_relative_path(name, "failures file").parts)
     out = {"frames_kept": frames_in_shards, "frames_attempted": None, "fraction": None, "failures_file": None,
            "frames_dropped_in_kept_videos": 0, "frames_in_skipped_videos": 0, "videos_skipped": 0,
-           "records_without_counts": 0}
+           "records_without_counts": 0, "videos_with_assumed_frame_times": 0}
     if not path.is_file():
         return out
     out["failures_file"] = name
     for record in _failure_records(path):
         skipped = record.get("skipped") is True
+        if record.get("fps_note") and not skipped:  # sslfer-prep assumed its frame rate or frame times
+            out["videos_with_assumed_frame_times"] += 1
         sampled = record.get("frames_sampled")
         kept = record.get("frames_kept", sampled)
         if skipped:
@@ -279,6 +281,10 @@ def _kept_line(kept: dict) -> str:
             f"{kept['frames_in_skipped_videos']:,} in {kept['videos_skipped']} skipped videos")
     if kept["records_without_counts"]:
         line += f"; {kept['records_without_counts']} failure records without usable frame counts not included"
+    assumed = kept["videos_with_assumed_frame_times"]
+    if assumed:
+        line += (f"\n{assumed} clip{'s' if assumed > 1 else ''} stored with assumed frame times "
+                 f"(fps_note in {kept['failures_file']})")
     return line
 
 

@@ -77,6 +77,11 @@ def test_prep_stores_presentation_times_and_reports_an_assumed_frame_rate(tmp_pa
     noted = {r["video_id"]: r for r in records if "fps_note" in r}
     assert list(noted) == ["id00002/bogus"] and not noted["id00002/bogus"]["skipped"]
     assert "3906" in noted["id00002/bogus"]["fps_note"]
+    # ... and by `sslfer-manifest inspect` on the set.
+    from data_manifest.cli import main as manifest_main
+
+    report = CliRunner().invoke(manifest_main, ["inspect", str(out)])
+    assert report.exit_code == 0 and "1 clip stored with assumed frame times" in report.output, report.output
     with ShardReader(out / "shard-00000.h5") as reader:
         ids = list(reader.videos.video_id)
         rows = reader.video_rows(ids.index("id00001/vfr"))
