@@ -2,7 +2,6 @@
 and the fraction of sampled frames that preprocessing kept."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,9 +9,11 @@ import h5py
 import numpy as np
 
 from data_manifest.manifest import (
-    FAILURES_NAME, Manifest, ManifestError, check_relative_path, load_manifest, shard_paths,
+    FAILURES_NAME, MAX_COUNT, Manifest, ManifestError, check_relative_path, failure_file_lines, load_manifest,
+    shard_paths,
 )
-from sslfer_core.shard_format import VERIFY_HINT, ShardFormatError, ShardReader
+from sslfer_core import strict_json
+from sslfer_core.shard_format import VERIFY_HINT, ShardFormatError, ShardReader, read_backed
 
 JPEG_SAMPLE_ROWS = 256  # JPEG payload sizes are estimated from this many evenly spaced rows per shard
 
@@ -37,44 +38,52 @@ def inspect_path(path: Path, progress=None) -> dict:
 def kept_frames(root: Path, manifest: Manifest, frames_in_shards: int) -> dict:
     """Frames kept (in the shards) against frames sampled by sslfer-prep, from failures.jsonl beside the
     manifest. Records of kept videos carry frames_sampled and frames_kept; a skipped video lost all of
-    its frames_sampled. Without the file the number of sampled frames is unknown (None)."""
+    its frames_sampled. Without the file the number of sampled frames is unknown (None). A record whose
+    counts are missing or unusable (not whole numbers from 0 up, or more kept than sampled) is counted in
+    records_without_counts and adds nothing."""
     name = manifest.failures_file or FAILURES_NAME
     path = Path(root).joinpath(*check_relative_path(name, "failures file").parts)
     out = {"frames_kept": frames_in_shards, "frames_attempted": None, "fraction": None, "failures_file": None,
            "frames_dropped_in_kept_videos": 0, "frames_in_skipped_videos": 0, "videos_skipped": 0,
-           "records_without_counts": 0}
+           "records_without_counts": 0, "videos_with_assumed_frame_times": 0}
     if not path.is_file():
         return out
     out["failures_file"] = name
     for record in _failure_records(path):
+        skipped = record.get("skipped") is True
+        if record.get("fps_note") and not skipped:  # sslfer-prep assumed its frame rate or frame times
+            out["videos_with_assumed_frame_times"] += 1
         sampled = record.get("frames_sampled")
-        if record.get("skipped"):
+        kept = record.get("frames_kept", sampled)
+        if skipped:
             out["videos_skipped"] += 1
-        if not isinstance(sampled, int):
+        if not _count(sampled) or (not skipped and not (_count(kept) and kept <= sampled)):
             out["records_without_counts"] += 1
-        elif record.get("skipped"):
+        elif skipped:
             out["frames_in_skipped_videos"] += sampled
         else:
-            out["frames_dropped_in_kept_videos"] += max(0, sampled - int(record.get("frames_kept", sampled)))
+            out["frames_dropped_in_kept_videos"] += sampled - kept
     attempted = frames_in_shards + out["frames_dropped_in_kept_videos"] + out["frames_in_skipped_videos"]
     out["frames_attempted"] = attempted
     out["fraction"] = round(frames_in_shards / attempted, 4) if attempted else None
     return out
 
 
+def _count(value) -> bool:
+    """True for a usable frame count: a JSON integer from 0 to MAX_COUNT (not a bool, float or string)."""
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
 def _failure_records(path: Path) -> list[dict]:
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise ManifestError(f"{path}:{number}: a failure record must be a JSON object")
-            records.append(record)
+    for number, line in failure_file_lines(path):
+        try:
+            record = strict_json.loads(line, constants=True)
+        except ValueError as exc:
+            raise ManifestError(f"{path}:{number}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise ManifestError(f"{path}:{number}: a failure record must be a JSON object")
+        records.append(record)
     return records
 
 
@@ -221,7 +230,8 @@ def _field_storage(path: Path, header, num_frames: int) -> dict:
                 "dtype": "vlen uint8", "shape_per_frame": ["stream"],
                 "codec": header.codecs[name].name if name in header.codecs else None,
                 "compression": None, "chunk_frames": header.codecs[name].chunk_frames if name in header.codecs else None,
-                "bytes": int(sum(int(buf.size) for buf in data[()])) + int(data.id.get_storage_size()),
+                "bytes": int(sum(int(buf.size) for buf in read_backed(data, path.stat().st_size, path)))
+                + int(data.id.get_storage_size()),
                 "frames": num_frames, "estimated": False,
             }
     return out
@@ -270,7 +280,11 @@ def _kept_line(kept: dict) -> str:
             f"{kept['frames_dropped_in_kept_videos']:,} dropped from kept videos, "
             f"{kept['frames_in_skipped_videos']:,} in {kept['videos_skipped']} skipped videos")
     if kept["records_without_counts"]:
-        line += f"; {kept['records_without_counts']} failure records without frame counts not included"
+        line += f"; {kept['records_without_counts']} failure records without usable frame counts not included"
+    assumed = kept["videos_with_assumed_frame_times"]
+    if assumed:
+        line += (f"\n{assumed} clip{'s' if assumed > 1 else ''} stored with assumed frame times "
+                 f"(fps_note in {kept['failures_file']})")
     return line
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from sslfer_core import hash_cache
+from sslfer_core import hash_cache, strict_json
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, write_json_atomic
 from sslfer_core.file_hash import file_sha256
@@ -23,6 +24,11 @@ FAILURES_NAME = "failures.jsonl"
 MANIFEST_SCHEMA = "sslfer.manifest"
 MANIFEST_VERSION = (1, 0)
 SHARD_SUFFIX = ".h5"
+# Counts and sizes in a manifest are JSON integers in 0..MAX_COUNT (what a file offset can hold); anything
+# else (a float, Infinity, a string, a bool, a negative or larger number) is refused as malformed.
+MAX_COUNT = (1 << 63) - 1
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_LISTED = 5  # video ids named in a message about repeated clips
 
 # Header fields that change what a training sample is; shards that differ in any of them are not one dataset.
 HEADER_COMPAT_KEYS = (
@@ -188,8 +194,47 @@ def count_failures(root: Path) -> int:
     path = Path(root) / FAILURES_NAME
     if not path.is_file():
         return 0
-    with open(path, encoding="utf-8") as handle:
-        return sum(1 for line in handle if line.strip())
+    return len(failure_file_lines(path))
+
+
+def failure_file_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a failures.jsonl, split at newlines only (a record
+    may hold other Unicode line breaks in its strings). A file that is not UTF-8 (another tool's log, a
+    damaged copy) is a ManifestError naming the first bad line."""
+    lines = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ManifestError(f"{path}:{number}: not UTF-8 text (byte {exc.start} of the line); fix or "
+                                    "remove that line") from None
+            if text.strip():
+                lines.append((number, text.rstrip("\r\n")))
+    return lines
+
+
+def repeated_clips(shards: list[tuple[str, list[str]]]) -> list[tuple[str, str, list[str]]]:
+    """(shard, earlier shard, shared video ids) for every shard that holds a video id an earlier one holds.
+    `shards` are (name, video ids) in order; a set must hold each clip once, or the clip is trained on
+    twice as often and can sit on both sides of a train/test split."""
+    owner: dict[str, str] = {}
+    found = []
+    for name, video_ids in shards:
+        shared: dict[str, list[str]] = {}
+        for video_id in video_ids:
+            if video_id in owner:
+                shared.setdefault(owner[video_id], []).append(video_id)
+            else:
+                owner[video_id] = name
+        found.extend((name, first, ids) for first, ids in shared.items())
+    return found
+
+
+def describe_repeat(name: str, first: str, video_ids: list[str]) -> str:
+    shown = ", ".join(video_ids[:MAX_LISTED]) + (f" and {len(video_ids) - MAX_LISTED} more"
+                                                 if len(video_ids) > MAX_LISTED else "")
+    return f"{name} holds clips that {first} holds too (video ids {shown})"
 
 
 def build_manifest(root: Path, shard_files: list[Path] | None = None, failures: int | None = None) -> Manifest:
@@ -212,6 +257,10 @@ def build_manifest(root: Path, shard_files: list[Path] | None = None, failures: 
         seen.append((path, entry.sha256, before))
         configs.append((entry.file, header_compat(header)))
     hash_cache.remember(seen)
+    repeats = repeated_clips([(e.file, e.video_ids) for e in entries])
+    if repeats:
+        raise ManifestError(f"{root}: {describe_repeat(*repeats[0])}; a set holds each clip once, so remove "
+                            "one of them" + (f" ({len(repeats)} shards repeat clips)" if len(repeats) > 1 else ""))
     differences = describe_differences([configs[0]] + [c for c in configs[1:] if c[1] != configs[0][1]])
     if differences:
         raise ManifestError(f"{root}: shards were prepared with different settings ({differences})")
@@ -289,6 +338,8 @@ def escaping_link(path: Path, root: Path) -> str | None:
 def load_manifest(root: Path) -> Manifest:
     """Read and validate root/manifest.json; every problem is a ManifestError with a one-line message."""
     path = Path(root) / MANIFEST_NAME
+    if path.exists() and not path.is_file():  # a FIFO would block the read until someone writes to it
+        raise ManifestError(f"{path}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -296,8 +347,8 @@ def load_manifest(root: Path) -> Manifest:
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read ({exc})") from None
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
+        obj = strict_json.loads(text)
+    except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
     return manifest_from_json(obj, str(path))
 
@@ -318,12 +369,12 @@ def manifest_from_json(obj, source: str = MANIFEST_NAME) -> Manifest:
             tool_version=str(obj["tool_version"]),
             prep_config=_expect(obj["prep_config"], dict, "prep_config"),
             descriptor_kind=str(obj["descriptor_kind"]),
-            image_size=int(obj["image_size"]),
-            swaps_per_frame=int(obj["swaps_per_frame"]),
+            image_size=_count(obj["image_size"], "image_size"),
+            swaps_per_frame=_count(obj["swaps_per_frame"], "swaps_per_frame"),
             shards=shards,
-            failures=int(obj["failures"]),
-            patch_size=int(obj.get("patch_size", 0)),
-            descriptor_dim=int(obj.get("descriptor_dim", 0)),
+            failures=_count(obj["failures"], "failures"),
+            patch_size=_count(obj.get("patch_size", 0), "patch_size"),
+            descriptor_dim=_count(obj.get("descriptor_dim", 0), "descriptor_dim"),
             descriptor_weights_sha256=obj.get("descriptor_weights_sha256"),
             dlib_model_sha256=_expect(obj.get("dlib_model_sha256", {}), dict, "dlib_model_sha256"),
             codecs=_expect(obj.get("codecs", {}), dict, "codecs"),
@@ -340,12 +391,18 @@ def manifest_from_json(obj, source: str = MANIFEST_NAME) -> Manifest:
     _parse_version(manifest.shard_schema_version, source, "shard_schema_version")
     if manifest.failures_file is not None:
         check_relative_path(manifest.failures_file, "failures file")
-    seen = set()
+    seen: dict[str, str] = {}
     for entry in shards:
-        check_relative_path(entry.file)
-        if entry.file in seen:
-            raise ManifestError(f"{source}: shard {entry.file!r} is listed twice")
-        seen.add(entry.file)
+        # "x.h5", "./x.h5" and "sub//x.h5"-style spellings name one file.
+        name = str(check_relative_path(entry.file))
+        if name in seen:
+            also = "" if seen[name] == entry.file else f" (also as {seen[name]!r})"
+            raise ManifestError(f"{source}: shard {entry.file!r} is listed twice{also}")
+        seen[name] = entry.file
+    for entry in shards:
+        if entry.part is not None and manifest.parts and entry.part >= len(manifest.parts):
+            raise ManifestError(f"{source}: shard {entry.file!r} names part {entry.part}, but the manifest "
+                                f"has {len(manifest.parts)} parts")
     return manifest
 
 
@@ -353,19 +410,29 @@ def _entry_from_json(obj) -> ShardEntry:
     obj = _expect(obj, dict, "shard entry")
     file = obj["file"]
     check_relative_path(file)
+    sha256 = obj["sha256"]
+    if not isinstance(sha256, str) or not SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"sha256 of {file!r} must be 64 lowercase hex digits")
     return ShardEntry(
         file=file,
-        bytes=int(obj["bytes"]),
-        sha256=str(obj["sha256"]),
-        videos=int(obj["videos"]),
-        frames=int(obj["frames"]),
+        bytes=_count(obj["bytes"], "bytes"),
+        sha256=sha256,
+        videos=_count(obj["videos"], "videos"),
+        frames=_count(obj["frames"], "frames"),
         identities=[str(i) for i in _expect(obj["identities"], list, "identities")],
         video_ids=[str(v) for v in _expect(obj["video_ids"], list, "video_ids")],
-        swaps_per_frame=int(obj["swaps_per_frame"]),
+        swaps_per_frame=_count(obj["swaps_per_frame"], "swaps_per_frame"),
         descriptor_kind=str(obj["descriptor_kind"]),
         schema_version=str(obj["schema_version"]),
-        part=None if obj.get("part") is None else int(obj["part"]),
+        part=None if obj.get("part") is None else _count(obj["part"], "part"),
     )
+
+
+def _count(value, name: str) -> int:
+    """A JSON integer in 0..MAX_COUNT, else ValueError (json reads Infinity, NaN and 1e400 as floats)."""
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{name} must be a whole number from 0 to 2^63-1, got {json.dumps(value)[:40]}")
+    return value
 
 
 def _expect(value, kind, name):

@@ -16,11 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from sslfer_core import hash_cache
+from sslfer_core import hash_cache, strict_json
 from data_manifest.manifest import (
-    FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, load_manifest, now_utc,
-    save_manifest, shard_paths,
+    FAILURES_NAME, MANIFEST_VERSION, Manifest, ManifestError, describe_differences, failure_file_lines,
+    load_manifest, now_utc, save_manifest, shard_paths,
 )
+from data_manifest.verify import ERROR, verify_shards
 from sslfer_core import __version__ as TOOL_VERSION
 from sslfer_core.atomic_files import TEMP_PREFIX, fsync_directory
 from sslfer_core.file_hash import HASH_BLOCK
@@ -33,8 +34,10 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
                      progress: Callable[[int], None] | None = None) -> Manifest:
     """Merge the shard directories `parts` into the new directory `out` and return its manifest.
 
-    Refuses (ManifestError) parts whose compatibility settings differ unless allow_mixed, and video ids
-    that occur in more than one part (always: the same clip twice would leak between train and test splits).
+    Every part must pass the quick checks of verify_shards first, so the manifests' claims that the
+    rules below compare (settings, video ids) are what the shards hold. Refuses (ManifestError) parts whose
+    compatibility settings differ unless allow_mixed, and video ids that occur in more than one part
+    (always: the same clip twice would leak between train and test splits).
     link=True hard-links shards instead of copying them (same filesystem only); copies are checked
     against the part's sha256 as they are written.
     """
@@ -43,6 +46,7 @@ def merge_shard_sets(out: Path, parts: list[Path], *, allow_mixed: bool = False,
     _check_locations(out, parts)
     manifests = [load_manifest(p) for p in parts]
     labels = [f"{i:02d}-{_safe_name(p.resolve().name)}" for i, p in enumerate(parts)]
+    _check_parts_hold_what_they_claim(parts, labels)
     _check_compatible(labels, manifests, allow_mixed)
     _check_unique_videos(labels, manifests)
 
@@ -83,6 +87,15 @@ def _check_locations(out: Path, parts: list[Path]) -> None:
         if out_resolved == part or part in out_resolved.parents or out_resolved in part.parents:
             raise ManifestError(f"{out}: output must not be inside a part or contain one ({part})")
     out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _check_parts_hold_what_they_claim(parts: list[Path], labels: list[str]) -> None:
+    for part, label in zip(parts, labels):
+        errors = [p for p in verify_shards(part, quick=True) if p.severity == ERROR]
+        if errors:
+            more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+            raise ManifestError(f"part {label}: shard {errors[0].file}: {errors[0].reason}{more}; "
+                                "run sslfer-manifest verify on that part")
 
 
 def _check_compatible(labels: list[str], manifests: list[Manifest], allow_mixed: bool) -> None:
@@ -166,12 +179,10 @@ def _merge_failures(tmp: Path, parts: list[Path], manifests: list[Manifest], lab
         path = part / (manifest.failures_file or FAILURES_NAME)
         if not path.is_file():
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
+        for _number, line in failure_file_lines(path):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = strict_json.loads(line, constants=True)
+            except ValueError:
                 record = None
             record = record if isinstance(record, dict) else {"unparsed": line}
             lines.append(json.dumps({**record, "part": label}, sort_keys=True))

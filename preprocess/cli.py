@@ -32,6 +32,7 @@ def summary_table(rows: list[tuple[str, str]]) -> str:
 EPILOG = ("Exit codes: 0 at least one clip stored; 1 none stored, empty input or run refused; 2 usage error; "
           "130 interrupted (rerun the same command to resume).")
 DESCRIPTOR_CHOICES = ("auto", "resnet18-imagenet", "landmark-geometry", "none")
+NOTES_SHOWN = 20  # warning lines of one kind; the rest are counted
 MAX_JOBS = 1024  # more worker processes than any machine here has cores would only exhaust memory
 
 
@@ -167,7 +168,7 @@ def _run(source_kind: str, discover, params: dict) -> None:
             f"no clip was stored ({summary.skipped_videos} skipped; see {options.out}/failures.jsonl)")
 
 
-def _print_source_notes(notes: list[str], shown: int = 20) -> None:
+def _print_source_notes(notes: list[str], shown: int = NOTES_SHOWN) -> None:
     """What discovery left out (loops, aliases, duplicates, special files), one warning line each."""
     for note in notes[:shown]:
         click.echo(f"warning: {note}", err=True)
@@ -263,6 +264,13 @@ def _report(summary: RunSummary, options: RunOptions) -> None:
         ("output", str(options.out)),
     ]
     click.echo("sslfer-prep summary\n" + summary_table(rows))
+    for video_id, note in summary.fps_notes[:NOTES_SHOWN]:
+        click.echo(f"warning: {video_id}: {note}")
+    if len(summary.fps_notes) > NOTES_SHOWN:
+        click.echo(f"warning: ... and {len(summary.fps_notes) - NOTES_SHOWN} more clips with assumed frame times")
+    if summary.fps_notes:
+        click.echo(f"{len(summary.fps_notes)} clips stored with assumed frame times: see "
+                   f"{options.out / 'failures.jsonl'} (fps_note)")
     if summary.skipped_videos:
         click.echo(f"{summary.skipped_videos} clips skipped: see {options.out / 'failures.jsonl'}")
 

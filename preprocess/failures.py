@@ -5,6 +5,9 @@ failures.jsonl holds one JSON object per line, sorted by video id:
   "frames_kept", "dropped": {reason: count}, "ranges": [...]}
 - a kept video that lost frames or swaps: the same keys with "skipped": false and reason "dropped_frames"
   (or "failed_swaps" when only swaps failed); "swaps_failed" counts frames x K swaps left empty.
+- a kept video whose frame times were assumed (its container states an unusable frame rate, or frames
+  lack presentation times): "fps_note" says what was assumed; reason "assumed_frame_times" when nothing
+  else is recorded for it. Any record may carry "fps_note".
 "ranges" lists runs of consecutive dropped samples: {"first": frame, "last": frame, "count": n, "reason": r}.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ BAD_LANDMARKS = "bad_landmarks"
 # Record kinds of kept videos.
 DROPPED_FRAMES = "dropped_frames"
 FAILED_SWAPS = "failed_swaps"
+ASSUMED_FRAME_TIMES = "assumed_frame_times"
 
 FACE_REASONS = (NO_FACE, SMALL_FACE, AMBIGUOUS)
 
@@ -72,15 +76,16 @@ def failure_lines(records: list[dict]) -> list[dict]:
     for record in sorted(records, key=lambda r: r["video_id"]):
         if record.get("skipped"):
             lines.append(_public(record))
-        elif record.get("dropped") or record.get("swaps_failed"):
-            reason = DROPPED_FRAMES if record.get("dropped") else FAILED_SWAPS
+        elif record.get("dropped") or record.get("swaps_failed") or record.get("fps_note"):
+            reason = (DROPPED_FRAMES if record.get("dropped") else FAILED_SWAPS if record.get("swaps_failed")
+                      else ASSUMED_FRAME_TIMES)
             lines.append({**_public(record), "reason": reason})
     return lines
 
 
 def _public(record: dict) -> dict:
     keys = ("video_id", "path", "identity", "skipped", "reason", "detail", "frames_sampled", "frames_kept",
-            "dropped", "ranges", "swaps_failed")
+            "dropped", "ranges", "swaps_failed", "fps_note")
     return {k: record[k] for k in keys if k in record}
 
 

@@ -74,6 +74,7 @@ class RunSummary:
     phase_seconds: dict = field(default_factory=dict)
     descriptor: str = ""
     estimate: str = ""
+    fps_notes: list = field(default_factory=list)  # (video id, what was assumed about its frame times)
 
 
 def part_of(video_id: str, parts: int) -> int:
@@ -373,6 +374,8 @@ def _finish(work: WorkDir, plan: list[dict], records: dict[str, dict], selected:
         summary.shard_bytes = sum((out / f).stat().st_size for f in files)
     work.fold_records(records)
     for record in wanted:
+        if record.get("fps_note") and not record["skipped"]:
+            summary.fps_notes.append((record["video_id"], record["fps_note"]))
         summary.frames_sampled += int(record.get("frames_sampled", 0))
         if record["skipped"]:
             summary.skipped_videos += 1

@@ -191,7 +191,8 @@ def discover_video_folder(root: str | os.PathLike) -> list[VideoSource]:
 
 def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | None = None, *,
                         path_column: str = "path", identity_column: str = "identity") -> list[VideoSource]:
-    """Videos named in a CSV. Relative paths are taken from `root`, or from the CSV's folder when root is None.
+    """Videos named in a CSV. Relative paths are taken from `root`, or from the CSV's folder when root is None;
+    every path, absolute or relative, must lie below that folder (the video id is the path below it).
 
     A row without an identity value falls back to the video's parent folder name.
     """
@@ -199,6 +200,8 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
     if not list_csv.is_file():
         raise SourceError(f"{list_csv}: no such list file")
     base = _check_root(root) if root is not None else list_csv.resolve().parent
+    # The base as given too: a listed absolute path may reach it through a symlinked folder.
+    bases = [base, Path(os.path.abspath(Path(root).expanduser() if root is not None else list_csv.parent))]
     try:
         with open(list_csv, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -215,25 +218,56 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
         text = (row.get(path_column) or "").strip()
         if not text:
             raise SourceError(f"{list_csv}:{line}: empty {path_column!r} value")
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else base / path
+        identity = (row.get(identity_column) or "").strip()
+        if "\x00" in text + identity:  # no file name holds one, and HDF5 strings cannot
+            raise SourceError(f"{list_csv}:{line}: the row holds a NUL character")
         try:
-            rel = _rel(path, base)
-        except ValueError:
-            rel = path.as_posix()  # outside the base folder: keep the full path as id
-        identity = (row.get(identity_column) or "").strip() or path.parent.name
-        if path.exists() and not path.is_file():
+            item = _listed_video(text, identity, base, bases)
+        except (OSError, RuntimeError, ValueError) as exc:  # a name too long, an unknown ~user, ...
+            raise SourceError(f"{list_csv}:{line}: {safe_text(text)[:200]}: cannot be used "
+                              f"({getattr(exc, 'strerror', None) or exc})") from None
+        if item is None:
+            # A video id is the path below the base: one outside it would put this machine's folders into
+            # the ids, shards and manifest, which another lab receives.
+            raise SourceError(f"{list_csv}:{line}: {safe_text(text)[:200]} is outside {safe_text(str(base))}; video ids "
+                              f"are paths below it, so give a ROOT that holds every listed video")
+        source, real, regular = item
+        if not regular:
             notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: not a regular file")
             continue
-        real = os.path.realpath(path)
         if real in seen_files:
             notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: the same file as line {seen_files[real]}")
             continue
         seen_files[real] = line
-        found.append(VideoSource(str(PurePosixPath(rel).with_suffix("")), identity, str(path), rel, "video"))
+        found.append(source)
     if not found:
         raise SourceError(f"{list_csv}: the list has no rows" + (f" left ({notes[0]})" if notes else ""))
     return _unique_sorted(found, notes)
+
+
+def _listed_video(text: str, identity: str, base: Path, bases: list[Path]) -> tuple[VideoSource, str, bool] | None:
+    """(source, real path, whether it is a regular file or absent) of one listed path, None when it is
+    outside the base folders."""
+    # normpath folds "a/../b" so that ".." cannot walk out of the base unnoticed; links are not
+    # followed, so a link inside the base keeps its own name.
+    path = Path(os.path.normpath(base / Path(text).expanduser()))
+    rel = _below(path, bases)
+    if rel is None:
+        return None
+    source = VideoSource(str(PurePosixPath(rel).with_suffix("")), identity or path.parent.name, str(path), rel, "video")
+    return source, os.path.realpath(path), not path.exists() or path.is_file()
+
+
+def _below(path: Path, bases: list[Path]) -> str | None:
+    """`path` relative to the first of `bases` that holds it, as given or with its links resolved; None
+    when none does."""
+    for candidate in (path, Path(os.path.realpath(path))):
+        for base in bases:
+            try:
+                return _rel(candidate, base)
+            except ValueError:
+                continue
+    return None
 
 
 # ----------------------------------------------------------------------------- frame folders

@@ -14,7 +14,10 @@ import numpy as np
 
 from preprocess.sources import VideoSource, list_frame_files
 
-FALLBACK_FPS = 25.0  # used when a container states no usable frame rate (recorded per video)
+FALLBACK_FPS = 25.0  # used when a container states no usable frame rate (said in the run's summary)
+# Containers such as Matroska and WebM round presentation times to whole milliseconds: a frame up to this
+# much before an interval boundary counts as inside the next interval.
+TIME_TOLERANCE_S = 1e-3
 # FFmpeg would print its own complaints about broken files to stderr; they are recorded in failures.jsonl
 # instead. Read by OpenCV when it first opens a video, so setting it here (before any capture) suffices.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
@@ -88,12 +91,21 @@ def read_image_rgb(path: str | Path) -> np.ndarray | None:
         return None
 
 
-def keep_frame(index: int, source_fps: float, target_fps: float) -> bool:
-    """True for the first source frame of each 1/target_fps interval (all frames when target >= source)."""
-    if target_fps >= source_fps:
+class TimeSampler:
+    """Keeps the first frame of each 1/target_fps interval of presentation time, so a clip is sampled
+    uniformly in time whatever its frame rate does (phone and screen recordings change it mid-clip).
+    Every frame is kept when the target is above the clip's rate."""
+
+    def __init__(self, target_fps: float):
+        self.target_fps = float(target_fps)
+        self._last: int | None = None
+
+    def keep(self, seconds: float) -> bool:
+        interval = math.floor((seconds + TIME_TOLERANCE_S) * self.target_fps)
+        if self._last is not None and interval <= self._last:
+            return False
+        self._last = interval
         return True
-    bucket = math.floor(index * target_fps / source_fps + 1e-9)
-    return index == 0 or bucket != math.floor((index - 1) * target_fps / source_fps + 1e-9)
 
 
 def usable_fps(value: float) -> bool:
@@ -130,21 +142,31 @@ class ClipReader:
             if not capture.isOpened():
                 raise UnreadableClip("OpenCV cannot open the video")
             fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-            if not usable_fps(fps):
-                self.fps_note = f"container states fps={fps!r}; assumed {FALLBACK_FPS}"
+            # A rate outside 1..1000 fps comes from a broken time base, which the presentation times
+            # share: frames are then spaced at FALLBACK_FPS.
+            timed = usable_fps(fps)
+            if not timed:
+                self.fps_note = (f"container states fps={fps!r}; assumed {FALLBACK_FPS} fps for the frame times "
+                                 "and sampling")
                 fps = FALLBACK_FPS
             self.source_fps = fps
+            sampler = TimeSampler(self.target_fps)
+            clock = PresentationClock(fps) if timed else None
             index = 0
             # grab() decodes every frame (needed for inter-frame codecs); retrieve() converts only kept ones.
             while capture.grab():
-                if keep_frame(index, fps, self.target_fps):
+                seconds = clock.time(capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0) if clock else index / fps
+                if sampler.keep(seconds):
                     ok, bgr = capture.retrieve()
                     if ok and bgr is not None:
-                        yield SampledFrame(index, index / fps, to_rgb_uint8(bgr))
+                        yield SampledFrame(index, seconds, to_rgb_uint8(bgr))
                     else:
                         self.unreadable_frames.append(index)
                 index += 1
             self.frames_total = index
+            if clock is not None and clock.untimed:
+                self.fps_note = (f"{clock.untimed} of {index} frames had no increasing presentation time; "
+                                 f"each was placed 1/{fps:g} s after the frame before it")
             if index == 0:
                 raise UnreadableClip("no decodable frame")
 
@@ -155,9 +177,10 @@ class ClipReader:
         files = list_frame_files(folder)
         self.source_fps = float(self.source.frames_fps or FALLBACK_FPS)
         self.frames_total = len(files)
+        sampler = TimeSampler(self.target_fps)
         decoded = 0
         for index, file in enumerate(files):
-            if not keep_frame(index, self.source_fps, self.target_fps):
+            if not sampler.keep(index / self.source_fps):
                 continue
             image = read_image_rgb(file)
             if image is None:
@@ -167,6 +190,28 @@ class ClipReader:
             yield SampledFrame(index, index / self.source_fps, image)
         if decoded == 0:
             raise UnreadableClip("no decodable frame image" if files else "folder holds no frame images")
+
+
+class PresentationClock:
+    """Frame times from the decoder's presentation times (seconds from the stream start). A frame whose
+    time is missing, negative or not after the last good one (OpenCV reports 0 without a time) is placed
+    1/fps after the frame before it, and counted in `untimed`; times never go backwards."""
+
+    def __init__(self, fps: float):
+        self.step = 1.0 / fps
+        self.untimed = 0
+        self._last: float | None = None  # time given to the previous frame
+        self._last_good: float | None = None  # the last presentation time that was used as it is
+
+    def time(self, seconds: float) -> float:
+        if math.isfinite(seconds) and seconds >= 0 and (self._last_good is None or seconds > self._last_good):
+            self._last_good = seconds
+            placed = seconds if self._last is None else max(seconds, self._last)
+        else:
+            self.untimed += 1
+            placed = 0.0 if self._last is None else self._last + self.step
+        self._last = placed
+        return placed
 
 
 def probe_duration(source: VideoSource) -> tuple[float, float]:

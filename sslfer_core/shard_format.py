@@ -6,8 +6,10 @@ major version; nothing in a shard is pickled (strings are UTF-8, structured meta
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
 import tempfile
 import threading
 from collections import OrderedDict
@@ -19,7 +21,7 @@ import cv2
 import h5py
 import numpy as np
 
-from sslfer_core import __version__
+from sslfer_core import __version__, strict_json
 from sslfer_core.atomic_files import atomic_path
 
 SCHEMA_NAME = "sslfer.shard"
@@ -37,6 +39,11 @@ VLEN_REFERENCE_BYTES = 16
 # Scattered-row reads (ShardReader.read_array): a fixed-size field whose requested span is at most this
 # many bytes is read in one slice, since each h5py call costs 12 us (uint8) to 100 us (bool) here.
 SPAN_READ_BYTES = 256 << 10
+# An HDF5 dataset may declare any shape, since chunks never written read back as fill values: a 16 KB file
+# can claim 2^36 frames. A whole-dataset read is refused when the declared bytes exceed what the file can
+# hold: its size for unfiltered data, MAX_FILTER_RATIO times that for filtered data (deflate, the
+# strongest filter h5py offers, tops out near 1032:1).
+MAX_FILTER_RATIO = 1100
 # Header values beyond these are refused as damage: no prep option makes them.
 MAX_IMAGE_SIDE = 4096
 MAX_SWAPS = 64
@@ -182,16 +189,16 @@ class ShardHeader:
                 swaps_per_frame=int(attrs["swaps_per_frame"]),
                 descriptor_kind=_as_str(attrs["descriptor_kind"]),
                 descriptor_dim=int(attrs["descriptor_dim"]),
-                codecs={k: ImageCodec.from_json(v) for k, v in json.loads(_as_str(attrs["codecs"])).items()},
-                prep_config=json.loads(_as_str(attrs["prep_config"])),
-                dlib_model_sha256=json.loads(_as_str(attrs["dlib_model_sha256"])),
+                codecs={k: ImageCodec.from_json(v) for k, v in strict_json.loads(_as_str(attrs["codecs"])).items()},
+                prep_config=strict_json.loads(_as_str(attrs["prep_config"])),
+                dlib_model_sha256=strict_json.loads(_as_str(attrs["dlib_model_sha256"])),
                 descriptor_weights_sha256=_as_str(attrs["descriptor_weights_sha256"]) or None,
                 tool_version=_as_str(attrs["tool_version"]),
                 schema_version=version,
             )
         except ShardFormatError as exc:
             raise ShardFormatError(f"{source}: {exc}") from None
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as exc:
             raise ShardFormatError(f"{source}: shard header is incomplete or malformed ({exc})") from None
         problem = header.implausible()
         if problem:
@@ -410,6 +417,8 @@ class ShardWriter:
             raise ValueError(f"video {video.video_id!r} has no frames; record it as a failure instead")
         if np.any(np.diff(video.timestamps) < 0):
             raise ValueError(f"video {video.video_id!r}: timestamps must be sorted")
+        if not (math.isfinite(video.source_fps) and video.source_fps > 0):
+            raise ValueError(f"video {video.video_id!r}: source_fps {video.source_fps!r} is not a positive number")
         video_row = len(self._videos)
         self._append_images("face", video.faces)
         self._append("landmarks", np.asarray(video.landmarks, np.float32), np.float32)
@@ -518,6 +527,7 @@ class ShardReader:
         """sha256: the digest the file is listed with (its manifest entry); when given, the file's bytes
         are checked against it before anything is read (once per machine, see sslfer_core/hash_cache.py)."""
         self.path = Path(path)
+        check_regular_file(self.path)
         if sha256 is not None:
             check_sha256(self.path, sha256)
         self._h5: h5py.File | None = None
@@ -532,21 +542,31 @@ class ShardReader:
                 check_self_contained(h5, str(self.path))
                 self.num_frames = int(h5.attrs.get("num_frames", 0))
                 g = h5["videos"]
+                size = os.stat(self.path).st_size
+
+                def whole(dataset, text=False):
+                    return read_backed(dataset, size, self.path, text=text)
+
                 self.videos = VideoTable(
-                    video_id=np.array(g["video_id"].asstr()[()], dtype=object),
-                    identity=np.array(g["identity"].asstr()[()], dtype=object),
-                    source_path=np.array(g["source_path"].asstr()[()], dtype=object),
-                    source_fps=g["source_fps"][()],
-                    first_row=g["first_row"][()],
-                    row_count=g["row_count"][()],
-                    status=np.array(g["status"].asstr()[()], dtype=object),
+                    video_id=np.array(whole(g["video_id"], True), dtype=object),
+                    identity=np.array(whole(g["identity"], True), dtype=object),
+                    source_path=np.array(whole(g["source_path"], True), dtype=object),
+                    source_fps=whole(g["source_fps"]),
+                    first_row=whole(g["first_row"]),
+                    row_count=whole(g["row_count"]),
+                    status=np.array(whole(g["status"], True), dtype=object),
                 )
-                self.timestamps = h5["frames/timestamp"][()]
-                self.video_row = h5["frames/video_row"][()]
+                self.timestamps = whole(h5["frames/timestamp"])
+                self.video_row = whole(h5["frames/video_row"])
                 streams = h5.get(STREAMS_GROUP)
                 stream_fields = set(streams.keys()) if streams is not None else set()
                 self.fields = tuple(sorted(set(h5["frames"].keys()) | stream_fields))
-                shapes = {name: h5["frames"][name].shape for name in h5["frames"].keys()}
+                shapes = {}
+                for name, dataset in h5["frames"].items():
+                    check_backed(dataset, size, self.path)  # every later row read is then bounded too
+                    shapes[name] = dataset.shape
+                for name in stream_fields:
+                    check_backed(streams[name]["data"], size, self.path)
                 num_videos = int(h5.attrs.get("num_videos", -1))
         except ShardFormatError:
             raise
@@ -554,7 +574,8 @@ class ShardReader:
             raise ShardFormatError(f"{self.path}: cannot open as HDF5 ({exc}); {VERIFY_HINT}") from None
         except KeyError as exc:
             raise ShardFormatError(f"{self.path}: shard is missing a dataset ({exc}); {VERIFY_HINT}") from None
-        except (ValueError, TypeError, IndexError, RuntimeError, UnicodeError, OverflowError) as exc:
+        except (ValueError, TypeError, IndexError, RuntimeError, UnicodeError, OverflowError,
+                AttributeError) as exc:
             raise ShardFormatError(f"{self.path}: unreadable shard metadata ({type(exc).__name__}: {exc}); "
                                    f"{VERIFY_HINT}") from None
         try:
@@ -573,6 +594,8 @@ class ShardReader:
             return f"video table lengths {sorted(lengths)} disagree with num_videos {num_videos}"
         if t.first_row.ndim != 1 or t.row_count.ndim != 1 or np.any(t.row_count < 1):
             return "a video has no frames"
+        if t.source_fps.ndim != 1 or not np.all(np.isfinite(t.source_fps)) or np.any(t.source_fps <= 0):
+            return "a video's source_fps is not a positive finite number"
         ends = np.cumsum(t.row_count)
         if ends[-1] != n or np.any(t.first_row != ends - t.row_count):
             return f"video rows do not tile the {n} frames"
@@ -716,7 +739,8 @@ class ShardReader:
         if data is None:  # looked up once per handle, as the frames/ datasets
             group = h5[STREAMS_GROUP][name]
             data = self._streams.data[name] = group["data"]
-            self._streams.first_rows[name] = group["first_row"][()]
+            self._streams.first_rows[name] = read_backed(group["first_row"], os.stat(self.path).st_size,
+                                                         self.path)
         first_row = self._streams.first_rows[name]
         n = self.num_frames
         shape, flat = _row_indices(rows, n)
@@ -777,6 +801,17 @@ def _row_indices(rows, n: int) -> tuple[tuple, np.ndarray]:
         bad = int(flat.min()) if flat.min() < -n else int(flat.max())
         raise IndexError(f"row {bad} is out of range for a field of {n} rows")
     return rows.shape, np.where(flat < 0, flat + n, flat)
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse anything but a regular file before opening it: a FIFO would block the reader until someone
+    writes to it, and a device never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ShardFormatError(f"{path}: cannot open ({exc.strerror or exc}); {VERIFY_HINT}") from None
+    if not stat.S_ISREG(mode):
+        raise ShardFormatError(f"{path}: not a regular file; {VERIFY_HINT}")
 
 
 def check_sha256(path: Path, sha256: str) -> None:
@@ -872,7 +907,27 @@ def _read_rows(dataset: h5py.Dataset, rows) -> np.ndarray:
     return block[inverse.reshape(-1)].reshape(rows.shape + row_shape)
 
 
+def read_backed(dataset: h5py.Dataset, file_bytes: int, source, *, text: bool = False) -> np.ndarray:
+    """The whole dataset (UTF-8 strings when `text`), after checking that the file can hold what it
+    declares; ShardFormatError otherwise, before anything is allocated."""
+    check_backed(dataset, file_bytes, source)
+    return dataset.asstr()[()] if text else dataset[()]
+
+
+def check_backed(dataset: h5py.Dataset, file_bytes: int, source) -> None:
+    """Refuse (ShardFormatError) a dataset whose declared shape needs more bytes than the file can hold."""
+    vlen = dataset.dtype.kind == "O" or h5py.check_vlen_dtype(dataset.dtype) is not None
+    item = max(dataset.dtype.itemsize, VLEN_REFERENCE_BYTES) if vlen else dataset.dtype.itemsize
+    claimed = math.prod(dataset.shape or ()) * item  # Python ints: a hostile shape cannot overflow
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    if claimed > file_bytes * (MAX_FILTER_RATIO if filtered else 1):
+        raise ShardFormatError(
+            f"{source}: dataset {dataset.name} declares shape {dataset.shape} ({claimed:,} bytes), more than the "
+            f"file's {file_bytes:,} bytes can hold; {VERIFY_HINT}")
+
+
 def read_shard_header(path: str | os.PathLike) -> ShardHeader:
+    check_regular_file(Path(path))
     try:
         with h5py.File(path, "r") as h5:
             header = ShardHeader.from_attrs(h5.attrs, source=str(path))

@@ -124,3 +124,33 @@ def assert_same_contents(a: dict, b: dict, fields=None) -> None:
     for video_id in a:
         for name in fields or a[video_id]:
             assert np.array_equal(a[video_id][name], b[video_id][name]), f"{video_id}: {name} differs"
+
+
+def write_timed_video(path: Path, frames: list[np.ndarray], pts: list[int], time_base: int,
+                      rate: float = 25.0) -> Path:
+    """An mpeg4 mp4 written with PyAV whose frame i is presented at pts[i] / time_base seconds: variable
+    frame rates, or a container rate (`rate`, with a matching time base) that the frames do not keep."""
+    from fractions import Fraction
+
+    try:
+        import av
+    except ImportError:
+        missing("PyAV (the [test] extra) is needed to write clips with chosen presentation times")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(rate).limit_denominator(1000))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, time_base)
+        for image, t in zip(frames, pts):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, time_base)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+# A phone-style variable-rate clip: 2 s at 25 fps, then 10 s at 5 fps (presentation times in ms).
+VFR_PTS_MS = [40 * i for i in range(50)] + [2000 + 200 * i for i in range(50)]

@@ -95,7 +95,8 @@ def test_inspect_reports_kept_fraction_from_prep_failures(tmp_path):
     attempted = 14 + (5 - 3) + 6
     assert kept == {"frames_kept": 14, "frames_attempted": attempted, "fraction": round(14 / attempted, 4),
                     "failures_file": "failures.jsonl", "frames_dropped_in_kept_videos": 2,
-                    "frames_in_skipped_videos": 6, "videos_skipped": 2, "records_without_counts": 0}
+                    "frames_in_skipped_videos": 6, "videos_skipped": 2, "records_without_counts": 0,
+                    "videos_with_assumed_frame_times": 0}
     text = _invoke("inspect", root).output
     assert f"kept frames 14 of {attempted} sampled ({100 * 14 / attempted:.1f}%)" in text
     assert "2 dropped from kept videos, 6 in 2 skipped videos" in text

@@ -49,7 +49,9 @@ def test_merge_refuses_another_schema_major_version(tmp_path):
     assert obj["shard_schema_version"] == "{}.{}".format(*SCHEMA_VERSION)
     for version, major in (("2.0", 2), ("0.9", 0)):  # a newer and an older lab
         (b / MANIFEST_NAME).write_text(json.dumps({**obj, "shard_schema_version": version}))
-        _merge_refused(tmp_path, a, b, f"shard_schema_major: 00-a=1, 01-b={major}", "--allow-mixed")
+        # b's shards are still 1.x: merge compares each shard's header with its manifest first.
+        _merge_refused(tmp_path, a, b, "part 01-b: shard shard-00000.h5: header disagrees with the manifest",
+                       f"shard_schema_major: shard=1, manifest={major}")
 
 
 @pytest.mark.parametrize("bad", ["../failures.jsonl", "/tmp/failures.jsonl", "sub/../../x.jsonl"])

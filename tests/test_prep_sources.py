@@ -15,7 +15,7 @@ from preprocess.runner import part_of, select_inputs
 from preprocess.sources import (
     SourceError, discover_frame_folders, discover_video_folder, discover_video_list, discover_voxceleb, natural_key,
 )
-from preprocess.video_decode import ClipReader, keep_frame, read_image_rgb, to_rgb_uint8
+from preprocess.video_decode import ClipReader, TimeSampler, read_image_rgb, to_rgb_uint8
 
 
 def touch(path):
@@ -91,14 +91,16 @@ def test_frame_folders_one_clip_per_folder(tmp_path):
 
 @pytest.mark.parametrize("source_fps,target,expected", [(25.0, 5.0, [0, 5, 10, 15]), (10.0, 5.0, [0, 2, 4, 6, 8]),
                                                         (4.0, 5.0, list(range(20)))])
-def test_keep_frame_takes_first_frame_of_each_interval(source_fps, target, expected):
-    kept = [i for i in range(20) if keep_frame(i, source_fps, target)]
+def test_time_sampler_takes_first_frame_of_each_interval(source_fps, target, expected):
+    sampler = TimeSampler(target)
+    kept = [i for i in range(20) if sampler.keep(i / source_fps)]
     assert kept[: len(expected)] == expected
     assert len(kept) == math.floor(19 * min(target, source_fps) / source_fps) + 1
 
 
-def test_keep_frame_at_ntsc_rate_stays_within_one_source_frame_of_the_grid():
-    kept = [i for i in range(300) if keep_frame(i, 29.97, 5.0)]
+def test_time_sampler_at_ntsc_rate_stays_within_one_source_frame_of_the_grid():
+    sampler = TimeSampler(5.0)
+    kept = [i for i in range(300) if sampler.keep(i / 29.97)]
     times = np.array(kept) / 29.97
     assert len(kept) == math.floor(299 / 29.97 * 5.0) + 1  # one per 0.2 s interval that holds a frame
     assert np.all(np.abs(times - np.arange(len(kept)) / 5.0) < 1 / 29.97)
