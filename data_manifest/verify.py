@@ -1,6 +1,8 @@
 """Check a shard directory against its manifest: presence, size, HDF5 header, and (full mode) sha256."""
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,19 +31,24 @@ class ShardProblem:
         return f"{self.severity.upper()} {self.file}: {self.reason}"
 
 
-def verify_shards(root: Path, *, quick: bool = False,
-                  progress: Callable[[int], None] | None = None) -> list[ShardProblem]:
+def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], None] | None = None,
+                  manifest: Manifest | None = None, jobs: int = 1) -> list[ShardProblem]:
     """Every problem found in `root`, errors and warnings, in manifest order.
 
     quick checks existence, size and the HDF5 header (schema, version, counts, config); full mode also
-    hashes every byte. `progress(nbytes)` is called as bytes are checked (the total is the manifest's bytes).
-    A missing or unreadable manifest raises ManifestError.
+    hashes every byte, `jobs` shards at a time (threads: reading and sha256 release the GIL). Each shard
+    whose hash matches is recorded for later quick starts as soon as it is done, so an interrupted full
+    verify keeps its work. `progress(nbytes)` is called as bytes are checked (the total is the manifest's
+    bytes). `manifest`: the already parsed manifest of `root`; otherwise it is read (a missing or
+    unreadable one raises ManifestError).
     """
     root = Path(root)
-    manifest = load_manifest(root)
-    problems = []
-    hashed: list[tuple[Path, str]] = []
-    for entry, path in zip(manifest.shards, shard_paths(root, manifest, check_links=False)):
+    manifest = load_manifest(root) if manifest is None else manifest
+    if progress is not None and jobs > 1:
+        progress = _locked_progress(progress)
+
+    def check(item: tuple[ShardEntry, Path]) -> ShardProblem | None:
+        entry, path = item
         reason = escaping_link(path, root)
         if reason:
             if progress:
@@ -50,14 +57,28 @@ def verify_shards(root: Path, *, quick: bool = False,
             before = None if quick else hash_cache.identity(path)
             reason = _check_shard(entry, path, manifest, quick, progress)
             if not reason and not quick:
-                hashed.append((path, entry.sha256, before))
-        if reason:
-            problems.append(ShardProblem(entry.file, reason))
+                # Later quick starts on this machine need not read these bytes again.
+                hash_cache.remember([(path, entry.sha256, before)])
+        return ShardProblem(entry.file, reason) if reason else None
+
+    items = list(zip(manifest.shards, shard_paths(root, manifest, check_links=False)))
+    if jobs > 1 and len(items) > 1:
+        with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as pool:
+            found = list(pool.map(check, items))
+    else:
+        found = [check(item) for item in items]
+    problems = [p for p in found if p is not None]
     problems.extend(_stray_files(root, manifest))
-    if hashed:
-        hash_cache.remember(hashed)  # later quick starts on this machine need not read these bytes again
     return problems
 
+
+def _locked_progress(progress: Callable[[int], None]) -> Callable[[int], None]:
+    lock = threading.Lock()
+
+    def advance(nbytes: int) -> None:
+        with lock:
+            progress(nbytes)
+    return advance
 
 
 def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool, progress) -> str | None:
