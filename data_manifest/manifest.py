@@ -5,12 +5,16 @@ relative POSIX paths; loading refuses absolute paths and paths that climb out of
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from sslfer_core import hash_cache, strict_json
 from sslfer_core import __version__ as TOOL_VERSION
@@ -237,26 +241,38 @@ def describe_repeat(name: str, first: str, video_ids: list[str]) -> str:
     return f"{name} holds clips that {first} holds too (video ids {shown})"
 
 
-def build_manifest(root: Path, shard_files: list[Path] | None = None, failures: int | None = None) -> Manifest:
+def build_manifest(root: Path, shard_files: list[Path] | None = None, failures: int | None = None, *,
+                   jobs: int = 1, progress: Callable[[int], None] | None = None) -> Manifest:
     """A manifest of the shards in `root` (all *.h5 below it when shard_files is None).
 
     failures=None counts the records in root/failures.jsonl. Shards whose headers disagree on anything in
-    HEADER_COMPAT_KEYS or the prep config raise ManifestError naming the differing keys.
+    HEADER_COMPAT_KEYS or the prep config raise ManifestError naming the differing keys. `jobs` shards are
+    described (hashed) at a time, in threads; each is recorded as hashed on this machine once done.
+    `progress(nbytes)` is called after each shard with its size.
     """
     root = Path(root)
     files = find_shard_files(root) if shard_files is None else [Path(p) for p in shard_files]
     if not files:
         raise ManifestError(f"{root}: no shard files to describe")
-    entries, configs, first_header = [], [], None
-    seen = []
-    for path in files:
+    lock = threading.Lock()
+
+    def describe(path: Path) -> tuple[ShardEntry, ShardHeader]:
         before = hash_cache.identity(path)
         entry, header = _describe(path, root)
-        first_header = first_header or header
-        entries.append(entry)
-        seen.append((path, entry.sha256, before))
-        configs.append((entry.file, header_compat(header)))
-    hash_cache.remember(seen)
+        hash_cache.remember([(path, entry.sha256, before)])
+        if progress:
+            with lock:
+                progress(entry.bytes)
+        return entry, header
+
+    if jobs > 1 and len(files) > 1:
+        with ThreadPoolExecutor(max_workers=min(jobs, len(files))) as pool:
+            described = list(pool.map(describe, files))
+    else:
+        described = [describe(path) for path in files]
+    entries = [entry for entry, _ in described]
+    first_header = described[0][1]
+    configs = [(entry.file, header_compat(header)) for entry, header in described]
     repeats = repeated_clips([(e.file, e.video_ids) for e in entries])
     if repeats:
         raise ManifestError(f"{root}: {describe_repeat(*repeats[0])}; a set holds each clip once, so remove "
@@ -337,11 +353,18 @@ def escaping_link(path: Path, root: Path) -> str | None:
 
 def load_manifest(root: Path) -> Manifest:
     """Read and validate root/manifest.json; every problem is a ManifestError with a one-line message."""
+    return load_manifest_and_digest(root)[0]
+
+
+def load_manifest_and_digest(root: Path) -> tuple[Manifest, str]:
+    """load_manifest and the sha256 of the bytes it parsed (a run records which manifest it trained on),
+    from one read: at VoxCeleb2 scale the file is tens of MB."""
     path = Path(root) / MANIFEST_NAME
     if path.exists() and not path.is_file():  # a FIFO would block the read until someone writes to it
         raise ManifestError(f"{path}: not a regular file")
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest here (run sslfer-prep, or build one with the library)") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -350,7 +373,7 @@ def load_manifest(root: Path) -> Manifest:
         obj = strict_json.loads(text)
     except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from None
-    return manifest_from_json(obj, str(path))
+    return manifest_from_json(obj, str(path)), hashlib.sha256(data).hexdigest()
 
 
 def manifest_from_json(obj, source: str = MANIFEST_NAME) -> Manifest:

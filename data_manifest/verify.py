@@ -1,6 +1,8 @@
 """Check a shard directory against its manifest: presence, size, HDF5 header, and (full mode) sha256."""
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,43 +31,66 @@ class ShardProblem:
         return f"{self.severity.upper()} {self.file}: {self.reason}"
 
 
-def verify_shards(root: Path, *, quick: bool = False,
-                  progress: Callable[[int], None] | None = None) -> list[ShardProblem]:
+def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], None] | None = None,
+                  manifest: Manifest | None = None, jobs: int = 1) -> list[ShardProblem]:
     """Every problem found in `root`, errors and warnings, in manifest order.
 
     quick checks existence, size, the HDF5 header (schema, version, counts, config) and the video ids the
     shard holds (as the manifest lists them, and each clip in one shard only: a file listed twice, or
-    a copy under another name, is an error); full mode also hashes every byte. `progress(nbytes)` is called as bytes are checked (the total is the manifest's bytes).
-    A missing or unreadable manifest raises ManifestError.
+    a copy under another name, is an error); full mode also hashes every byte, `jobs` shards at a time
+    (threads: reading and sha256 release the GIL). Each shard whose hash matches is recorded for later
+    quick starts as soon as it is done, so an interrupted full verify keeps its work. `progress(nbytes)` is
+    called as bytes are checked (the total is the manifest's bytes). `manifest`: the already parsed
+    manifest of `root`; otherwise it is read (a missing or unreadable one raises ManifestError).
     """
     root = Path(root)
-    manifest = load_manifest(root)
-    problems = []
-    hashed: list[tuple[Path, str]] = []
+    manifest = load_manifest(root) if manifest is None else manifest
+    if progress is not None and jobs > 1:
+        progress = _locked_progress(progress)
+    items = list(zip(manifest.shards, shard_paths(root, manifest, check_links=False)))
     files: dict[tuple[int, int], str] = {}  # (device, inode) -> the entry that names that file first
-    contents: list[tuple[str, list[str]]] = []  # video ids read from each shard that passed
-    for entry, path in zip(manifest.shards, shard_paths(root, manifest, check_links=False)):
-        reason = escaping_link(path, root) or _same_file(path, files, entry.file)
+    # In manifest order, so a link is reported against the entry listed first.
+    early = [escaping_link(path, root) or _same_file(path, files, entry.file) for entry, path in items]
+
+    def check(index: int) -> tuple[str | None, list[str] | None]:
+        (entry, path), reason, video_ids = items[index], early[index], None
         if reason:
             if progress:
                 progress(entry.bytes)
         else:
             before = None if quick else hash_cache.identity(path)
             reason, video_ids = _check_shard(entry, path, manifest, quick, progress)
-            if not reason:
-                contents.append((entry.file, video_ids))
             if not reason and not quick:
-                hashed.append((path, entry.sha256, before))
+                # Later quick starts on this machine need not read these bytes again.
+                hash_cache.remember([(path, entry.sha256, before)])
+        return reason, video_ids
+
+    if jobs > 1 and len(items) > 1:
+        with ThreadPoolExecutor(max_workers=min(jobs, len(items))) as pool:
+            found = list(pool.map(check, range(len(items))))
+    else:
+        found = [check(index) for index in range(len(items))]
+    problems = []
+    contents: list[tuple[str, list[str]]] = []  # video ids read from each shard that passed
+    for (entry, _), (reason, video_ids) in zip(items, found):
         if reason:
             problems.append(ShardProblem(entry.file, reason))
+        else:
+            contents.append((entry.file, video_ids))
     for name, first, video_ids in repeated_clips(contents):
         problems.append(ShardProblem(name, describe_repeat("it", first, video_ids)
                                      + "; a set must hold each clip once"))
     problems.extend(_stray_files(root, manifest))
-    if hashed:
-        hash_cache.remember(hashed)  # later quick starts on this machine need not read these bytes again
     return problems
 
+
+def _locked_progress(progress: Callable[[int], None]) -> Callable[[int], None]:
+    lock = threading.Lock()
+
+    def advance(nbytes: int) -> None:
+        with lock:
+            progress(nbytes)
+    return advance
 
 
 def _same_file(path: Path, files: dict[tuple[int, int], str], name: str) -> str | None:

@@ -27,6 +27,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    local_world_size: int = 1  # ranks on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -59,7 +60,9 @@ def init_distributed(device_choice: str) -> DistContext:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size())))
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank, device=device,
+                       local_world_size=max(1, local_world))
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -102,6 +105,18 @@ def gather(tensor: Tensor, ctx: DistContext) -> Tensor:
     parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_ints(values: list[int], ctx: DistContext) -> list[list[int]]:
+    """Every rank's `values` (the same length on all ranks), in rank order. The tensors travel on
+    ctx.device: nccl gathers device tensors, gloo CPU ones."""
+    if not ctx.distributed:
+        return [list(values)]
+    tensor = torch.tensor(values, dtype=torch.int64, device=ctx.device)
+    parts = [torch.empty_like(tensor) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, tensor)
+    return [part.cpu().tolist() for part in parts]
 
 
 @torch.no_grad()

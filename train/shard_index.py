@@ -1,14 +1,51 @@
 """What the sampler needs to know about a shard set, read once in the main process: per video its shard,
 row range, timestamps and identity. Only numpy arrays are kept (every HDF5 file is closed again), so the
-index is safe to hand to forked DataLoader workers, which open their own readers."""
+index is safe to hand to forked DataLoader workers, which open their own readers.
+
+The index is built per shard with array operations and holds a few arrays per set, not objects per
+video: at VoxCeleb2 scale (1.09 M videos) per-video Python objects cost more memory and start-up time
+than the numbers they hold (docs/training.md, "At VoxCeleb2 scale")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
 from sslfer_core.shard_format import ShardHeader, ShardReader
+
+# Called once per shard while the index is read: (shard number, path, header, the shard's timestamps in
+# row order, row count of each of its videos). A method that needs something else per frame computes it
+# here, so the index need not keep every timestamp (train/methods/mae/clip_plan.py CatalogueBuilder).
+ShardHook = Callable[[int, Path, ShardHeader, np.ndarray, np.ndarray], None]
+
+
+class Timestamps:
+    """Every video's timestamps (seconds, sorted, float64 as stored) in one contiguous array: video v's
+    are values[offsets[v]:offsets[v + 1]]. Indexing gives a view of that one array.
+
+    float64 because a float32 relative time is not exact at the rates in use: 1/25 s (and 0.2 s at 5 fps)
+    has no float32 value equal to the stored float64 one, so TimeAug's 1/|d| weights would move in the
+    8th digit and a seeded epoch would not draw the same frames (tests/test_shard_index.py shows it)."""
+
+    __slots__ = ("values", "offsets")
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        self.values, self.offsets = values, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, video: int) -> np.ndarray:
+        return self.values[self.offsets[video]:self.offsets[video + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[v] for v in range(len(self)))
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.nbytes + self.offsets.nbytes
 
 
 @dataclass
@@ -20,9 +57,9 @@ class ShardIndex:
     video_first_row: np.ndarray  # (V,) int: first frame row inside the shard
     video_frames: np.ndarray  # (V,) int
     video_identity: np.ndarray  # (V,) int: global identity id (sorted identity names)
-    video_names: list[str]
+    video_names: np.ndarray  # (V,) bytes: utf-8 video ids (video_name(v) gives the str)
     identity_names: list[str]
-    timestamps: list[np.ndarray]  # per global video, seconds, sorted
+    timestamps: Timestamps | None  # per global video; None when built with keep_timestamps=False
     sha256: list[str] | None = None  # per shard, from the manifest: readers check the bytes they open
 
     @property
@@ -45,37 +82,57 @@ class ShardIndex:
     def descriptor_dim(self) -> int:
         return min(h.descriptor_dim for h in self.headers)
 
+    def video_name(self, video: int) -> str:
+        return self.video_names[video].decode("utf-8")
+
     def shard_frames(self) -> np.ndarray:
         return np.bincount(self.video_shard, weights=self.video_frames, minlength=len(self.paths)).astype(np.int64)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index's arrays (headers and paths, a few kB per shard, not counted)."""
+        arrays = (self.video_shard, self.video_local, self.video_first_row, self.video_frames, self.video_identity,
+                  self.video_names)
+        return sum(a.nbytes for a in arrays) + (self.timestamps.nbytes if self.timestamps is not None else 0)
 
-def build_shard_index(paths: list[Path]) -> ShardIndex:
+
+def build_shard_index(paths: list[Path], *, keep_timestamps: bool = True,
+                      on_shard: ShardHook | None = None) -> ShardIndex:
     """Read the video tables and timestamps of every shard. Raises ShardFormatError for unreadable files and
-    ValueError when the shards disagree on the image size (their frames could not share a batch)."""
+    ValueError when the shards disagree on the image size (their frames could not share a batch).
+    keep_timestamps=False leaves index.timestamps None (a method that needs only what on_shard derives)."""
     headers, shard_ids, local, first, frames, identities, names, times = [], [], [], [], [], [], [], []
     for s, path in enumerate(paths):
-        reader = ShardReader(path)  # reads metadata and closes the file again
+        reader = ShardReader(path)  # reads metadata and closes the file again; checks that rows tile the shard
         headers.append(reader.header)
         table = reader.videos
-        for v in range(len(table)):
-            rows = reader.video_rows(v)
-            shard_ids.append(s)
-            local.append(v)
-            first.append(rows.start)
-            frames.append(rows.stop - rows.start)
-            identities.append(str(table.identity[v]))
-            names.append(str(table.video_id[v]))
-            times.append(np.asarray(reader.timestamps[rows], dtype=np.float64))
+        count = np.asarray(table.row_count, np.int64)
+        shard_ids.append(np.full(len(count), s, np.int64))
+        local.append(np.arange(len(count), dtype=np.int64))
+        first.append(np.asarray(table.first_row, np.int64))
+        frames.append(count)
+        identities.append(np.asarray(table.identity, dtype=object))
+        names.append(np.char.encode(np.asarray(table.video_id, dtype=str), "utf-8"))
+        stamps = np.asarray(reader.timestamps, dtype=np.float64)
+        if on_shard is not None:
+            on_shard(s, Path(path), reader.header, stamps, count)
+        if keep_timestamps:
+            times.append(stamps)
     sizes = sorted({h.image_size for h in headers})
     if len(sizes) > 1:
         raise ValueError(f"shards hold faces of different sizes ({', '.join(map(str, sizes))} px); "
                          "train on one prepared set at a time")
-    identity_names = sorted(set(identities))
-    lookup = {name: i for i, name in enumerate(identity_names)}
+    identity_names, identity = np.unique(np.concatenate(identities), return_inverse=True)
+    video_frames = np.concatenate(frames)
+    timestamps = None
+    if keep_timestamps:
+        offsets = np.zeros(len(video_frames) + 1, np.int64)
+        np.cumsum(video_frames, out=offsets[1:])
+        timestamps = Timestamps(np.concatenate(times), offsets)
     return ShardIndex(
         paths=[Path(p) for p in paths], headers=headers,
-        video_shard=np.asarray(shard_ids, np.int64), video_local=np.asarray(local, np.int64),
-        video_first_row=np.asarray(first, np.int64), video_frames=np.asarray(frames, np.int64),
-        video_identity=np.asarray([lookup[i] for i in identities], np.int64),
-        video_names=names, identity_names=identity_names, timestamps=times,
+        video_shard=np.concatenate(shard_ids), video_local=np.concatenate(local),
+        video_first_row=np.concatenate(first), video_frames=video_frames,
+        video_identity=identity.astype(np.int64).reshape(-1), video_names=np.concatenate(names),
+        identity_names=[str(name) for name in identity_names], timestamps=timestamps,
     )

@@ -2,15 +2,19 @@
 --verify). Each failure is one ShardSetError line."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Callable
 
-from sslfer_core import hash_cache
-from data_manifest.manifest import MANIFEST_NAME, ManifestError, find_shard_files, load_manifest, shard_paths
+from data_manifest.manifest import (
+    MANIFEST_NAME, ManifestError, find_shard_files, load_manifest_and_digest, shard_paths,
+)
 from data_manifest.verify import ERROR, verify_shards
+from sslfer_core import hash_cache
+from sslfer_core.file_hash import file_sha256
+from sslfer_core.progress import Progress
 from sslfer_core.shard_format import ShardFormatError, unwrap_worker_message
-from train.shard_index import ShardIndex, build_shard_index
+from train.distributed import DistContext, gather_ints
+from train.shard_index import ShardHook, ShardIndex, build_shard_index
 
 
 class ShardSetError(ValueError):
@@ -22,9 +26,13 @@ class ShardSetError(ValueError):
 
 
 def open_shard_set(root: Path, *, full_verify: bool = False,
-                   warn: Callable[[str], None] = lambda text: None) -> tuple[ShardIndex, str]:
-    """(index of the manifest's shards, sha256 of manifest.json)."""
+                   warn: Callable[[str], None] = lambda text: None, ctx: DistContext | None = None,
+                   keep_timestamps: bool = True, on_shard: ShardHook | None = None) -> tuple[ShardIndex, str]:
+    """(index of the manifest's shards, sha256 of manifest.json). Every rank of `ctx` calls it together:
+    the sha256 checks are split among the ranks of each machine (_hash_split). keep_timestamps and
+    on_shard are passed on to build_shard_index."""
     root = Path(root)
+    ctx = ctx or DistContext()
     if not root.is_dir():
         raise ShardSetError(f"{root}: no such shard folder")
     if not (root / MANIFEST_NAME).is_file():
@@ -32,10 +40,10 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
             raise ShardSetError(f"{root}: no shards here (no {MANIFEST_NAME} and no *.h5 files); run sslfer-prep first")
         raise ShardSetError(f"{root}: shards but no {MANIFEST_NAME}; run `sslfer-manifest build {root}`")
     try:
-        manifest = load_manifest(root)
+        manifest, digest = load_manifest_and_digest(root)
         if not manifest.shards:
             raise ShardSetError(f"{root}: {MANIFEST_NAME} lists no shards")
-        problems = verify_shards(root, quick=not full_verify)
+        problems = verify_shards(root, quick=True, manifest=manifest)
         paths = shard_paths(root, manifest)
     except ManifestError as error:
         raise ShardSetError(str(error)) from None
@@ -47,38 +55,83 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         first = errors[0]
         raise ShardSetError(f"{root}: {len(errors)} of {len(manifest.shards)} shards fail verification "
                             f"(first: {first.file}: {first.reason}); see `sslfer-manifest verify {root}`")
-    if not full_verify:
-        _check_hashes_once(root, manifest, paths, warn)
-    digest = hashlib.sha256((root / MANIFEST_NAME).read_bytes()).hexdigest()
+    _hash_split(root, manifest, paths, ctx, full_verify, warn)
     try:
-        index = build_shard_index(paths)
+        index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=on_shard)
     except (ShardFormatError, ValueError) as error:
         raise ShardSetError(str(error).splitlines()[0]) from None
     index.sha256 = [entry.sha256 for entry in manifest.shards]
     return index, digest
 
 
-def _check_hashes_once(root: Path, manifest, paths: list[Path], warn: Callable[[str], None]) -> None:
+def hash_assignment(sizes: list[int], ranks: int) -> list[list[int]]:
+    """Positions in `sizes` that each of `ranks` ranks hashes: largest first onto the least loaded rank
+    (ties to the lower rank), so the ranks finish together. Every rank computes the same split."""
+    loads = [0] * ranks
+    owned: list[list[int]] = [[] for _ in range(ranks)]
+    for position in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(ranks), key=lambda r: (loads[r], r))
+        owned[rank].append(position)
+        loads[rank] += sizes[position]
+    return owned
+
+
+_MISMATCH, _UNREADABLE = 1, 2
+
+
+def _hash_split(root: Path, manifest, paths: list[Path], ctx: DistContext, full: bool,
+                warn: Callable[[str], None]) -> None:
     """A quick start still trains only on bytes whose sha256 matches the manifest: each shard is hashed
-    once per machine (sslfer_core/hash_cache.py) and later starts only compare file metadata. Shards
-    written by sslfer-prep, merge or verify on this machine are recorded already."""
-    todo = [(entry, path) for entry, path in zip(manifest.shards, paths) if hash_cache.cached_sha256(path) != entry.sha256]
+    once per machine (sslfer_core/hash_cache.py) and later starts only compare file metadata; `full`
+    (--verify) hashes every shard again. The ranks of one machine split the shards to hash and go through
+    them in rounds of one shard each: after every round they exchange (bytes hashed, shard found bad), so
+    rank 0 draws the bar for the whole machine and every rank stops on the same error line. Each shard is
+    recorded as soon as it matches, so an interrupted start resumes where it stopped. Every machine
+    hashes its own view of the files (docs/training.md, "At VoxCeleb2 scale")."""
+    entries = manifest.shards
+    need = [int(full or hash_cache.cached_sha256(path) != entry.sha256) for entry, path in zip(entries, paths)]
+    need = [max(column) for column in zip(*gather_ints(need, ctx))]  # a shard any rank lacks is hashed
+    todo = [i for i, flag in enumerate(need) if flag]
     if not todo:
         return
-    warn(f"hashing {len(todo)} of {len(manifest.shards)} shards not yet verified on this machine "
-         f"({sum(e.bytes for e, _ in todo) / 2**20:.0f} MiB, once)")
-    seen = []
-    for entry, path in todo:
-        before = hash_cache.identity(path)
-        try:
-            digest = hash_cache.file_sha256(path)
-        except OSError as error:
-            raise ShardSetError(f"{path}: cannot read ({error.strerror or error}); "
-                                f"see `sslfer-manifest verify {root}`") from None
-        if digest != entry.sha256:
-            hash_cache.remember(seen)
-            raise ShardSetError(f"{root}: shard {entry.file} does not match its sha256 in {MANIFEST_NAME} "
-                                f"(content changed or corrupt); see `sslfer-manifest verify {root}`")
-        seen.append((path, digest, before))
-    hash_cache.remember(seen)
+    local_world = max(1, min(ctx.local_world_size, ctx.world_size))
+    node = ctx.rank // local_world
+    share = hash_assignment([entries[i].bytes for i in todo], local_world)
+    mine = [todo[p] for p in share[ctx.local_rank % local_world]]
+    rounds = max(len(s) for s in share)
+    total = sum(entries[i].bytes for i in todo)
+    what = "verifying" if full else "hashing"
+    split = f", split over {local_world} ranks" if local_world > 1 else ""
+    warn(f"{what} {len(todo)} of {len(entries)} shards{'' if full else ' not yet verified on this machine'} "
+         f"({total / 2**20:.0f} MiB{split}{'' if full else ', once'})")
+    bar = Progress(what, total, unit=" MiB", scale=2 ** 20, enabled=None if ctx.is_main else False)
+    try:
+        for round_ in range(rounds):
+            done = bad = kind = 0
+            if round_ < len(mine):
+                shard = mine[round_]
+                path, entry = paths[shard], entries[shard]
+                before = hash_cache.identity(path)
+                try:
+                    digest = file_sha256(path)
+                except OSError:
+                    bad, kind = shard + 1, _UNREADABLE
+                else:
+                    if digest == entry.sha256:
+                        hash_cache.remember([(path, digest, before)])
+                        done = entry.bytes
+                    else:
+                        bad, kind = shard + 1, _MISMATCH
+            reports = gather_ints([done, bad, kind], ctx)
+            bar.advance(sum(r[0] for rank, r in enumerate(reports) if rank // local_world == node))
+            failed = [(r[1] - 1, r[2]) for r in reports if r[1]]
+            if failed:
+                shard, kind = min(failed)
+                name = entries[shard].file
+                if kind == _UNREADABLE:
+                    raise ShardSetError(f"{paths[shard]}: cannot read; see `sslfer-manifest verify {root}`")
+                raise ShardSetError(f"{root}: shard {name} does not match its sha256 in {MANIFEST_NAME} "
+                                    f"(content changed or corrupt); see `sslfer-manifest verify {root}`")
+    finally:
+        bar.close()
 

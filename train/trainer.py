@@ -161,8 +161,9 @@ def _check_run_dir(run_dir: Path, resume: bool, method: str, ctx: DistContext,
 
 
 def _prepare_data(cfg: TrainConfig, ctx: DistContext, method: Method, echo) -> _Data:
-    # Hashing every byte once is enough: the other ranks check sizes and headers only.
-    index, manifest_sha256 = open_shard_set(Path(cfg.shards), full_verify=cfg.verify and ctx.is_main, warn=echo)
+    # Every rank joins: the ranks of each machine split the hashing (train/shard_set.py).
+    index, manifest_sha256 = open_shard_set(Path(cfg.shards), full_verify=cfg.verify, warn=echo, ctx=ctx,
+                                            **method.index_options())
     world = ctx.world_size
     method.check_shards(index, Path(cfg.shards))
     if index.num_videos < world:

@@ -60,7 +60,8 @@ class Exported:
 
 class Method:
     """One pretraining method. The loop makes one instance per run and process, after the process group
-    is set up and the batch is known to divide among the ranks, and calls it in this order: check_shards,
+    is set up and the batch is known to divide among the ranks, and calls it in this order: index_options
+    (the index is read with them), check_shards,
     loader_workers, make_stream, default_warmup, config_record, [RNGs seeded] build_model, build_optimizer,
     build_scheduler, [checkpoint restored, DDP/compile] title, batch_description, make_loader; then per
     step: step -> backward -> [clip to grad_clip] -> optimiser and scheduler step -> after_optimizer_step ->
@@ -88,6 +89,11 @@ class Method:
         return []
 
     # -- data
+    def index_options(self) -> dict:
+        """Keyword arguments for reading the shard index (train/shard_set.py open_shard_set): whether it
+        keeps every timestamp, and a ShardHook that derives what the method needs per shard instead."""
+        return {}
+
     def check_shards(self, index: ShardIndex, shards: Path) -> None:
         """Refuse shards this run cannot use (raise one of user_errors or train.shard_set.ShardSetError)."""
 

@@ -72,11 +72,16 @@ def assign_videos(index: ShardIndex, num_units: int, seed: int, epoch: int) -> l
     only its own files; otherwise videos are spread individually. Reshuffled every epoch."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 0xA5]))
     by_shard = len(index.paths) >= num_units
+    frames = np.asarray(index.video_frames, np.int64)
     if by_shard:
-        items = [np.flatnonzero(index.video_shard == s) for s in range(len(index.paths))]
+        # One stable sort instead of a scan per shard: linear in videos, not videos x shards.
+        shards = np.asarray(index.video_shard, np.int64)
+        per_shard = np.bincount(shards, minlength=len(index.paths))
+        items = np.split(np.argsort(shards, kind="stable"), np.cumsum(per_shard)[:-1])
+        sizes = np.bincount(shards, weights=frames, minlength=len(index.paths)).astype(np.int64)
     else:
-        items = [np.array([v]) for v in range(index.num_videos)]
-    sizes = np.array([index.video_frames[i].sum() for i in items])
+        items = list(np.arange(index.num_videos, dtype=np.int64).reshape(-1, 1))
+        sizes = frames.copy()
     order = rng.permutation(len(items))
     order = order[np.argsort(-sizes[order], kind="stable")]
     loads = np.zeros(num_units, np.int64)

@@ -213,7 +213,7 @@ class ShardStream(SharedEpochPosition, IterableDataset):
         shard = int(self.index.video_shard[video])
         if shard not in self._warned:  # one line per shard and process; the batch counts every image
             self._warned.add(shard)
-            print(f"warning: {self.index.paths[shard]}: corrupt image in video {self.index.video_names[video]!r} "
+            print(f"warning: {self.index.paths[shard]}: corrupt image in video {self.index.video_name(video)!r} "
                   f"frame row {frame} skipped, not trained on; {VERIFY_HINT}", file=sys.stderr, flush=True)
 
     @staticmethod

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -161,29 +162,110 @@ def valid_starts(timestamps: np.ndarray, frames: int, stride: int, fps: float, t
     return ok
 
 
+def _chunk_runs(ts: np.ndarray, counts: np.ndarray, frames: int, stride: int, fps: float,
+                tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """valid_starts for a run of whole videos whose timestamps lie back to back in `ts` (`counts` rows
+    each), at once: (run_video, run_start, run_length, usable) with videos numbered from 0 in the chunk.
+    Every comparison is valid_starts' own, element for element, so the runs equal a per-video scan."""
+    n = len(ts)
+    video_end = np.repeat(np.cumsum(counts), counts)  # (n,) end row of each row's video
+    video_begin = video_end - np.repeat(counts, counts)
+    span = (frames - 1) * stride + 1
+    if frames == 1:
+        ok = np.ones(n, bool)
+    else:
+        period = 1.0 / fps
+        bad = np.ones(n, np.int64)  # the step from row i to row i+stride is off, or leaves the video
+        bad[: n - stride] = np.abs(ts[stride:] - ts[:-stride] - stride * period) > tolerance * period + 1e-9
+        bad[np.arange(n) + stride >= video_end] = 1
+        # count[i] = bad[i] + bad[i - stride] + ...: a cumulative sum within each residue class mod stride.
+        padded = np.concatenate([bad, np.ones((frames - 1) * stride + (-n % stride), np.int64)])
+        count = np.cumsum(padded.reshape(-1, stride), axis=0).reshape(-1)
+        starts = np.arange(n)
+        before = np.where(starts >= stride, count[np.maximum(starts - stride, 0)], 0)
+        ok = count[starts + (frames - 2) * stride] - before == 0
+    ok &= np.arange(n) + span <= video_end
+    run_first = ok.copy()
+    run_first[1:] &= ~ok[:-1] | (video_begin[1:] == np.arange(1, n))  # a run never continues into the next video
+    begins = np.flatnonzero(run_first)
+    run_id = np.cumsum(run_first) - 1
+    lengths = np.bincount(run_id[ok], minlength=len(begins)).astype(np.int64)
+    video_of_row = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    run_video = video_of_row[begins]
+    return run_video, begins - video_begin[begins], lengths, np.unique(run_video)
+
+
+class CatalogueBuilder:
+    """Builds the clip catalogue shard by shard while the index is read (a train/shard_index.py ShardHook),
+    so the MAE never holds every timestamp of the set (216 M at VoxCeleb2 scale). finish() gives what
+    build_catalogue would, and raises its errors."""
+
+    def __init__(self, cfg: ClipConfig):
+        self.cfg = cfg
+        self.paths: list[Path] = []
+        self._fps: float | None = None
+        self._stride: int | None = None
+        self._parts: list[tuple[np.ndarray, ...]] = []
+        self._videos = 0
+        self._short = self._long = 0
+
+    def __call__(self, shard: int, path: Path, header, timestamps: np.ndarray, counts: np.ndarray) -> None:
+        if shard == 0:
+            self.__init__(self.cfg)
+        self.paths.append(Path(path))
+        base, self._videos = self._videos, self._videos + len(counts)
+        fps = header.prep_config.get("fps")
+        if self._fps is None and fps is not None:
+            self._fps = float(fps)
+            try:
+                self._stride = clip_stride_frames(self._fps, self.cfg)
+            except ClipConfigError:
+                self._stride = None  # finish() raises it, after the checks that come first
+        if self._stride is None or fps is None or float(fps) != self._fps:
+            return  # finish() refuses these shards; nothing more to compute
+        span = (self.cfg.frames - 1) * self._stride + 1
+        self._short += int(np.count_nonzero(counts < span))
+        self._long += int(np.count_nonzero(counts >= span))
+        run_video, run_start, run_length, usable = _chunk_runs(timestamps, counts, self.cfg.frames, self._stride,
+                                                               self._fps, self.cfg.timing_tolerance)
+        self._parts.append((run_video + base, run_start, run_length, usable + base))
+
+    def covers(self, index: ShardIndex) -> bool:
+        return self.paths == [Path(p) for p in index.paths]
+
+    def finish(self, index: ShardIndex) -> ClipCatalogue:
+        """The catalogue of `index`, which must be the index this builder watched being read."""
+        if not self.covers(index):
+            raise ValueError("the catalogue builder watched another index being read")
+        fps = shard_fps(index)
+        stride = clip_stride_frames(fps, self.cfg)
+        parts = list(zip(*self._parts)) or [[np.zeros(0, np.int64)]] * 4
+        run_video, run_start, run_length, usable = (np.concatenate(p).astype(np.int64) for p in parts)
+        return _catalogue(index, self.cfg, fps, stride, run_video, run_start, run_length, usable,
+                          self._short, self._long - len(usable))
+
+
 def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
     """Resolve the stride against the shards' fps and find every video's valid starts. Raises
     ClipConfigError when no video can give a clip."""
     fps = shard_fps(index)
     stride = clip_stride_frames(fps, cfg)
+    if index.timestamps is None:
+        raise ValueError("this index was read without timestamps; build the catalogue while reading it "
+                         "(CatalogueBuilder)")
     span = (cfg.frames - 1) * stride + 1
-    run_video, run_start, run_length, usable = [], [], [], []
-    short = mistimed = 0
-    for video, ts in enumerate(index.timestamps):
-        if len(ts) < span:
-            short += 1
-            continue
-        ok = valid_starts(ts, cfg.frames, stride, fps, cfg.timing_tolerance)
-        edges = np.diff(np.concatenate([[0], ok.astype(np.int8), [0]]))
-        begins, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-        if not len(begins):
-            mistimed += 1
-            continue
-        usable.append(video)
-        run_video.append(np.full(len(begins), video, np.int64))
-        run_start.append(begins.astype(np.int64))
-        run_length.append((ends - begins).astype(np.int64))
-    if not usable:
+    frames = np.asarray(index.video_frames, np.int64)
+    run_video, run_start, run_length, usable = _chunk_runs(index.timestamps.values, frames, cfg.frames, stride,
+                                                           fps, cfg.timing_tolerance)
+    short = int(np.count_nonzero(frames < span))
+    return _catalogue(index, cfg, fps, stride, run_video, run_start, run_length, usable, short,
+                      index.num_videos - short - len(usable))
+
+
+def _catalogue(index: ShardIndex, cfg: ClipConfig, fps: float, stride: int, run_video, run_start, run_length,
+               usable, short: int, mistimed: int) -> ClipCatalogue:
+    span = (cfg.frames - 1) * stride + 1
+    if not len(usable):
         longest = int(index.video_frames.max()) if index.num_videos else 0
         why = (f"the longest video has {longest} frames ({longest / fps:.2f} s at {fps:g} fps)" if not mistimed else
                f"{short} videos are shorter and the other {mistimed} never keep the stride in time over a whole clip "
@@ -193,8 +275,7 @@ def build_catalogue(index: ShardIndex, cfg: ClipConfig) -> ClipCatalogue:
             f"but {why}; use fewer frames, a shorter stride, or longer videos")
     return ClipCatalogue(
         frames=cfg.frames, stride=stride, fps=fps, span_rows=span,
-        run_video=np.concatenate(run_video), run_start=np.concatenate(run_start),
-        run_length=np.concatenate(run_length), usable=np.asarray(usable, np.int64),
+        run_video=run_video, run_start=run_start, run_length=run_length, usable=usable,
         video_shard=np.asarray(index.video_shard, np.int64),
         skipped_short=short, skipped_timing=mistimed,
     )

@@ -34,7 +34,10 @@ class ClipStream(SharedEpochPosition, IterableDataset):
     """Clip batches of one rank for one epoch at a time; call set_epoch() before each iteration."""
 
     def __init__(self, index: ShardIndex, cfg: ClipConfig, *, seed: int, batch_size: int, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, max_open_shards: int = MAX_OPEN_SHARDS):
+                 world_size: int = 1, num_workers: int = 0, max_open_shards: int = MAX_OPEN_SHARDS,
+                 catalogue: ClipCatalogue | None = None):
+        """catalogue: the one already built for (index, cfg) (train/methods/mae/__init__.py builds it while
+        the index is read); otherwise it is built here."""
         self.index = index
         self.cfg = cfg
         self.seed = int(seed)
@@ -43,7 +46,7 @@ class ClipStream(SharedEpochPosition, IterableDataset):
         self.num_slots = max(1, int(num_workers))
         self.max_open_shards = max(1, int(max_open_shards))
         # Raises ClipConfigError (fps, span, batch) here, in the main process, before any worker starts.
-        self.catalogue: ClipCatalogue = build_catalogue(index, cfg)
+        self.catalogue: ClipCatalogue = catalogue if catalogue is not None else build_catalogue(index, cfg)
         self.steps = clip_steps(self.catalogue, cfg, self.batch_size, self.world_size)
         self._init_position()
         self._readers: OrderedDict[int, ShardReader] = OrderedDict()
