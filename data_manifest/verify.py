@@ -35,8 +35,8 @@ def verify_shards(root: Path, *, quick: bool = False,
 
     quick checks existence, size, the HDF5 header (schema, version, counts, config) and the video ids the
     shard holds (as the manifest lists them, and each clip in one shard only: a file listed twice, or
-    a copy under another name, is an error); full mode also hashes every byte. `progress(nbytes)` is called as bytes are checked (the total is the manifest's bytes).
-    A missing or unreadable manifest raises ManifestError.
+    a copy under another name, is an error); full mode also hashes every byte. `progress(nbytes)` is
+    called as bytes are checked (the total is the manifest's bytes). A missing or unreadable manifest raises ManifestError.
     """
     root = Path(root)
     manifest = load_manifest(root)

@@ -117,7 +117,8 @@ HOSTILE_MANIFEST_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("key,value", HOSTILE_MANIFEST_VALUES, ids=[k + "=" + v[:12] for k, v in HOSTILE_MANIFEST_VALUES])
+@pytest.mark.parametrize("key,value", HOSTILE_MANIFEST_VALUES,
+                         ids=[k + "=" + v[:12] for k, v in HOSTILE_MANIFEST_VALUES])
 def test_hostile_numbers_in_a_manifest_give_one_line(tmp_path, key, value):
     root = make_shard_set(tmp_path / "set")
     obj = json.loads((root / MANIFEST_NAME).read_text())
