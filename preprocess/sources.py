@@ -229,8 +229,8 @@ def discover_video_list(list_csv: str | os.PathLike, root: str | os.PathLike | N
         if item is None:
             # A video id is the path below the base: one outside it would put this machine's folders into
             # the ids, shards and manifest, which another lab receives.
-            raise SourceError(f"{list_csv}:{line}: {safe_text(text)[:200]} is outside {safe_text(str(base))}; video ids "
-                              f"are paths below it, so give a ROOT that holds every listed video")
+            raise SourceError(f"{list_csv}:{line}: {safe_text(text)[:200]} is outside {safe_text(str(base))}; "
+                              "video ids are paths below it, so give a ROOT that holds every listed video")
         source, real, regular = item
         if not regular:
             notes.append(f"skipped {list_csv.name}:{line} {safe_text(text)}: not a regular file")

@@ -117,7 +117,8 @@ HOSTILE_MANIFEST_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("key,value", HOSTILE_MANIFEST_VALUES, ids=[k + "=" + v[:12] for k, v in HOSTILE_MANIFEST_VALUES])
+@pytest.mark.parametrize("key,value", HOSTILE_MANIFEST_VALUES,
+                         ids=[k + "=" + v[:12] for k, v in HOSTILE_MANIFEST_VALUES])
 def test_hostile_numbers_in_a_manifest_give_one_line(tmp_path, key, value):
     root = make_shard_set(tmp_path / "set")
     obj = json.loads((root / MANIFEST_NAME).read_text())
@@ -249,3 +250,13 @@ def test_a_shard_whose_source_fps_is_not_finite_is_refused(tmp_path):
     with pytest.raises(ShardFormatError, match="source_fps"):
         ShardReader(root / "shard-00000.h5")
     _one_line_refusal(_invoke("inspect", root / "shard-00000.h5", "--json"), "source_fps")
+
+
+def test_a_training_start_refuses_a_set_that_serves_a_clip_twice(tmp_path):
+    from train.shard_set import ShardSetError, open_shard_set
+
+    root = make_shard_set(tmp_path / "set")
+    shutil.copyfile(root / "shard-00000.h5", root / "copy.h5")
+    _edit_manifest(root, lambda m: m["shards"].append({**m["shards"][0], "file": "copy.h5"}))
+    with pytest.raises(ShardSetError, match="copy.h5: it holds clips that shard-00000.h5 holds too"):
+        open_shard_set(root)
