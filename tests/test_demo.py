@@ -3,6 +3,8 @@ plus its refusals and the one-line verdict when a stage fails."""
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from data_manifest.verify import ERROR, verify_shards
 from needs import missing
 from preprocess.demo_sample import expression_clip_schedule
 from sslfer_core.synthetic_faces import EXPRESSION_CLASSES, PARAM_NAMES, ExpressionParams
-from train.demo import OWNED_NAMES, SUMMARY_NAME, main, prepare_out
+from train.demo import OWNED_NAMES, SUMMARY_NAME, Channel, DemoLog, StageFailed, main, prepare_out, run_family
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # 1 clip of 4 s per identity (2 identities -> 40 frames at 5 fps, 80 at 10 fps in the video shards), 3 contrastive
@@ -200,3 +202,36 @@ def test_video_probe_clips_show_their_label_after_the_rise(label):
         assert set(labels[16 // 3:]) == {label}, (seed, labels)
         others = [c for c in range(3) if label == "neutral" or PARAM_NAMES[c] != label]
         assert schedule[:, others].max() < 0.35
+
+
+def test_a_failing_family_stops_the_one_beside_it(tmp_path):
+    # The video family runs in a thread with its messages in a file; when the other family fails, its running
+    # tool is ended and the first failure is the one reported.
+    log = DemoLog(plan=["a", "b"])
+    beside = Channel(log, tmp_path / "video.log", "video family")
+    terminal = Channel(log)
+    failures = []
+
+    def slow_stage():
+        beside.header("b")
+        status = beside.run([sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"])
+        raise StageFailed(f"exited with status {status}")
+
+    def failing_stage():
+        terminal.header("a")
+        raise StageFailed("broken")
+
+    worker = threading.Thread(target=run_family, args=(beside, slow_stage, failures, terminal), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    log_file = tmp_path / "video.log"
+    while "working" not in (log_file.read_text() if log_file.exists() else "") and time.monotonic() - started < 60:
+        time.sleep(0.05)  # the tool's output goes to the file, and it is running
+    assert beside.process is not None
+    run_family(terminal, failing_stage, failures, beside)
+    worker.join(timeout=60)
+    assert not worker.is_alive() and time.monotonic() - started < 110  # not the tool's 120 s
+    assert [(stage, str(error)) for stage, error, _ in failures][0] == ("a", "broken")
+    assert failures[1][0] == "b" and "exited with status" in str(failures[1][1])
+    with pytest.raises(StageFailed, match="the other family failed"):
+        beside.run([sys.executable, "-c", "pass"])

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +36,11 @@ TOOL_MODULES = {
 SUMMARY_NAME = "demo.json"
 # Everything the demo writes into OUT; a rerun removes exactly these.
 OWNED_NAMES = ("sample", "shards", "shards-video", "run", "run-mae", "backbone.safetensors", "mae-encoder.safetensors",
-               "eval", "eval-video", "sheets", "feature-cache", SUMMARY_NAME)
+               "eval", "eval-video", "sheets", "logs", "feature-cache", SUMMARY_NAME)
 ABLATION_FLAGS = ("--timeaug", "--hardneg", "--faceswap", "--maskfn")
 FAMILIES = ("both", "contrastive", "video")
+CONTRASTIVE_STAGES = ("prep", "verify", "sheet", "train", "export", "eval")
+VIDEO_STAGES = ("prep-video", "sheet-video", "train-mae", "export-mae", "eval-video")
 MAE_PRESET = "tiny"  # its clip (frames, input side) comes from sslfer_core.lgi_former.PRESETS
 VIDEO_PREP_SIZE = 96  # stored face side of the video shards: above the tiny preset's input, so crops are real
 # The synthetic clips are CLIP_FPS (10 fps): the video shards keep every frame and a clip steps one frame.
@@ -57,7 +60,11 @@ def mae_clip() -> tuple[int, int]:
 
 
 class StageFailed(Exception):
-    """A stage did not complete; the message is one line."""
+    """A stage did not complete; the message is one line. `stage` names it where the raiser knows."""
+
+    def __init__(self, message: str, stage: str | None = None):
+        super().__init__(message)
+        self.stage = stage
 
 
 @dataclass
@@ -117,6 +124,10 @@ class DemoPaths:
         return self.video_eval / "results.json"
 
     @property
+    def video_log(self) -> Path:
+        return self.out / "logs" / "video.log"
+
+    @property
     def sheets(self) -> Path:
         return self.out / "sheets"
 
@@ -147,25 +158,79 @@ class StageRecord:
 
 @dataclass
 class DemoLog:
+    """Finished stages of the whole demo, numbered by their place in the plan; the two families may add to it
+    from two threads, so every change and every terminal line takes the lock."""
+    plan: list[str] = field(default_factory=list)
     stages: list[StageRecord] = field(default_factory=list)
-    total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def number(self, name: str) -> str:
+        return f"[{self.plan.index(name) + 1}/{len(self.plan)}]"
+
+    def echo(self, text: str, err: bool = False) -> None:
+        with self.lock:
+            click.echo(text, err=err)
+            (sys.stderr if err else sys.stdout).flush()
+
+    def add(self, record: StageRecord) -> None:
+        with self.lock:
+            self.stages.append(record)
+
+    def in_plan_order(self) -> list[StageRecord]:
+        """Finished stages in the plan's order, whichever family finished first."""
+        with self.lock:
+            return sorted(self.stages, key=lambda record: self.plan.index(record.name))
+
+
+@dataclass
+class Channel:
+    """Where one family's stages go. On the terminal (`output` None) a stage prints its header, command and
+    messages as it runs. Beside the other family its messages go to the `output` file and the terminal gets
+    one line as each stage starts and ends, so the two never interleave."""
+    log: DemoLog
+    output: Path | None = None
+    family: str = ""
     running: str | None = None  # the stage begun last and not yet done
+    stop: threading.Event = field(default_factory=threading.Event)  # set when the other family fails
+    process: subprocess.Popen | None = None
 
     def header(self, name: str, command: list[str] | None = None, what: str = "") -> None:
         self.running = name
-        number = len(self.stages) + 1
-        text = f"\n[{number}/{self.total}] {name}" + (f": {what}" if what else "")
-        if command:
-            text += "\n$ " + shlex.join(command)
-        click.echo(text)
-        sys.stdout.flush()
+        text = f"{self.log.number(name)} {name}" + (f": {what}" if what else "")
+        if self.output is None:
+            self.log.echo("\n" + text + ("\n$ " + shlex.join(command) if command else ""))
+            return
+        with open(self.output, "a") as handle:
+            handle.write(f"\n{text}\n" + ("$ " + shlex.join(command) + "\n" if command else ""))
+        self.log.echo(f"{text} ({self.family}, beside the other family; its messages go to {self.output})")
 
     def done(self, record: StageRecord) -> None:
         self.running = None
-        self.stages.append(record)
-        click.echo(f"[{len(self.stages)}/{self.total}] {record.name} done in {record.seconds:.1f} s"
-                   + (f" ({record.note})" if record.note else ""))
-        sys.stdout.flush()
+        self.log.add(record)
+        self.log.echo(f"{self.log.number(record.name)} {record.name} done in {record.seconds:.1f} s"
+                      + (f" ({record.note})" if record.note else ""))
+
+    def run(self, args: list[str]) -> int:
+        if self.stop.is_set():
+            raise StageFailed("not started: the other family failed")
+        handle = open(self.output, "a") if self.output is not None else None  # None: the terminal
+        try:
+            self.process = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT if handle else None)
+            return self.process.wait()
+        finally:
+            self.process = None
+            if handle is not None:
+                handle.close()
+
+    def halt(self) -> None:
+        """Stop this family: no further stage starts, and the running tool is ended."""
+        self.stop.set()
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+
+    def messages_hint(self) -> str:
+        return "its messages are above" if self.output is None else f"its messages are in {self.output}"
 
 
 def tool_process_args(tool: str, args: list[str]) -> list[str]:
@@ -175,20 +240,20 @@ def tool_process_args(tool: str, args: list[str]) -> list[str]:
     return [sys.executable, "-c", launcher, *args]
 
 
-def run_tool(log: DemoLog, stage: str, tool: str, args: list[str], what: str = "") -> None:
+def run_tool(channel: Channel, stage: str, tool: str, args: list[str], what: str = "") -> None:
     command = [tool, *args]
-    log.header(stage, command, what)
+    channel.header(stage, command, what)
     start = time.perf_counter()
     try:
-        status = subprocess.run(tool_process_args(tool, args)).returncode
+        status = channel.run(tool_process_args(tool, args))
     except OSError as error:
         raise StageFailed(f"cannot start {tool}: {error}") from None
     if status != 0:
-        raise StageFailed(f"{tool} exited with status {status} (its messages are above)")
-    log.done(StageRecord(stage, time.perf_counter() - start, shlex.join(command)))
+        raise StageFailed(f"{tool} exited with status {status} ({channel.messages_hint()})")
+    channel.done(StageRecord(stage, time.perf_counter() - start, shlex.join(command)))
 
 
-def make_sample(log: DemoLog, paths: DemoPaths, *, clips: int, seconds: float, probe: bool,
+def make_sample(log: Channel, paths: DemoPaths, *, clips: int, seconds: float, probe: bool,
                 video_probe_seconds: float, seed: int) -> dict:
     parts = [f"{clips} synthetic clip(s) of {seconds:g} s per identity"] if clips else []
     parts += ["labelled probe images"] if probe else []
@@ -237,12 +302,13 @@ PATH_NAMES = ("sample", "shards", "manifest", "sheet", "run", "metrics", "backbo
               "video_sheet", "mae_run", "mae_encoder", "video_results", "feature_cache")
 
 
-def write_summary(paths: DemoPaths, log: DemoLog, status: str, options: dict) -> None:
+def write_summary(paths: DemoPaths, log: DemoLog, status: str, options: dict, wall: float | None = None) -> None:
     payload = {
         "status": status,
         "options": options,
-        "stages": [dict(vars(record), seconds=round(record.seconds, 2)) for record in log.stages],
-        "total_seconds": round(sum(record.seconds for record in log.stages), 2),
+        "stages": [dict(vars(record), seconds=round(record.seconds, 2)) for record in log.in_plan_order()],
+        "stage_seconds": round(sum(record.seconds for record in log.stages), 2),
+        "wall_seconds": None if wall is None else round(wall, 2),
         "paths": {name: str(getattr(paths, name)) for name in PATH_NAMES},
         "pictures": [str(p) for p in pictures(paths)],
     }
@@ -268,7 +334,7 @@ def closing_table(results: list[tuple[str, str, Path]]) -> str:
         try:
             payload = load_results(path)
         except click.ClickException as error:
-            raise StageFailed(error.message) from None
+            raise StageFailed(error.message, "report") from None
         for entry in payload["backbones"]:
             summary = entry.get("summary", {})
             cells = []
@@ -281,11 +347,13 @@ def closing_table(results: list[tuple[str, str, Path]]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in body])
 
 
-def print_report(paths: DemoPaths, log: DemoLog, results: list[tuple[str, str, Path]], used_sample: bool) -> None:
-    total = sum(record.seconds for record in log.stages)
-    click.echo(f"\n=== sslfer demo finished in {total:.1f} s ===\n")
+def print_report(paths: DemoPaths, log: DemoLog, results: list[tuple[str, str, Path]], used_sample: bool,
+                 wall: float, side_by_side: bool) -> None:
+    click.echo(f"\n=== sslfer demo finished in {wall:.1f} s ===\n")
+    if side_by_side:
+        click.echo("After the sample the two families ran side by side, so their stage times overlap:\n")
     width = max(len(record.name) for record in log.stages)
-    for record in log.stages:
+    for record in log.in_plan_order():
         click.echo(f"  {record.name.ljust(width)}  {record.seconds:7.1f} s")
     click.echo("\nLinear probes on the test split ('backbone' / 'mae-encoder' = the demo's pretrained networks, "
                "'random-*' = the same architecture untrained):\n")
@@ -294,7 +362,7 @@ def print_report(paths: DemoPaths, log: DemoLog, results: list[tuple[str, str, P
     rows = [("sample", paths.sample if used_sample else None), ("shards", paths.shards), ("run folder", paths.run),
             ("backbone", paths.backbone), ("results", paths.results), ("video shards", paths.video_shards),
             ("MAE run", paths.mae_run), ("MAE encoder", paths.mae_encoder), ("video results", paths.video_results),
-            ("demo summary", paths.summary)]
+            ("video log", paths.video_log), ("demo summary", paths.summary)]
     for label, path in rows:
         if path is not None and path.exists():
             click.echo(f"  {label:<13} {path}")
@@ -304,7 +372,7 @@ def print_report(paths: DemoPaths, log: DemoLog, results: list[tuple[str, str, P
         click.echo(f"  {kind:<16} {path}")
 
 
-def contrastive_stages(log: DemoLog, paths: DemoPaths, source: Path, *, limit, steps, batch_size, resize, crop,
+def contrastive_stages(log: Channel, paths: DemoPaths, source: Path, *, limit, steps, batch_size, resize, crop,
                        seed, eval_source: Path, eval_max) -> None:
     run_tool(log, "prep", "sslfer-prep", ["voxceleb", str(source), "--out", str(paths.shards), "--seed", str(seed)]
              + (["--limit", str(limit)] if limit else []), what="videos -> face shards")
@@ -325,7 +393,7 @@ def contrastive_stages(log: DemoLog, paths: DemoPaths, source: Path, *, limit, s
              what="linear probe, pretrained vs random backbone")
 
 
-def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: bool, limit, steps, batch_size,
+def video_stages(log: Channel, paths: DemoPaths, source: Path, *, real_data: bool, limit, steps, batch_size,
                  seed) -> None:
     frames, side = mae_clip()
     timing = list(REAL_DATA_STRIDE) if real_data else ["--stride-seconds", f"{1 / CLIP_FPS:g}"]
@@ -380,10 +448,13 @@ def video_stages(log: DemoLog, paths: DemoPaths, source: Path, *, real_data: boo
 @click.option("--resize", type=click.IntRange(min=16), default=72, show_default=True, help="sslfer-train --resize.")
 @click.option("--crop", type=click.IntRange(min=16), default=64, show_default=True,
               help="sslfer-train --crop; also the evaluation image size.")
+@click.option("--serial", is_flag=True,
+              help="Run the video family after the contrastive one, its messages on the terminal, instead of side "
+                   "by side with its messages in OUT/logs/video.log.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out: Path, family: str, data: Path | None, eval_data: Path | None, eval_max: int | None, limit: int | None,
          clips: int, seconds: float, probe_seconds: float | None, steps: int, batch_size: int, mae_steps: int,
-         mae_batch_size: int, resize: int, crop: int, seed: int):
+         mae_batch_size: int, resize: int, crop: int, serial: bool, seed: int):
     """Generate (or take) data, then run both families of the tool with a short budget: sslfer-prep,
     sslfer-manifest verify and inspect --sheet, sslfer-train (contrastive, then mae), export, and
     sslfer-eval linear / dfer linear; print one results table and where everything went."""
@@ -409,44 +480,84 @@ def main(out: Path, family: str, data: Path | None, eval_data: Path | None, eval
                "eval_data": str(eval_data) if eval_data else None, "eval_max": eval_max, "limit": limit,
                "clips": clips, "seconds": seconds, "probe_seconds": probe_seconds, "steps": steps,
                "batch_size": batch_size, "mae_steps": mae_steps, "mae_batch_size": mae_batch_size,
-               "resize": resize, "crop": crop, "seed": seed}
+               "resize": resize, "crop": crop, "serial": serial, "seed": seed}
     image_probe = contrastive and eval_data is None
     need_sample = data is None or image_probe or video
-    log = DemoLog(total=int(need_sample) + 6 * contrastive + 5 * video)
+    log = DemoLog(plan=["sample"] * need_sample + list(CONTRASTIVE_STAGES) * contrastive + list(VIDEO_STAGES) * video)
+    terminal = Channel(log)
+    side_by_side = contrastive and video and not serial
+    video_channel = Channel(log, paths.video_log, "video family") if side_by_side else terminal
     write_summary(paths, log, "running", options)  # marks OUT as a demo folder from the start
     source = data.resolve() if data else paths.sample
     eval_source = eval_data.resolve() if eval_data else paths.sample / "probe.csv"
-    results = []
-    current = "setup"
+    run_contrastive = lambda: contrastive_stages(
+        terminal, paths, source, limit=limit, steps=steps, batch_size=batch_size, resize=resize, crop=crop,
+        seed=seed, eval_source=eval_source, eval_max=eval_max)
+    run_video = lambda: video_stages(video_channel, paths, source, real_data=data is not None, limit=limit,
+                                     steps=mae_steps, batch_size=mae_batch_size, seed=seed)
+    failures: list[tuple[str, StageFailed, Channel]] = []  # in the order they happened
+    worker = None
+    start = time.perf_counter()
     try:
         if need_sample:
-            current = "sample"
-            make_sample(log, paths, clips=0 if data else clips, seconds=seconds, probe=image_probe,
+            make_sample(terminal, paths, clips=0 if data else clips, seconds=seconds, probe=image_probe,
                         video_probe_seconds=probe_seconds if video else 0.0, seed=seed)
+        if side_by_side:
+            # Each tool runs one torch thread, so the families share the cores instead of waiting in turn.
+            paths.video_log.parent.mkdir(parents=True, exist_ok=True)
+            paths.video_log.write_text("")
+            worker = threading.Thread(target=run_family, args=(video_channel, run_video, failures, terminal),
+                                      name="video family", daemon=True)
+            worker.start()
         if contrastive:
-            current = "contrastive"
-            contrastive_stages(log, paths, source, limit=limit, steps=steps, batch_size=batch_size, resize=resize,
-                               crop=crop, seed=seed, eval_source=eval_source, eval_max=eval_max)
-            results.append(("contrastive", "synthetic probe images" if eval_data is None else eval_source.name,
-                            paths.results))
-        if video:
-            current = "video"
-            video_stages(log, paths, source, real_data=data is not None, limit=limit, steps=mae_steps,
-                         batch_size=mae_batch_size, seed=seed)
-            results.append(("video (MAE)", "synthetic probe clips", paths.video_results))
-        current = "report"
-        write_summary(paths, log, "ok", options)
-        print_report(paths, log, results, used_sample=need_sample)
+            run_family(terminal, run_contrastive, failures, video_channel if side_by_side else None)
+        if worker is not None:
+            worker.join()
+        elif video and not failures:
+            run_family(terminal, run_video, failures, None)
+        if failures:
+            stage, error, channel = failures[0]
+            if channel.output is not None:
+                log.echo(f"\nlast lines of {channel.output}:\n" + tail(channel.output), err=True)
+            raise StageFailed(str(error), stage)
+        wall = time.perf_counter() - start
+        write_summary(paths, log, "ok", options, wall)
+        results = [("contrastive", "synthetic probe images" if eval_data is None else eval_source.name, paths.results)
+                   ] * contrastive + [("video (MAE)", "synthetic probe clips", paths.video_results)] * video
+        print_report(paths, log, results, used_sample=need_sample, wall=wall, side_by_side=side_by_side)
     except StageFailed as error:
-        current = log.running or current
-        write_summary(paths, log, f"failed at {current}", options)
-        sys.stdout.flush()
+        current = error.stage or terminal.running or "setup"
+        write_summary(paths, log, f"failed at {current}", options, time.perf_counter() - start)
         raise click.ClickException(f"demo failed at stage '{current}': {error}") from None
     except KeyboardInterrupt:
-        current = log.running or current
-        write_summary(paths, log, f"interrupted at {current}", options)
+        video_channel.halt()
+        if worker is not None:
+            worker.join(timeout=30)
+        current = terminal.running or video_channel.running or "setup"
+        write_summary(paths, log, f"interrupted at {current}", options, time.perf_counter() - start)
         click.echo(f"\ndemo interrupted during stage '{current}'", err=True)
         sys.exit(130)
+
+
+def run_family(channel: Channel, stages, failures: list, other: Channel | None) -> None:
+    """Run one family's stages; a failure is recorded with its stage, and stops the other family."""
+    try:
+        stages()
+    except StageFailed as error:
+        failures.append((channel.running or "setup", error, channel))
+        if other is not None:
+            other.halt()
+    except Exception as error:  # a worker thread must not end silently
+        failures.append((channel.running or "setup", StageFailed(f"{type(error).__name__}: {error}"), channel))
+        if other is not None:
+            other.halt()
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(cannot read it: {error})"
 
 
 if __name__ == "__main__":
