@@ -252,3 +252,84 @@ def test_dfer_test_refuses_a_pretraining_file(files, tmp_path):
 def test_build_encoder_of_a_finetuned_file_names_what_is_left_out(files):
     encoder, config, line = build_encoder(read_reference(files["ca"]))
     assert "the head and the CA branch are not used" in line and config.img_size == 32
+
+
+# ------------------------------------------------------------------------------ --init and export --format mae-dfer
+def _train(args):
+    from train.cli import main as train_main
+
+    result = CliRunner().invoke(train_main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _checkpoint_model(run: Path) -> dict:
+    from train.checkpoints import latest_checkpoint, read_checkpoint
+
+    return read_checkpoint(latest_checkpoint(run))["model"]
+
+
+def test_mae_export_in_the_reference_layout_and_init_from_it(tmp_path):
+    from dfer_fixtures import MAE_FRAMES, make_mae_shards
+    from sslfer_core.reference_names import MAE_DFER_FINETUNED
+
+    shards = make_mae_shards(tmp_path / "shards")
+    common = ["--shards", shards, "--preset", "tiny", "--frames", MAE_FRAMES, "--stride", "2", "--batch-size", "2",
+              "--workers", "0", "--precision", "fp32", "--steps", "1", "--warmup-steps", "0", "--log-every", "1"]
+    _train(["mae", "--out", tmp_path / "run", *common, "--lr", "1e-3", "--min-lr", "1e-4"])
+    exported = tmp_path / "encoder.pth"
+    _train(["export", tmp_path / "run", "-o", exported, "--format", "mae-dfer"])
+    found = read_reference(exported)
+    assert found.kind == "mae-dfer-pretrain" and found.args["num_heads"] == 4
+    # what the reference's fine-tuning script loads: 'model' with 'encoder.' stripped, its VisionTransformer's names
+    stripped = {k[len("encoder."):] for k in found.state}
+    encoder_names = {translate(k, MAE_DFER_FINETUNED.reversed()) for k in
+                     (f"encoder.{name}" for name in build_encoder(found)[0].state_dict())}
+    assert stripped == (encoder_names - {"fc_norm.weight", "fc_norm.bias"}) | {"norm.weight", "norm.bias"}
+    run_encoder = {k[len("encoder."):]: v for k, v in _checkpoint_model(tmp_path / "run").items()
+                   if k.startswith("encoder.")}
+    encoder, _, _ = build_encoder(found)
+    assert all(torch.equal(encoder.state_dict()[k], run_encoder[k]) for k in run_encoder)
+
+    # a new run starts from it: recorded with the file's sha256, weights as given (a negligible lr)
+    result = _train(["mae", "--out", tmp_path / "init_run", *common, "--lr", "1e-12", "--min-lr", "0",
+                     "--weight-decay", "0", "--init", exported])
+    assert "mae-dfer-pretrain checkpoint" in result.output and "decoder starts from its initialisation" in result.output
+    config = json.loads((tmp_path / "init_run" / "config.json").read_text())
+    from sslfer_core.file_hash import file_sha256
+
+    assert config["init"] == str(exported) and config["init_weights"]["sha256"] == file_sha256(exported)
+    started = _checkpoint_model(tmp_path / "init_run")
+    for key, value in run_encoder.items():
+        torch.testing.assert_close(started[f"encoder.{key}"], value, rtol=0, atol=1e-6)
+
+
+def test_mae_init_refuses_weights_of_another_geometry_in_one_line(files, tmp_path):
+    from dfer_fixtures import MAE_FRAMES, make_mae_shards
+    from train.cli import main as train_main
+
+    shards = make_mae_shards(tmp_path / "shards")
+    result = CliRunner().invoke(train_main, [str(a) for a in [
+        "mae", "--shards", shards, "--out", tmp_path / "run", "--preset", "tiny", "--frames", MAE_FRAMES,
+        "--batch-size", "2", "--workers", "0", "--steps", "1", "--min-lr", "0", "--init", files["pretrain"]]])
+    assert result.exit_code == 1 and "does not fit --preset tiny --frames 4" in result.output
+    assert "dim 128 (run: 96)" in result.output and "Traceback" not in result.output
+
+
+def test_contrastive_init_from_the_ssl_fer_checkpoint(files, tmp_path):
+    from train_fixtures import TINY_TRAIN, make_train_shards
+
+    shards = make_train_shards(tmp_path / "shards", shards=1, videos=3, frames=20)
+    result = _train(["--shards", shards, "--out", tmp_path / "run", *TINY_TRAIN, "--steps", "1", "--ckpt-every", "1",
+                     "--lr", "1e-12", "--weight-decay", "0", "--init", files["ssl"]])
+    assert "ssl-fer checkpoint" in result.output and "projection head starts from its initialisation" in result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["init_weights"]["kind"] == "ssl-fer"
+    state, _ = resnet_state(read_reference(files["ssl"]))
+    started = _checkpoint_model(tmp_path / "run")
+    torch.testing.assert_close(started["backbone.conv1.weight"], state["conv1.weight"], rtol=0, atol=1e-6)
+    from train.cli import main as train_main
+
+    refused = CliRunner().invoke(train_main, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "x.pth"),
+                                              "--format", "mae-dfer"])
+    assert refused.exit_code == 1 and "writes an LGI-Former encoder; this is a contrastive run" in refused.output

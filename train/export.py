@@ -1,6 +1,8 @@
 """`sslfer-train export`: what the run's method exports from its newest (or a given) checkpoint, e.g. the
 contrastive backbone as a plain torchvision ResNet state_dict, in safetensors (default) or torch format,
-with the method's metadata plus method, source checkpoint sha256 and code version (train/weights_file.py)."""
+with the method's metadata plus method, source checkpoint sha256 and code version (train/weights_file.py).
+`--format mae-dfer` (video MAE runs) writes the encoder in the layout of MAE-DFER's pretraining checkpoints
+instead, which the reference's run_class_finetuning.py --finetune loads (train/reference_weights.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +13,12 @@ from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, get_method
 from train.run_config import code_version, method_of_config
-from train.weights_file import DEFAULT_FORMAT, write_weights
+from train.weights_file import DEFAULT_FORMAT, FORMATS, write_weights
 
-__all__ = ["ExportError", "export_run"]
+MAE_DFER_FORMAT = "mae-dfer"
+EXPORT_FORMATS = (*FORMATS, MAE_DFER_FORMAT)
+
+__all__ = ["ExportError", "export_run", "EXPORT_FORMATS", "MAE_DFER_FORMAT"]
 
 
 def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
@@ -28,6 +33,21 @@ def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, di
         except CheckpointReadError as error:
             warn(f"warning: {error}; trying the one before")
     raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
+
+
+def _write_mae_dfer(out_path: Path, payload: dict) -> None:
+    import torch
+
+    from sslfer_core.atomic_files import atomic_path
+    from train.reference_weights import mae_dfer_payload
+
+    try:
+        with atomic_path(Path(out_path)) as tmp:
+            torch.save(mae_dfer_payload(payload), tmp)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        text = str(error).strip()
+        raise ExportError(f"could not write {out_path} ({text.splitlines()[0] if text else type(error).__name__})"
+                          ) from None
 
 
 def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str = DEFAULT_FORMAT,
@@ -54,7 +74,13 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fm
         method = get_method(method_of_config(state["config"]))
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
+    if fmt == MAE_DFER_FORMAT and method.name != "mae":
+        raise ExportError(f"{path}: --format {MAE_DFER_FORMAT} writes an LGI-Former encoder; this is a "
+                          f"{method.name} run")
     exported = method.export(state, path)
+    if fmt == MAE_DFER_FORMAT:
+        _write_mae_dfer(out_path, exported.payload)
+        return path, f"{exported.description} in MAE-DFER's checkpoint layout", int(state.get("step", -1))
     metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
                 "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
     try:

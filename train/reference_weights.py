@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from sslfer_core.reference_names import (MAE_DFER_CA, MAE_DFER_FINETUNED, MAE_DFER_PRETRAIN, SSL_FER, Mapped,
-                                         NameMapError, to_sslfer)
+                                         NameMapError, from_sslfer, to_sslfer)
 from train.weights_file import WeightsFileError, describe_skipped, is_safetensors, load_torch_file
 
 KINDS = ("mae-dfer-pretrain", "mae-dfer-finetuned", "mae-dfer-ca", "ssl-fer")
 VIDEO_KINDS = KINDS[:3]
 HEAD_WIDTH = 64  # the reference's models: 512 wide with 8 heads, 768 with 12
+SSLFER_HEADS_ARG = "num_heads"  # an arg only sslfer's mae-dfer export writes (the reference's models fix heads)
 REFERENCE_DEFAULTS = {"input_size": 160, "num_frames": 16, "lg_region_size": (2, 5, 10)}
 # Options of the reference's LGI-Former that sslfer's computes only at these values.
 SUPPORTED_ARGS = {"attn_type": "local_global", "lg_first_attn_type": "self", "lg_third_attn_type": "cross",
@@ -151,13 +152,14 @@ def lgi_config(ref: ReferenceFile):
     dim, in_chans, tubelet, patch, _ = state[f"{prefix}patch_embed.proj.weight"].shape
     depth = _depth(state, f"{prefix}blocks.")
     hidden = state[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0]
-    if dim % HEAD_WIDTH:
+    if dim % HEAD_WIDTH and SSLFER_HEADS_ARG not in ref.args:
         raise ReferenceWeightsError(f"{ref.path}: width {dim} is not a multiple of the reference's head width "
                                     f"{HEAD_WIDTH}")
+    heads = int(ref.args.get(SSLFER_HEADS_ARG) or int(dim) // HEAD_WIDTH)
     values = dict(frames=int(ref.arg("num_frames")), img_size=int(ref.arg("input_size")), tubelet=int(tubelet),
-                  patch=int(patch), in_chans=int(in_chans), dim=int(dim), depth=depth, heads=int(dim) // HEAD_WIDTH,
+                  patch=int(patch), in_chans=int(in_chans), dim=int(dim), depth=depth, heads=heads,
                   mlp_ratio=hidden / dim, region=tuple(int(v) for v in ref.arg("lg_region_size")))
-    if ref.kind == "mae-dfer-pretrain":
+    if has_decoder(ref):
         dec_dim = int(state["decoder.norm.weight"].shape[0])
         values.update(dec_dim=dec_dim, dec_depth=_depth(state, "decoder.blocks."),
                       dec_heads=max(1, dec_dim // HEAD_WIDTH))
@@ -171,6 +173,10 @@ def lgi_config(ref: ReferenceFile):
                                     f"{values['img_size']} px in regions of {values['region']} make "
                                     f"{config.num_regions}")
     return config
+
+
+def has_decoder(ref: ReferenceFile) -> bool:
+    return ref.kind == "mae-dfer-pretrain" and "decoder.norm.weight" in ref.state
 
 
 def _map(ref: ReferenceFile, table, model: nn.Module) -> Mapped:
@@ -194,9 +200,26 @@ def build_pretraining(ref: ReferenceFile):
     from sslfer_core.video_mae import VideoMAE
 
     config = lgi_config(ref)
+    if not has_decoder(ref):
+        raise ReferenceWeightsError(f"{ref.path}: holds the encoder only (no decoder.*), not a whole MAE")
     model = VideoMAE(config)
     mapped = _map(ref, MAE_DFER_PRETRAIN, model)
     return model.eval(), config, mapped_line(ref, mapped, "sslfer's VideoMAE")
+
+
+def _encoder_only(ref: ReferenceFile):
+    """The LGIFormerEncoder of a pretraining-layout file without a decoder (sslfer's mae-dfer export)."""
+    from sslfer_core.lgi_former import LGIFormerEncoder
+
+    config = lgi_config(ref)
+    encoder = LGIFormerEncoder(config)
+    target = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
+    try:
+        mapped = to_sslfer(ref.state, MAE_DFER_PRETRAIN, target)
+    except NameMapError as error:
+        raise ReferenceWeightsError(f"{ref.path}: {error}") from None
+    encoder.load_state_dict({k[len("encoder."):]: v for k, v in mapped.state.items()}, strict=True)
+    return encoder.eval(), config, mapped_line(ref, mapped, "sslfer's LGI-Former encoder")
 
 
 def build_classifier(ref: ReferenceFile):
@@ -227,6 +250,8 @@ def build_classifier(ref: ReferenceFile):
 def build_encoder(ref: ReferenceFile):
     """(LGIFormerEncoder with the file's encoder weights, its config, the mapping line) of any MAE-DFER(-CA) file;
     a fine-tuned file's head (and CA branch) are not part of the encoder and are named in the line."""
+    if ref.kind == "mae-dfer-pretrain" and not has_decoder(ref):
+        return _encoder_only(ref)
     if ref.kind == "mae-dfer-pretrain":
         model, config, line = build_pretraining(ref)
         return model.encoder, config, line + "; the decoder is not used"
@@ -256,6 +281,81 @@ def resnet_state(ref: ReferenceFile) -> tuple[dict[str, torch.Tensor], str]:
         f"; saved arch {saved!r}" if saved else "")
 
 
+# ------------------------------------------------------------------------------ --init and the mae-dfer export
+GEOMETRY = ("frames", "img_size", "tubelet", "patch", "in_chans", "dim", "depth", "heads", "mlp_ratio", "region")
+DECODER_GEOMETRY = ("dec_dim", "dec_depth", "dec_heads")
+
+
+def _fits(ref: ReferenceFile, theirs, ours, names, where: str) -> None:
+    differs = [f"{n} {getattr(theirs, n)} (run: {getattr(ours, n)})" for n in names
+               if getattr(theirs, n) != getattr(ours, n)]
+    if differs:
+        raise ReferenceWeightsError(f"{ref.path}: its LGI-Former does not fit {where}: {', '.join(differs)}")
+
+
+def init_video_mae(model: nn.Module, path: Path, where: str) -> dict:
+    """Load a MAE-DFER(-CA) checkpoint into a fresh sslfer VideoMAE (`sslfer-train mae --init`): the whole MAE
+    from a pretraining file, the encoder alone from a fine-tuned file or an encoder-only export (the decoder
+    keeps its initialisation). Returns what config.json records."""
+    ref = read_reference(path)
+    if ref is None or ref.kind not in VIDEO_KINDS:
+        found = ref.kind if ref is not None else "not a published checkpoint"
+        raise ReferenceWeightsError(f"{path}: {found}; --init for mae takes a MAE-DFER or MAE-DFER-CA checkpoint")
+    config = lgi_config(ref)
+    _fits(ref, config, model.cfg, GEOMETRY, where)
+    if has_decoder(ref):
+        _fits(ref, config, model.cfg, DECODER_GEOMETRY, where)
+        line = mapped_line(ref, _map(ref, MAE_DFER_PRETRAIN, model), "the run's VideoMAE")
+    else:
+        encoder, _, line = build_encoder(ref)
+        model.encoder.load_state_dict(encoder.state_dict(), strict=True)
+        line += "; the decoder starts from its initialisation"
+    return _init_record(ref, line)
+
+
+def init_contrastive(model: nn.Module, path: Path) -> dict:
+    """Load an SSL-FER checkpoint's ResNet into a fresh contrastive model's backbone (`sslfer-train contrastive
+    --init`); the projection head keeps its initialisation (SSL-FER's MLP has another shape)."""
+    ref = read_reference(path)
+    if ref is None or ref.kind != "ssl-fer":
+        found = ref.kind if ref is not None else "not a published checkpoint"
+        raise ReferenceWeightsError(f"{path}: {found}; --init for contrastive takes an SSL-FER checkpoint")
+    state, line = resnet_state(ref)
+    from sslfer_core.models import infer_arch
+
+    arch = infer_arch(state)
+    if arch != model.arch:
+        raise ReferenceWeightsError(f"{path}: holds a {arch}; the run is --arch {model.arch}")
+    model.backbone.load_state_dict(state, strict=True)
+    return _init_record(ref, line + "; the projection head starts from its initialisation")
+
+
+def _init_record(ref: ReferenceFile, line: str) -> dict:
+    from sslfer_core.file_hash import file_sha256
+
+    return {"path": str(ref.path), "sha256": file_sha256(ref.path), "kind": ref.kind, "variant": ref.variant,
+            "summary": f"{ref.found_line()}; {line}"}
+
+
+def mae_dfer_payload(export_payload: dict) -> dict:
+    """sslfer's LGI-Former encoder export -> the reference's pretraining layout ({"model": encoder.* under the
+    reference's names, "args": a Namespace with the geometry}), which run_class_finetuning.py --finetune reads.
+    The args carry num_heads too, which only sslfer reads (the reference fixes heads by model name)."""
+    from sslfer_core.lgi_export import config_from_plain
+
+    config = config_from_plain(export_payload["model_config"])
+    state = {f"encoder.{k}": v for k, v in export_payload["state_dict"].items()}
+    model_name = ("pretrain_videomae_base_dim512_no_depth_patch16_160"
+                  if (config.dim, config.heads, config.img_size, config.patch) == (512, 8, 160, 16) else
+                  "sslfer_lgi_former")
+    args = argparse.Namespace(
+        model=model_name, input_size=config.img_size, num_frames=config.frames, tubelet_size=config.tubelet,
+        encoder_depth=config.depth, lg_region_size=list(config.region), attn_type="local_global",
+        lg_first_attn_type="self", lg_third_attn_type="cross", lg_attn_param_sharing_first_third=False,
+        lg_attn_param_sharing_all=False, lg_no_second=False, lg_no_third=False, **{SSLFER_HEADS_ARG: config.heads})
+    return {"model": from_sslfer(state, MAE_DFER_PRETRAIN), "args": args}
+
+
 def describe_file(path: Path) -> str:
     """The one-line summary of what a file is (used by the CLI's error paths and tests)."""
     try:
@@ -267,4 +367,4 @@ def describe_file(path: Path) -> str:
 
 __all__ = ["KINDS", "VIDEO_KINDS", "ReferenceFile", "ReferenceWeightsError", "read_reference", "detect",
            "kind_of_state", "lgi_config", "build_pretraining", "build_classifier", "build_encoder", "resnet_state",
-           "mapped_line", "HEAD_WIDTH"]
+           "mapped_line", "HEAD_WIDTH", "init_video_mae", "init_contrastive", "mae_dfer_payload", "has_decoder"]

@@ -84,6 +84,11 @@ class Method:
         named like a shared one (e.g. batch_size) replaces the shared one."""
         return []
 
+    def init_weights(self, model: nn.Module, path: Path) -> dict:
+        """Load published weights into the freshly built model (`--init FILE`); returns what config.json records
+        under "init" (path, sha256, kind, summary). Raises ValueError with one line."""
+        raise ValueError(f"--init is not available for the {self.name} method")
+
     # -- data
     def check_shards(self, index: ShardIndex, shards: Path) -> None:
         """Refuse shards this run cannot use (raise one of user_errors or train.shard_set.ShardSetError)."""
