@@ -333,3 +333,20 @@ def test_contrastive_init_from_the_ssl_fer_checkpoint(files, tmp_path):
     refused = CliRunner().invoke(train_main, ["export", str(tmp_path / "run"), "-o", str(tmp_path / "x.pth"),
                                               "--format", "mae-dfer"])
     assert refused.exit_code == 1 and "writes an LGI-Former encoder; this is a contrastive run" in refused.output
+
+
+def test_finetuning_a_video_encoder_starts_as_the_reference():
+    """A fresh final LayerNorm (the reference's fc_norm) and a truncated-normal(0.02) x 0.001 head, zero bias;
+    --keep-encoder-norm keeps the encoder's norm and PyTorch's default head."""
+    from train.evaluation.dfer_finetune import DferFinetuneConfig, build_classifier
+    from train.evaluation.video_backbones import load_video_encoder
+
+    backbone = load_video_encoder("tiny", frames=4)
+    with torch.no_grad():
+        backbone.encoder.norm.weight.fill_(3.0)
+    torch.manual_seed(0)
+    net = build_classifier(backbone, 7, DferFinetuneConfig(drop_path=0.0), 80, 4)
+    assert torch.equal(net.encoder.norm.weight, torch.ones(96)) and torch.equal(net.head.bias, torch.zeros(7))
+    assert 0.5 * 2e-5 < float(net.head.weight.std()) < 1.5 * 2e-5
+    kept = build_classifier(backbone, 7, DferFinetuneConfig(drop_path=0.0, reference_start=False), 80, 4)
+    assert torch.equal(kept.encoder.norm.weight, torch.full((96,), 3.0)) and float(kept.head.weight.std()) > 1e-3

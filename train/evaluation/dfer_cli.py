@@ -272,6 +272,9 @@ def linear(**params):
 @click.option("--ca", type=click.Choice(FUSIONS), default=None, help="Fuse the CA motion branch (MAE-DFER-CA).")
 @click.option("--motion", type=click.Choice(MOTION_INPUTS), default="mean-minus-first", show_default=True,
               help="CA input: the reference code's mean-minus-first map, or per-frame differences.")
+@click.option("--keep-encoder-norm", is_flag=True,
+              help="Video encoder: keep its final LayerNorm and PyTorch's default head initialisation, instead of "
+                   "the reference's fresh LayerNorm and truncated-normal(0.02) x 0.001 head.")
 def finetune(**params):
     device = session.configure_torch(params["threads"], params["device"])
     dataset, plans, sampling = _load(params)
@@ -282,7 +285,7 @@ def finetune(**params):
         mixup=params["mixup"], cutmix=params["cutmix"], label_smoothing=params["smoothing"],
         erase_prob=params["erase_prob"], layer_decay=params["layer_decay"], drop_path=params["drop_path"],
         augment=not params["no_augment"], ca=params["ca"], motion=params["motion"],
-        workers=workers)
+        workers=workers, reference_start=not params["keep_encoder_norm"])
     if params["ca"] and params["image_size"] % 16:
         raise click.BadParameter("the CA branch needs a size divisible by 16", param_hint="--image-size")
     labels, names = dataset.labels(), dataset.class_names
