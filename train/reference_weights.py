@@ -24,7 +24,7 @@ from torch import nn
 
 from sslfer_core.reference_names import (MAE_DFER_CA, MAE_DFER_FINETUNED, MAE_DFER_PRETRAIN, SSL_FER, Mapped,
                                          NameMapError, from_sslfer, to_sslfer)
-from train.weights_file import WeightsFileError, describe_skipped, is_safetensors, load_torch_file
+from train.weights_file import describe_skipped, is_safetensors, load_torch_file
 
 KINDS = ("mae-dfer-pretrain", "mae-dfer-finetuned", "mae-dfer-ca", "ssl-fer")
 VIDEO_KINDS = KINDS[:3]
@@ -354,15 +354,6 @@ def mae_dfer_payload(export_payload: dict) -> dict:
         lg_first_attn_type="self", lg_third_attn_type="cross", lg_attn_param_sharing_first_third=False,
         lg_attn_param_sharing_all=False, lg_no_second=False, lg_no_third=False, **{SSLFER_HEADS_ARG: config.heads})
     return {"model": from_sslfer(state, MAE_DFER_PRETRAIN), "args": args}
-
-
-def describe_file(path: Path) -> str:
-    """The one-line summary of what a file is (used by the CLI's error paths and tests)."""
-    try:
-        ref = read_reference(path)
-    except (ReferenceWeightsError, WeightsFileError) as error:
-        return str(error)
-    return ref.found_line() if ref else f"{path}: not a reference checkpoint"
 
 
 __all__ = ["KINDS", "VIDEO_KINDS", "ReferenceFile", "ReferenceWeightsError", "read_reference", "detect",
