@@ -240,11 +240,16 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = p
 
-    def forward(self, x: Tensor) -> Tensor:
+    def keep(self, shape: tuple[int, ...], like: Tensor) -> Tensor | None:
+        """A scaled keep mask of `shape` (one draw per entry) to multiply branches with; None when nothing drops."""
         if self.p == 0.0 or not self.training:
-            return x
-        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype)
-        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+            return None
+        keep = torch.empty(shape, device=like.device, dtype=like.dtype)
+        return keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        keep = self.keep((x.shape[0],) + (1,) * (x.dim() - 1), x)
+        return x if keep is None else x * keep
 
 
 class Attention(nn.Module):
@@ -285,8 +290,8 @@ class Mlp(nn.Module):
 
 class LGIBlock(nn.Module):
     """One LGI-Former block on representative tokens rep (B, R, D) and local tokens loc (B, R, L, D).
-    Stochastic depth drops step 1 per (clip, region) and the other steps per clip, with separate draws for
-    the representative and the local tokens in step 4."""
+    Stochastic depth draws as the reference: steps 1 and 4 once per (clip, region), shared by the region's
+    representative and local tokens; steps 2 and 3 once per clip."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
@@ -312,14 +317,20 @@ class LGIBlock(nn.Module):
         # 2. global: self-attention among the representative tokens.
         rep = rep + self.drop_path(self.global_attn(self.global_norm(rep)))
         if not need_local:
-            return rep + self.drop_path(self.mlp(self.mlp_norm(rep))), loc
+            update = self.mlp(self.mlp_norm(rep))
+            keep = self.drop_path.keep((b, r, 1), rep)  # the per-(clip, region) draw of step 4
+            return rep + (update if keep is None else update * keep), loc
         # 3. local-global: every local token queries the representative tokens.
         flat = loc.reshape(b, r * l, d)
         flat = flat + self.drop_path(self.cross_attn(self.cross_norm_q(flat), self.cross_norm_kv(rep)))
-        # 4. MLP on every token.
-        rep = rep + self.drop_path(self.mlp(self.mlp_norm(rep)))
-        flat = flat + self.drop_path(self.mlp(self.mlp_norm(flat)))
-        return rep, flat.reshape(b, r, l, d)
+        # 4. MLP on every token; one stochastic-depth draw per (clip, region) for its representative and local
+        # tokens together.
+        keep = self.drop_path.keep((b, r, 1), rep)
+        rep_update = self.mlp(self.mlp_norm(rep))
+        loc_update = self.mlp(self.mlp_norm(flat)).reshape(b, r, l, d)
+        if keep is not None:
+            rep_update, loc_update = rep_update * keep, loc_update * keep[:, :, None]
+        return rep + rep_update, flat.reshape(b, r, l, d) + loc_update
 
 
 def init_linear_xavier(module: nn.Module) -> None:

@@ -2,7 +2,7 @@
 
 Each temporal slice's (h, w) token grid is cut into windows of the LGI-Former region's spatial size
 (cfg.region[1:], 5 x 10 tokens in the full preset: two windows per 10 x 10 slice). Each window gets exactly
-round(ratio * window) masked tokens (45 of 50 at 90 %), and the same spatial mask repeats over every
+int(ratio * window) masked tokens (45 of 50 at 90 %), and the same spatial mask repeats over every
 temporal slice of the clip. Because windows and regions share their spatial size and the mask is
 constant over time, every region then holds the same number of visible tokens (5 per window x region t
 slices = 10 in the full preset), which is what lets the encoder regroup the visible tokens by region;
@@ -27,15 +27,13 @@ def window_shape(cfg: LGIFormerConfig) -> tuple[int, int]:
 
 
 def masked_per_window(cfg: LGIFormerConfig, ratio: float) -> int:
-    """Masked tokens per window: round(ratio * window tokens); at least one token stays visible."""
+    """Masked tokens per window: int(ratio * window tokens), truncated as the reference's mask generator does
+    (37 of 50 at 0.75, 45 at 0.9)."""
     if not (0.0 <= ratio < 1.0):
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
     wh, ww = window_shape(cfg)
     size = wh * ww
-    masked = int(round(ratio * size))
-    if masked >= size:
-        raise ValueError(f"mask ratio {ratio} leaves no visible token in a {wh} x {ww} window; lower it")
-    return masked
+    return int(ratio * size)  # below size for every ratio < 1: one token at least stays visible
 
 
 def tube_window_mask(batch: int, cfg: LGIFormerConfig, ratio: float = DEFAULT_MASK_RATIO, *,
@@ -43,7 +41,7 @@ def tube_window_mask(batch: int, cfg: LGIFormerConfig, ratio: float = DEFAULT_MA
     """(batch, num_tokens) bool, True = masked, in the tokens' raster order (t, h, w).
 
     One uniform draw of shape (batch, windows per slice, window tokens) from generator; each window masks
-    its round(ratio * window) tokens of largest draw. The generator must live on `device`."""
+    its int(ratio * window) tokens of largest draw. The generator must live on `device`."""
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     device = torch.device(device) if device is not None else generator.device

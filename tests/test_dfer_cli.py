@@ -173,7 +173,7 @@ def test_layer_decay_groups():
         def __init__(self):
             super().__init__()
             self.tokens = nn.Parameter(torch.zeros(2, 4))
-            self.embed = nn.Linear(3, 4)
+            self.patch_embed = nn.Linear(3, 4)
             self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)])
             self.norm = nn.LayerNorm(4)
 
@@ -188,12 +188,13 @@ def test_layer_decay_groups():
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     enc = net.encoder
-    # depth 2: layer 0 (embedding, tokens) 0.5^3, block 0 0.5^2, block 1 0.5, final norm and head 1
-    assert scale_of[id(enc.embed.weight)] == scale_of[id(enc.tokens)] == 0.125
+    # depth 2: layer 0 (patch embedding) 0.5^3, block 0 0.5^2, block 1 0.5; tokens, final norm and head 1, as the
+    # reference's layer ids (its lg_region_tokens match none of its named layers and fall in the top one)
+    assert scale_of[id(enc.patch_embed.weight)] == 0.125
     assert scale_of[id(enc.blocks[0].weight)] == 0.25 and scale_of[id(enc.blocks[1].bias)] == 0.5
-    assert scale_of[id(enc.norm.weight)] == scale_of[id(net.head.weight)] == 1.0
-    assert decay_of[id(enc.embed.weight)] == decay_of[id(net.head.weight)] == 0.05
-    assert decay_of[id(enc.tokens)] == decay_of[id(enc.embed.bias)] == decay_of[id(enc.norm.weight)] == 0.0
+    assert scale_of[id(enc.tokens)] == scale_of[id(enc.norm.weight)] == scale_of[id(net.head.weight)] == 1.0
+    assert decay_of[id(enc.patch_embed.weight)] == decay_of[id(net.head.weight)] == 0.05
+    assert decay_of[id(enc.tokens)] == decay_of[id(enc.patch_embed.bias)] == decay_of[id(enc.norm.weight)] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
     resnet_like = PlainClassifier(nn.Linear(4, 4), 4, 3)  # no blocks: one layer, every scale 1
     assert {g["lr_scale"] for g in parameter_groups(resnet_like, 0.05, 0.5)} == {1.0}

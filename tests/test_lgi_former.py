@@ -243,3 +243,30 @@ def test_drop_path_acts_in_training_only():
     assert not torch.equal(encoder(x), encoder(x))
     encoder.eval()
     assert torch.equal(encoder(x), encoder(x))
+
+
+@pytest.mark.parametrize("need_local", [True, False])
+def test_mlp_step_drops_once_per_clip_and_region_for_all_its_tokens(need_local):
+    """Step 4 of a block: one stochastic-depth draw per (clip, region), shared by the region's representative and
+    local tokens (the reference's DropPath over (B * regions, 1 + tokens, D))."""
+    from sslfer_core.lgi_former import LGIBlock
+
+    torch.manual_seed(0)
+    block = LGIBlock(dim=16, heads=2, mlp_ratio=2.0, drop_path=0.5).train()
+    with torch.no_grad():  # steps 1-3 add nothing, so the output is the input plus the (dropped) MLP update
+        for attn in (block.local_attn, block.global_attn, block.cross_attn):
+            attn.proj.weight.zero_()
+            attn.proj.bias.zero_()
+    b, r, l = 6, 4, 5
+    rep, loc = torch.randn(b, r, 16), torch.randn(b, r, l, 16)
+    with torch.no_grad():
+        out_rep, out_loc = block(rep, loc, need_local=need_local)
+        full_rep = block.mlp(block.mlp_norm(rep))
+        full_loc = block.mlp(block.mlp_norm(loc))
+    rep_scale = ((out_rep - rep) / full_rep).mean(dim=-1)  # (b, r): 0 or 2
+    assert torch.allclose(rep_scale, rep_scale.round(), atol=1e-4) and set(rep_scale.round().unique().tolist()) == {0.0, 2.0}
+    if need_local:
+        loc_scale = ((out_loc - loc) / full_loc).mean(dim=-1)  # (b, r, l)
+        assert torch.allclose(loc_scale, rep_scale[:, :, None].expand(-1, -1, l), atol=1e-4)
+    else:
+        assert torch.equal(out_loc, loc)

@@ -89,6 +89,8 @@ def test_ratio_bounds():
     cfg = preset("full")
     assert masked_per_window(cfg, 0.9) == 45
     assert masked_per_window(cfg, 0.5) == 25
-    for bad in (1.0, -0.1, 0.995):
+    assert masked_per_window(cfg, 0.75) == 37  # truncated, as the reference's int(ratio * 50)
+    assert masked_per_window(cfg, 0.995) == 49
+    for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="ratio"):
             masked_per_window(cfg, bad)

@@ -17,13 +17,13 @@ from sslfer_core import __version__
 from sslfer_core.atomic_files import writable_dir_problem
 from train.checkpoints import CheckpointWriteError
 from train.distributed import cores_per_local_rank
-from train.export import ExportError, export_run
+from train.export import EXPORT_FORMATS, MAE_DFER_FORMAT, ExportError, export_run
 from train.methods import Method, field_default, get_method, method_names
 from train.precision import PRECISIONS
 from train.run_config import DEFAULT_METHOD, LIMITS, TrainConfig, resume_command
 from train.shard_set import ShardSetError
 from train.trainer import RunFolderUnwritable, TrainingError, check_same_method, read_run_config, train
-from train.weights_file import DEFAULT_FORMAT, FORMATS, format_for_path
+from train.weights_file import DEFAULT_FORMAT, format_for_path
 
 
 class _ContrastiveByDefault(click.Group):
@@ -94,6 +94,9 @@ def _shared_options(method: type[Method]) -> tuple[list[click.Option], list[clic
         option("verify", is_flag=True, help="Hash every shard against the manifest before training (slow)."),
         click.Option(["--tensorboard/--no-tensorboard"], default=field_default(config, "tensorboard"),
                      help="TensorBoard event files beside metrics.jsonl [default: on when tensorboard is installed]."),
+        option("init", type=click.Path(dir_okay=False, exists=True), default=None,
+               help="Start from published weights: a MAE-DFER / MAE-DFER-CA checkpoint (mae), an SSL-FER "
+                    "checkpoint (contrastive); recorded with its sha256 in config.json."),
     ]
     return first, rest
 
@@ -179,15 +182,16 @@ main.add_command(_method_command(get_method(DEFAULT_METHOD), "train", hidden=Tru
               help="Where to write the export (contrastive: the backbone state_dict, torchvision ResNet keys, no fc).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="A specific checkpoint instead of the run's newest.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=None,
               help="safetensors: tensors plus metadata in the header, no pickle; torch: a torch.save state_dict "
-                   "(metadata in OUTPUT.json beside it). [default: from OUTPUT's extension: .safetensors -> "
-                   f"safetensors, .pt/.pth -> torch; {DEFAULT_FORMAT} for other names]")
+                   "(metadata in OUTPUT.json beside it); mae-dfer (video MAE runs): the encoder in MAE-DFER's "
+                   "checkpoint layout, for the reference's fine-tuning script. [default: from OUTPUT's "
+                   f"extension: .safetensors -> safetensors, .pt/.pth -> torch; {DEFAULT_FORMAT} for other names]")
 def export_command(run: Path, output: Path, checkpoint: Path | None, fmt: str | None):
     """Write what RUN's newest checkpoint learnt, as its method exports it, in the format OUTPUT's name
     says (.safetensors, .pt, .pth) or --format gives."""
     try:
-        fmt = format_for_path(output, fmt)
+        fmt = fmt if fmt == MAE_DFER_FORMAT else format_for_path(output, fmt)
     except ValueError as error:
         raise click.UsageError(str(error)) from None
     _check_writable(output.parent)

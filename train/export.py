@@ -1,7 +1,9 @@
 """`sslfer-train export`: what the run's method exports from its newest (or a given) checkpoint, e.g. the
 contrastive backbone as a plain torchvision ResNet state_dict, in safetensors or torch format as the output's
 name says (.safetensors / .pt, .pth), with the method's metadata plus method, source checkpoint sha256 and code
-version (train/weights_file.py)."""
+version (train/weights_file.py). `--format mae-dfer` (video MAE runs) writes the encoder in the layout of
+MAE-DFER's pretraining checkpoints instead, which the reference's run_class_finetuning.py --finetune loads
+(train/reference_weights.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,9 +14,12 @@ from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, get_method
 from train.run_config import code_version, method_of_config
-from train.weights_file import format_for_path, write_weights
+from train.weights_file import FORMATS, format_for_path, write_weights
 
-__all__ = ["ExportError", "export_run"]
+MAE_DFER_FORMAT = "mae-dfer"
+EXPORT_FORMATS = (*FORMATS, MAE_DFER_FORMAT)
+
+__all__ = ["ExportError", "export_run", "EXPORT_FORMATS", "MAE_DFER_FORMAT"]
 
 
 def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
@@ -31,13 +36,35 @@ def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, di
     raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
 
 
+def _mae_dfer_path(out_path: Path) -> str:
+    """MAE-DFER's files are torch pickles; a .safetensors name for one would mislead whoever loads it."""
+    if out_path.suffix.lower() == ".safetensors":
+        raise ValueError(f"--format {MAE_DFER_FORMAT} writes a torch file; name it {out_path.stem}.pth")
+    return MAE_DFER_FORMAT
+
+
+def _write_mae_dfer(out_path: Path, payload: dict) -> None:
+    import torch
+
+    from sslfer_core.atomic_files import atomic_path
+    from train.reference_weights import mae_dfer_payload
+
+    try:
+        with atomic_path(Path(out_path)) as tmp:
+            torch.save(mae_dfer_payload(payload), tmp)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        text = str(error).strip()
+        raise ExportError(f"could not write {out_path} ({text.splitlines()[0] if text else type(error).__name__})"
+                          ) from None
+
+
 def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str | None = None,
                warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
     """Write the export of the checkpoint's method to out_path atomically, in the format its name says (or
     `fmt` for other names; a contradiction is an ExportError); returns (checkpoint used, description of what
     was written, step). Non-finite weights are refused."""
     try:
-        fmt = format_for_path(Path(out_path), fmt)
+        fmt = _mae_dfer_path(Path(out_path)) if fmt == MAE_DFER_FORMAT else format_for_path(Path(out_path), fmt)
     except ValueError as error:
         raise ExportError(str(error)) from None
     problem = writable_dir_problem(Path(out_path).parent)
@@ -60,7 +87,13 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fm
         method = get_method(method_of_config(state["config"]))
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
+    if fmt == MAE_DFER_FORMAT and method.name != "mae":
+        raise ExportError(f"{path}: --format {MAE_DFER_FORMAT} writes an LGI-Former encoder; this is a "
+                          f"{method.name} run")
     exported = method.export(state, path)
+    if fmt == MAE_DFER_FORMAT:
+        _write_mae_dfer(out_path, exported.payload)
+        return path, f"{exported.description} in MAE-DFER's checkpoint layout", int(state.get("step", -1))
     metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
                 "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
     try:

@@ -48,6 +48,7 @@ class TrainConfig:
     compile: bool = False
     verify: bool = False
     tensorboard: bool = field(default_factory=tensorboard_available)  # event files beside metrics.jsonl
+    init: str | None = None  # published weights the run starts from (train/reference_weights.py)
 
     method: ClassVar[str] = ""  # the registered method name; set by each method's config class
     runtime_keys: ClassVar[frozenset[str]] = RUNTIME_KEYS

@@ -187,8 +187,22 @@ def _cpu_threads(ctx: DistContext, workers: int) -> int:
     return torch.get_num_threads()
 
 
+def _initialise(cfg: TrainConfig, method: Method, state: RunState, resuming: bool, echo) -> dict | None:
+    """--init: the method loads the published weights into the new model (a resumed run has its checkpoint)."""
+    if not cfg.init or resuming:
+        return None
+    from train.weights_file import WeightsFileError
+
+    try:
+        record = method.init_weights(state.model, Path(cfg.init))
+    except (ValueError, WeightsFileError) as error:
+        raise TrainingError(f"--init {error}") from None
+    echo(record["summary"])
+    return record
+
+
 def _record_config(cfg: TrainConfig, ctx: DistContext, method: Method, data: _Data, run_dir: Path,
-                   resuming: bool) -> None:
+                   resuming: bool, init: dict | None = None) -> None:
     """Write config.json for a new run; for a resumed one, refuse different shards."""
     if resuming:
         if read_run_config(run_dir).get("manifest_sha256") != data.manifest_sha256:
@@ -202,7 +216,7 @@ def _record_config(cfg: TrainConfig, ctx: DistContext, method: Method, data: _Da
             device_used=str(ctx.device), bf16_used=method.bf16,
             steps_per_epoch=data.steps_per_epoch, total_steps=data.total_steps,
             warmup_steps_used=data.warmup_steps, frames=data.index.num_frames, videos=data.index.num_videos,
-            torch_version=torch.__version__))
+            torch_version=torch.__version__, **({"init_weights": init} if init else {})))
 
 
 def _build_state(cfg: TrainConfig, method: Method, data: _Data) -> RunState:
@@ -262,8 +276,9 @@ def _train_locked(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progre
     method = get_method(cfg.method)(cfg, ctx)
     data = _prepare_data(cfg, ctx, method, echo)
     threads = _cpu_threads(ctx, data.workers)
-    _record_config(cfg, ctx, method, data, run_dir, resume_from is not None)
     state = _build_state(cfg, method, data)
+    init = _initialise(cfg, method, state, resume_from is not None, echo)
+    _record_config(cfg, ctx, method, data, run_dir, resume_from is not None, init)
     if resume_from is not None:
         state.restore(resume_from, found[1])
         echo(f"resuming {run_dir} from {resume_from.name} (step {state.step}, epoch {state.epoch})")

@@ -11,6 +11,8 @@ Preprocessing metadata (what the backbone was trained on, applied by sslfer-eval
 """
 from __future__ import annotations
 
+import argparse
+import collections
 import json
 import pickle
 import re
@@ -94,19 +96,93 @@ def is_safetensors(path: Path) -> bool:
     return 0 < length <= _MAX_HEADER and head[8:9] == b"{"
 
 
-def load_torch_file(path: Path):
-    """torch.load with weights_only=True; a pickle that would run code, or any unreadable file, is one line."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))  # torch's weights_only refusal
-        if refused:
-            raise WeightsFileError(f"{path}: refused: this pickle holds more than tensors ({refused.group(1)}; "
-                                   "loading it would run code); give a safetensors file or a plain state_dict") from None
-        raise WeightsFileError(f"{path}: cannot read weights: not a plain weights file, or a damaged one") from None
-    except Exception as error:  # torch raises several types for truncated / foreign files
-        raise WeightsFileError(f"{path}: cannot read weights: not a plain weights file, or a damaged one "
-                               f"({type(error).__name__}: {_first_line(error)})") from None
+# Harmless types that published checkpoints hold beside their tensors (the reference scripts save their
+# command-line arguments with the weights); torch's weights_only loader builds them without running code.
+ALLOWED_CLASSES = (argparse.Namespace,)
+# Pickled objects under these module paths (optimisers, learning-rate schedulers) are read past without being
+# built: each becomes an inert SkippedObject, and its state is dropped unread.
+SKIPPED_PREFIXES = ("torch.optim.",)
+# What a skipped optimiser's pickled state is made of besides tensors: its per-parameter state is a
+# defaultdict(dict). Allowed only while reading past skipped objects.
+SKIPPED_CONTENTS = (collections.defaultdict, dict)
+_MAX_SKIPPED_CLASSES = 32
+_REFUSED = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch's weights_only refusal
+
+
+class SkippedObject:
+    """Stands where a pickled object of a skipped class was; builds nothing and keeps none of its state."""
+
+    reference_class = "?"
+    holds: tuple[str, ...] = ()  # classes of the skipped objects inside this one's state (e.g. its optimiser)
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        self.holds = tuple(name for _, name in skipped_objects(state))
+
+    def __repr__(self) -> str:
+        return f"<skipped {self.reference_class}>"
+
+
+def _placeholder(full_name: str) -> type:
+    return type(full_name.rsplit(".", 1)[-1], (SkippedObject,), {"reference_class": full_name})
+
+
+def load_torch_file(path: Path, skip_objects: bool = False):
+    """torch.load with weights_only=True and ALLOWED_CLASSES; a pickle that would run code, or any unreadable
+    file, is one line. skip_objects: classes under SKIPPED_PREFIXES come back as SkippedObject instances
+    (still weights_only: the placeholder is what the unpickler builds for that name)."""
+    placeholders: list[tuple[type, str]] = []
+    while True:
+        try:
+            extra = SKIPPED_CONTENTS if skip_objects else ()
+            with torch.serialization.safe_globals([*ALLOWED_CLASSES, *extra, *placeholders]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            refused = _REFUSED.search(str(error))
+            name = refused.group(1) if refused else None
+            if name and skip_objects and name.startswith(SKIPPED_PREFIXES) and \
+                    len(placeholders) < _MAX_SKIPPED_CLASSES and name not in {n for _, n in placeholders}:
+                placeholders.append((_placeholder(name), name))
+                continue
+            if name:
+                raise WeightsFileError(f"{path}: refused: this pickle holds more than tensors ({name}; "
+                                       "loading it would run code); give a safetensors file or a plain state_dict") from None
+            raise WeightsFileError(f"{path}: cannot read weights: not a plain weights file, or a damaged one") from None
+        except Exception as error:  # torch raises several types for truncated / foreign files
+            raise WeightsFileError(f"{path}: cannot read weights: not a plain weights file, or a damaged one "
+                                   f"({type(error).__name__}: {_first_line(error)})") from None
+
+
+def skipped_objects(payload) -> list[tuple[str, str]]:
+    """(where, class) of every SkippedObject in a loaded payload (dicts, lists, tuples walked), in order."""
+    found: list[tuple[str, str]] = []
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, SkippedObject):
+            found.append((where, value.reference_class))
+            found.extend((f"{where} (inside)", name) for name in value.holds)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(payload, "")
+    return found
+
+
+def describe_skipped(payload) -> str | None:
+    """One line naming the skipped objects of a payload, or None when there are none."""
+    found = skipped_objects(payload)
+    if not found:
+        return None
+    return "skipped without building: " + ", ".join(f"{where} ({name})" for where, name in found)
 
 
 def _first_line(error: Exception, limit: int = 200) -> str:

@@ -82,7 +82,27 @@ def _into_resnet(state: dict, arch: str | None, where: str) -> tuple[nn.Module, 
     return model, found
 
 
+def load_reference(path: Path) -> LoadedBackbone | None:
+    """The ResNet of a published SSL-FER checkpoint (train/reference_weights.py), or None for any other file;
+    one line says what was found, mapped and skipped."""
+    from train.reference_weights import ReferenceWeightsError, read_reference, resnet_state
+
+    try:
+        reference = read_reference(path)
+        if reference is None:
+            return None
+        state, line = resnet_state(reference)
+    except (ReferenceWeightsError, WeightsFileError) as error:
+        raise click.ClickException(str(error)) from None
+    model, arch = _into_resnet(state, None, str(path))
+    click.echo(f"{reference.found_line()}; {line}", err=True)
+    return LoadedBackbone(path.stem, arch, model, file_sha256(path), str(path))
+
+
 def load_exported(path: Path) -> LoadedBackbone:
+    reference = load_reference(path)
+    if reference is not None:
+        return reference
     try:
         state, metadata = read_weights(path)
     except WeightsFileError as error:

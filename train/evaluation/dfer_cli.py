@@ -2,11 +2,13 @@
 
   sslfer-eval dfer linear    frozen clip features (mean of the 2 evaluation clips per video), linear head on val
   sslfer-eval dfer finetune  whole network (+ optional CA motion branch), epoch chosen on validation UAR
+  sslfer-eval dfer test      a published fine-tuned MAE-DFER(-CA) model scored as it is on the test split
   sslfer-eval dfer compare   video results.json files as the reference's table (UAR, WAR)
 
 Backbones: ResNet specs as for the image commands (file, run folder, random[:N], imagenet), used per frame and
 averaged over the clip's frames; `mae:PRESET` = a random LGI-Former video encoder; an `sslfer-train export` file
-(or run folder) of a video MAE run = its pretrained LGI-Former encoder.
+(or run folder) of a video MAE run = its pretrained LGI-Former encoder; a published MAE-DFER(-CA) checkpoint = its
+LGI-Former encoder (train/reference_weights.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 from sslfer_core import metrics
 from sslfer_core.atomic_files import write_bytes_atomic
 from sslfer_core.ca_branch import FUSIONS, MOTION_INPUTS
+from sslfer_core.file_hash import file_sha256
 from train.evaluation import session
 from train.evaluation.datasets import split_counts
 from train.evaluation.figures import plot_compared, plot_options, write_confusion_figures
@@ -92,7 +95,7 @@ data_options = option_group(
 )
 
 
-def _load(params) -> tuple[VideoDataset, list, ClipSampling]:
+def _load(params, required: tuple[str, ...] = SPLITS) -> tuple[VideoDataset, list, ClipSampling]:
     min_frames = params["min_frames"] or params["frames"]
     dataset = load_video_dataset(params["data"], params["fmt"], classes=session.parse_classes(params["classes"]),
                                  video_root=params["video_root"], path_prefix=_path_prefix(params["path_prefix"]),
@@ -105,7 +108,7 @@ def _load(params) -> tuple[VideoDataset, list, ClipSampling]:
             raise click.ClickException(f"--fold {', '.join(map(str, params['folds']))}: the dataset has folds "
                                        f"{', '.join(str(f) for f in dataset.folds)}")
     for plan in plans:
-        for split in SPLITS:
+        for split in required:
             if len(plan.indices[split]) == 0:
                 raise click.ClickException(f"split '{split}' is empty ({plan.name}) for {dataset.path}")
     return dataset, plans, ClipSampling(params["frames"], params["stride"], params["test_clips"])
@@ -272,6 +275,9 @@ def linear(**params):
 @click.option("--ca", type=click.Choice(FUSIONS), default=None, help="Fuse the CA motion branch (MAE-DFER-CA).")
 @click.option("--motion", type=click.Choice(MOTION_INPUTS), default="mean-minus-first", show_default=True,
               help="CA input: the reference code's mean-minus-first map, or per-frame differences.")
+@click.option("--keep-encoder-norm", is_flag=True,
+              help="Video encoder: keep its final LayerNorm and PyTorch's default head initialisation, instead of "
+                   "the reference's fresh LayerNorm and truncated-normal(0.02) x 0.001 head.")
 def finetune(**params):
     device = session.configure_torch(params["threads"], params["device"])
     dataset, plans, sampling = _load(params)
@@ -282,7 +288,7 @@ def finetune(**params):
         mixup=params["mixup"], cutmix=params["cutmix"], label_smoothing=params["smoothing"],
         erase_prob=params["erase_prob"], layer_decay=params["layer_decay"], drop_path=params["drop_path"],
         augment=not params["no_augment"], ca=params["ca"], motion=params["motion"],
-        workers=workers)
+        workers=workers, reference_start=not params["keep_encoder_norm"])
     if params["ca"] and params["image_size"] % 16:
         raise click.BadParameter("the CA branch needs a size divisible by 16", param_hint="--image-size")
     labels, names = dataset.labels(), dataset.class_names
@@ -319,6 +325,89 @@ def finetune(**params):
             click.echo(f"{name}: {throughput:.2f} training clips/s on {device}", err=True)
     extra = {"protocol": "finetune", "sampling": vars(sampling), "finetune": vars(config), "device_used": str(device)}
     finish(payload_for("dfer-finetune", params, dataset, plans, entries, extra), dataset, params["out_dir"])
+
+
+def load_finetuned_model(path: Path):
+    """(classifier, LGIFormerConfig, ReferenceFile) of a published fine-tuned MAE-DFER(-CA) checkpoint."""
+    from train.reference_weights import ReferenceWeightsError, build_classifier, read_reference
+    from train.weights_file import WeightsFileError
+
+    try:
+        reference = read_reference(path)
+        if reference is None or reference.kind not in ("mae-dfer-finetuned", "mae-dfer-ca"):
+            found = reference.kind if reference is not None else "not a published checkpoint"
+            raise click.ClickException(f"--model {path}: {found}; give a fine-tuned MAE-DFER or MAE-DFER-CA "
+                                       "checkpoint (its head is what this command scores)")
+        model, config, line = build_classifier(reference)
+    except (ReferenceWeightsError, WeightsFileError) as error:
+        raise click.ClickException(f"--model {error}") from None
+    click.echo(f"{reference.found_line()}; {line}", err=True)
+    return model, config, reference
+
+
+@dfer.command("test", help="Score a published fine-tuned MAE-DFER(-CA) model as it is (its own head, the CA branch "
+                   "included) on the test split: evaluation clips as the reference tests (start to end, softmax "
+                   "averaged per video), UAR / WAR. Nothing is trained.")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The fine-tuned checkpoint (e.g. MAE-DFER's DFEW fold model, a MAE-DFER-CA variant).")
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="Annotation file, a folder with train.csv/test.csv, or one with split01..split05.")
+@click.option("--format", "fmt", type=click.Choice(VIDEO_FORMATS), default="auto", show_default=True)
+@click.option("--classes", default=None, help="video-csv only: class names in the order of the model's head.")
+@click.option("--video-root", type=click.Path(file_okay=False), default=None)
+@click.option("--path-prefix", default=None, help="OLD=NEW: rewrite absolute paths starting with OLD.")
+@click.option("--fold", "folds", multiple=True, type=int, help="Only these reference folds (default: all).")
+@click.option("--stride", type=click.IntRange(1), default=4, show_default=True,
+              help="Frame step inside a clip (the reference: 4 for DFEW/MAFW, 1 for FERV39k).")
+@click.option("--test-clips", type=click.IntRange(1), default=2, show_default=True,
+              help="Evaluation clips per video (the reference's --test_num_segment).")
+@click.option("--min-frames", type=click.IntRange(1), default=None,
+              help="Videos with fewer frames are bad rows (default: the model's clip length).")
+@click.option("--test-fraction", type=click.FloatRange(0.01, 0.5), default=0.2, show_default=True,
+              help="Test carved from all clips when the dataset has no splits.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True, help="Videos per batch.")
+@click.option("--align", is_flag=True, help="Detect and align the face in every frame (whole-scene videos).")
+@click.option("--dlib-models", type=click.Path(file_okay=False), default=None)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--workers", type=click.IntRange(0), default=None)
+@click.option("--threads", type=click.IntRange(1), default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+def test_command(**params):
+    device = session.configure_torch(params["threads"], params["device"])
+    model, config, reference = load_finetuned_model(Path(params["model_path"]))
+    params.update(frames=config.frames, image_size=config.img_size, seeds=1, val_fraction=0.1)
+    dataset, plans, sampling = _load(params, required=("test",))
+    labels, names = dataset.labels(), dataset.class_names
+    classes = int(model.head.out_features)
+    if classes != len(names):
+        raise click.ClickException(f"--model {reference.path}: its head has {classes} classes, the dataset "
+                                   f"{len(names)} ({', '.join(names)})")
+    workers = 0 if params["align"] else (session.default_workers() if params["workers"] is None else params["workers"])
+    scorer = DferFinetuner(None, dataset.records, labels, names, sampling, config.img_size,
+                           DferFinetuneConfig(workers=workers, eval_batch_size=params["batch_size"]), device,
+                           uses_bf16(params["precision"], device), _aligner(params))
+    net = model.to(device).eval()
+    runs = []
+    for plan in plans:
+        kept, predicted = scorer.predict(net, plan.indices["test"])
+        runs.append({"name": plan.name, "seed": plan.seed, "fold": plan.fold, "notes": plan.notes,
+                     "counts": split_counts(dataset, plan.indices),
+                     "test": metrics.dfer_report(labels[kept], predicted, names)})
+        if params["out_dir"]:
+            path = Path(params["out_dir"]) / "predictions" / f"{reference.path.stem}-{plan.name}-test.csv"
+            write_predictions(path, dataset, Predictions(kept, labels=predicted))
+            runs[-1]["predictions_file"] = str(path)
+    for i in sorted(scorer.unreadable):
+        dataset.problems.add(UNDECODABLE, dataset.records[i].source)
+    described = {"name": reference.path.stem, "kind": reference.kind, "variant": reference.variant,
+                 "sha256": file_sha256(reference.path), "source": str(reference.path), "frames": config.frames,
+                 "image_size": config.img_size, "classes": classes}
+    entry = {"backbone": described, "runs": runs, "summary": summarise([r["test"] for r in runs]),
+             "per_fold": per_fold_summary(runs)}
+    extra = {"protocol": "test", "sampling": vars(sampling), "device_used": str(device),
+             "model_args": {k: v for k, v in reference.args.items() if isinstance(v, (bool, int, float, str))}}
+    finish(payload_for("dfer-test", params, dataset, plans, [entry], extra), dataset, params["out_dir"])
 
 
 @dfer.command(help="Video results.json files side by side in the reference's layout (UAR, WAR).")

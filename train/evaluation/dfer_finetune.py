@@ -57,6 +57,14 @@ class DferFinetuneConfig:
     motion: str = "mean-minus-first"
     workers: int = 0
     eval_batch_size: int = 8
+    # The reference's start for a video encoder: a fresh final LayerNorm (its fc_norm; the pretrained one is
+    # discarded) and a head drawn truncated-normal(0.02) x 0.001 with a zero bias. False keeps the encoder's
+    # norm and PyTorch's default Linear initialisation.
+    reference_start: bool = True
+
+
+HEAD_INIT_STD = 0.02  # the reference's fine-tuning head: truncated normal (timm's bounds, +-2 absolute) ...
+HEAD_INIT_SCALE = 0.001  # ... times its --init_scale
 
 
 class PlainClassifier(nn.Module):
@@ -76,11 +84,26 @@ def build_classifier(backbone: VideoBackbone, num_classes: int, config: DferFine
     else:
         encoder = copy.deepcopy(backbone.encoder)
     if config.ca is None:
-        return PlainClassifier(encoder, backbone.feature_dim, num_classes)
-    if config.ca not in FUSIONS:
+        net = PlainClassifier(encoder, backbone.feature_dim, num_classes)
+    elif config.ca not in FUSIONS:
         raise ValueError(f"unknown --ca {config.ca!r}; use one of {', '.join(FUSIONS)}")
-    ca_config = CAConfig(img_size=image_size, frames=frames, motion=config.motion, out_dim=backbone.feature_dim)
-    return MotionFusionClassifier(encoder, backbone.feature_dim, num_classes, config.ca, ca_config)
+    else:
+        ca_config = CAConfig(img_size=image_size, frames=frames, motion=config.motion, out_dim=backbone.feature_dim)
+        net = MotionFusionClassifier(encoder, backbone.feature_dim, num_classes, config.ca, ca_config)
+    if config.reference_start and backbone.kind == "video-encoder":
+        reference_start(net)
+    return net
+
+
+@torch.no_grad()
+def reference_start(net: nn.Module) -> None:
+    """The reference's fine-tuning start (DferFinetuneConfig.reference_start) on a classifier with `encoder.norm`
+    and `head`."""
+    nn.init.ones_(net.encoder.norm.weight)
+    nn.init.zeros_(net.encoder.norm.bias)
+    nn.init.trunc_normal_(net.head.weight, std=HEAD_INIT_STD, a=-2.0, b=2.0)
+    net.head.weight.mul_(HEAD_INIT_SCALE)
+    nn.init.zeros_(net.head.bias)
 
 
 class ClipAugment:
@@ -119,22 +142,19 @@ class ClipAugment:
 
 
 def parameter_groups(net: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups: learning-rate scale layer_decay ** (depth + 1 - layer), layer 0 = what the encoder registers
-    before its `blocks`, block i = layer i + 1, the rest (final norm, CA branch, head) = depth + 1; no weight decay
-    for biases, norms, other 1-D parameters and the encoder's `no_decay_parameters()` (tokens). An encoder without
-    `blocks` (a ResNet) is one layer: every scale is 1."""
+    """AdamW groups: learning-rate scale layer_decay ** (depth + 1 - layer), layer 0 = the encoder's
+    `patch_embed`, block i = layer i + 1, everything else (the representative tokens, final norm, CA branch,
+    head) = depth + 1, as the reference's layer ids (its region tokens fall in the top layer); no weight decay
+    for biases, norms, other 1-D parameters and the encoder's `no_decay_parameters()` (tokens). An encoder
+    without `blocks` (a ResNet) is one layer: every scale is 1."""
     encoder = net.encoder
     blocks = list(getattr(encoder, "blocks", []))
     depth = len(blocks)
     block_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
     no_decay = {id(p) for p in getattr(encoder, "no_decay_parameters", lambda: [])()}
-    layer_of, seen_block = {}, False
-    for p in encoder.parameters():
-        if id(p) in block_of:
-            seen_block = True
-            layer_of[id(p)] = block_of[id(p)]
-        else:
-            layer_of[id(p)] = depth + 1 if seen_block or not depth else 0
+    embedding = getattr(encoder, "patch_embed", None)
+    first = {id(p) for p in embedding.parameters()} if isinstance(embedding, nn.Module) and depth else set()
+    layer_of = {id(p): block_of.get(id(p), 0 if id(p) in first else depth + 1) for p in encoder.parameters()}
     groups: dict[tuple[int, bool], dict] = {}
     for p in net.parameters():
         if not p.requires_grad:

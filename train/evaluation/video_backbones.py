@@ -217,7 +217,10 @@ def load_video_backbone(spec: str, arch: str, frames: int | None = None) -> Vide
         return load_video_encoder(spec[len(VIDEO_ENCODER_PREFIX):], frames)
     path = Path(spec)
     if path.is_file():
-        payload = read_weights_file(path)
+        reference = read_reference_file(path)
+        if reference is not None and reference.kind != "ssl-fer":
+            return load_reference_video_encoder(reference)
+        payload = {} if reference is not None else read_weights_file(path)  # an SSL-FER file: load_backbone reads it
         if is_encoder_export(payload):
             return load_exported_video_encoder(path, payload)
         if isinstance(payload, dict) and "format" in payload and not torch.is_tensor(payload["format"]):
@@ -231,6 +234,32 @@ def load_video_backbone(spec: str, arch: str, frames: int | None = None) -> Vide
     encoder = FramePooledEncoder(loaded.model, loaded.feature_dim)
     return VideoBackbone(loaded.name, "resnet-frames", encoder, loaded.feature_dim, loaded.sha256, loaded.source,
                          loaded.arch)
+
+
+def read_reference_file(path: Path):
+    """A published MAE-DFER(-CA) / SSL-FER checkpoint (train/reference_weights.py), or None for any other file."""
+    from train.reference_weights import ReferenceWeightsError, read_reference
+
+    try:
+        return read_reference(path)
+    except (ReferenceWeightsError, WeightsFileError) as error:
+        raise click.ClickException(f"--backbone {error}") from None
+
+
+def load_reference_video_encoder(reference) -> VideoBackbone:
+    """The LGI-Former encoder of a published MAE-DFER(-CA) checkpoint; one line says what was found and mapped."""
+    from train.reference_weights import VIDEO_KINDS, ReferenceWeightsError, build_encoder
+
+    if reference.kind not in VIDEO_KINDS:
+        raise click.ClickException(f"--backbone {reference.path}: an {reference.kind} checkpoint, not a video encoder")
+    try:
+        encoder, config, line = build_encoder(reference)
+    except ReferenceWeightsError as error:
+        raise click.ClickException(f"--backbone {error}") from None
+    check_finite(encoder.state_dict(), str(reference.path))
+    click.echo(f"{reference.found_line()}; {line}", err=True)
+    return _video_backbone(encoder, config, reference.path.stem, file_sha256(reference.path), str(reference.path),
+                           f"lgi-former-{reference.kind}")
 
 
 def normalise_clips(clips_uint8: torch.Tensor) -> torch.Tensor:

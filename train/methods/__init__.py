@@ -88,6 +88,11 @@ class Method:
         named like a shared one (e.g. batch_size) replaces the shared one."""
         return []
 
+    def init_weights(self, model: nn.Module, path: Path) -> dict:
+        """Load published weights into the freshly built model (`--init FILE`); returns what config.json records
+        under "init" (path, sha256, kind, summary). Raises ValueError with one line."""
+        raise ValueError(f"--init is not available for the {self.name} method")
+
     # -- data
     def index_options(self) -> dict:
         """Keyword arguments for reading the shard index (train/shard_set.py open_shard_set): whether it

@@ -188,6 +188,11 @@ class Contrastive(Method):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
+    def init_weights(self, model: nn.Module, path: Path) -> dict:
+        from train.reference_weights import init_contrastive
+
+        return init_contrastive(model, path)
+
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         # fused: Adam's update in one kernel per parameter instead of several, which shortens every step
         # (docs/training.md, "Measurements behind defaults").

@@ -247,6 +247,11 @@ class VideoMAEMethod(Method):
     def build_model(self) -> nn.Module:
         return VideoMAE(self.model_cfg).to(self.ctx.device)
 
+    def init_weights(self, model: nn.Module, path: Path) -> dict:
+        from train.reference_weights import init_video_mae
+
+        return init_video_mae(model, path, f"--preset {self.cfg.preset} --frames {self.cfg.clip_frames}")
+
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
         return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
