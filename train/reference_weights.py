@@ -156,7 +156,9 @@ def lgi_config(ref: ReferenceFile):
         raise ReferenceWeightsError(f"{ref.path}: width {dim} is not a multiple of the reference's head width "
                                     f"{HEAD_WIDTH}")
     heads = int(ref.args.get(SSLFER_HEADS_ARG) or int(dim) // HEAD_WIDTH)
-    values = dict(frames=int(ref.arg("num_frames")), img_size=int(ref.arg("input_size")), tubelet=int(tubelet),
+    # the fine-tuning script builds its model for num_frames x num_segments frames
+    frames = int(ref.arg("num_frames")) * int(ref.args.get("num_segments") or 1)
+    values = dict(frames=frames, img_size=int(ref.arg("input_size")), tubelet=int(tubelet),
                   patch=int(patch), in_chans=int(in_chans), dim=int(dim), depth=depth, heads=heads,
                   mlp_ratio=hidden / dim, region=tuple(int(v) for v in ref.arg("lg_region_size")))
     if has_decoder(ref):
