@@ -9,11 +9,11 @@ from typing import Callable
 from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
-from train.methods import ExportError, get_method
+from train.methods import ExportError, Exported, get_method
 from train.run_config import code_version, method_of_config
 from train.weights_file import DEFAULT_FORMAT, write_weights
 
-__all__ = ["ExportError", "export_run"]
+__all__ = ["ExportError", "export_checkpoint", "export_run"]
 
 
 def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
@@ -30,13 +30,11 @@ def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, di
     raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
 
 
-def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str = DEFAULT_FORMAT,
-               warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
-    """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
-    description of what was written, step). Non-finite weights are refused."""
-    problem = writable_dir_problem(Path(out_path).parent)
-    if problem:
-        raise ExportError(problem)
+def export_checkpoint(run_dir: Path, checkpoint: Path | None = None,
+                      warn: Callable[[str], None] = print) -> tuple[Path, dict, Exported]:
+    """What the run's own method exports from its newest readable (or the given) checkpoint, in memory:
+    (checkpoint used, its content, the export). Non-finite weights are refused. Evaluation loads run
+    folders through this, so it needs to know no method."""
     if checkpoint:
         path = Path(checkpoint)
         try:
@@ -54,8 +52,18 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fm
         method = get_method(method_of_config(state["config"]))
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
-    exported = method.export(state, path)
-    metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
+    return path, state, method.export(state, path)
+
+
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str = DEFAULT_FORMAT,
+               warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
+    """Write the export of the checkpoint's method to out_path atomically; returns (checkpoint used,
+    description of what was written, step). Non-finite weights are refused."""
+    problem = writable_dir_problem(Path(out_path).parent)
+    if problem:
+        raise ExportError(problem)
+    path, state, exported = export_checkpoint(run_dir, checkpoint, warn)
+    metadata = {**exported.metadata, "method": method_of_config(state["config"]), "source_checkpoint": path.name,
                 "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
     try:
         write_weights(out_path, exported.payload, metadata, fmt)
