@@ -6,7 +6,7 @@ Efficiency = time per in-memory step / time per real-data step (1.0: the loader 
     .venv/bin/python benchmarks/bench_mae_step.py --shards SHARDS_160PX --cuda           # GPU, full preset, bf16
         [--preset P] [--batch-size B] [--workers W] [--steps 10] [--rounds 3] [--json out.json]
 
-A step is what the trainer does (train/trainer.py): batch to the device, VideoMAEMethod.step (augmentation,
+A step is what the trainer does (train/trainer.py): batch to the device, MAE.step (augmentation,
 mask, forward, targets, loss) with the step's generator, backward, AdamW step; on the CPU the loss is read
 every step as the trainer does there, on CUDA only at the end of a block. Real and in-memory blocks of
 --steps steps alternate for --rounds rounds after one warm-up block of each (other processes share the

@@ -38,8 +38,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from sslfer_core.lgi_former import (LGIFormerClassifier, LGIFormerConfig, count_parameters,  # noqa: E402
                                     preset, sincos_table)
+from sslfer_core.mae import Block, MAEModel  # noqa: E402
 from sslfer_core.tube_masking import tube_window_mask  # noqa: E402
-from sslfer_core.video_mae import Block, VideoMAE  # noqa: E402
 
 NUM_CLASSES = 7
 MASK_RATIO = 0.9
@@ -74,7 +74,7 @@ def measure(name: str) -> list[dict]:
     x = torch.randn(1, cfg.in_chans, cfg.frames, cfg.img_size, cfg.img_size)
     mask = tube_window_mask(1, cfg, MASK_RATIO, generator=torch.Generator().manual_seed(0), device="cpu")
     classifier = LGIFormerClassifier(cfg, NUM_CLASSES).eval()
-    mae = VideoMAE(cfg)
+    mae = MAEModel(cfg)
     rows = []
 
     def add(what, value, params=None):
@@ -97,7 +97,7 @@ def measure(name: str) -> list[dict]:
 def time_tiny(batch: int = 8, repeats: int = 5) -> dict:
     """Wall time of one tiny-preset forward+backward at `batch` on this CPU (median of `repeats`)."""
     cfg = preset("tiny")
-    model = VideoMAE(cfg)
+    model = MAEModel(cfg)
     x = torch.randn(batch, cfg.in_chans, cfg.frames, cfg.img_size, cfg.img_size)
     mask = tube_window_mask(batch, cfg, MASK_RATIO, generator=torch.Generator().manual_seed(0), device="cpu")
     times = []

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 
 from sslfer_core.clip_augment import ClipAugmentConfig, augment_clips  # noqa: E402
 from sslfer_core.losses import mae_loss  # noqa: E402
+from sslfer_core.mae import MAEModel, mae_targets  # noqa: E402
 from sslfer_core.tube_masking import tube_window_mask  # noqa: E402
-from sslfer_core.video_mae import VideoMAE, mae_targets  # noqa: E402
 from train.checkpoints import list_checkpoints, read_checkpoint  # noqa: E402
 from train.distributed import DistContext  # noqa: E402
 from train.methods import get_method  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     method = method_cls(cfg, DistContext(device=torch.device("cpu")))
     model_cfg = method.model_cfg
     if args.run is not None:
-        model = VideoMAE(model_cfg)
+        model = MAEModel(model_cfg)
         model.load_state_dict(state["model"])
         model.eval()
     index, _ = open_shard_set(args.shards)

@@ -349,7 +349,7 @@ def init_linear_xavier(module: nn.Module) -> None:
 class LGIFormerEncoder(nn.Module):
     """Clip (B, C, T, H, W), ImageNet-normalised -> representative and local tokens.
 
-    `norm` is the encoder's one final LayerNorm: pretraining (sslfer_core.video_mae) applies it to the local
+    `norm` is the encoder's one final LayerNorm: pretraining (sslfer_core.mae) applies it to the local
     tokens it sends to the decoder, `pooled` applies it to the mean of the representative tokens."""
 
     def __init__(self, cfg: LGIFormerConfig):

@@ -83,7 +83,7 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error over the masked tokens and all their values, in fp32.
 
     target (B, N, D) holds every token; mask (B, N) bool, True = masked, with the same count per sample.
-    pred is either (B, N_masked, D), the masked tokens in raster order (what VideoMAE.forward returns,
+    pred is either (B, N_masked, D), the masked tokens in raster order (what MAEModel.forward returns,
     i.e. the order target[mask] has), or (B, N, D), of which only the masked tokens count."""
     if target.dim() != 3 or mask.shape != target.shape[:2] or mask.dtype != torch.bool:
         raise ValueError(f"target must be (B, N, D) and mask bool (B, N); got {tuple(target.shape)} and "

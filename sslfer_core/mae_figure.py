@@ -8,7 +8,7 @@ that slice's tubelet, the frame the appearance target describes):
   5. predicted motion and 6. target motion.
 Display choices:
 - Appearance targets are per-tubelet standardised; predictions and targets are mapped back to pixels with
-  the tubelet's own mean and std (sslfer_core.video_mae.tubelet_stats), so both show faces. The target row
+  the tubelet's own mean and std (sslfer_core.mae.tubelet_stats), so both show faces. The target row
   then reproduces the input, which checks the target code by eye. The mean comes from the target, so
   even a zero prediction shows each patch's mean colour (a blocky face): only the structure inside a
   patch is the model's. The figure says so in its caption.
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from sslfer_core.atomic_files import write_bytes_atomic
 from sslfer_core.lgi_former import LGIFormerConfig
-from sslfer_core.video_mae import tubelet_stats, unpatchify_frames
+from sslfer_core.mae import tubelet_stats, unpatchify_frames
 
 ROW_TITLES = ("input", "masked input", "predicted appearance", "target appearance", "predicted motion",
               "target motion")

@@ -3,6 +3,7 @@ folder), `mae:tiny` random, and a contrastive ResNet-18 export, with and without
 expression-change clips and mead_mini; the loader's refusals are one line."""
 import json
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ from dfer_fixtures import MAE_FRAMES, contrastive_export, mae_export
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.synthetic_clips import CHANGE_CLASSES, write_expression_clips
 from tests.conftest import shared_data_root
+from train.evaluation.backbones import load_backbone
 from train.evaluation.cli import main
 from train.evaluation.video_backbones import load_video_backbone
 from train.weights_file import read_payload
@@ -74,11 +76,17 @@ def test_the_export_loads_its_weights_and_pools_representative_tokens(built):
         assert torch.allclose(backbone.encoder.pooled(x), by_hand, atol=1e-5)
     run = load_video_backbone(str(built["root"] / "mae_run"), "resnet18", MAE_FRAMES)  # the run folder, in memory
     assert run.name.endswith("@step1") and all(torch.equal(run.encoder.state_dict()[k], state[k]) for k in state)
+    with pytest.raises(click.ClickException, match="exports LGI-Former .* not a ResNet backbone"):
+        load_backbone(str(built["root"] / "mae_run"))  # the image evaluation takes ResNets only
 
 
 def test_resnet_clip_feature_is_the_mean_of_frame_features(built):
     backbone = load_video_backbone(str(built["resnet"]), "resnet18")
     assert backbone.kind == "resnet-frames" and backbone.feature_dim == 512
+    run = load_video_backbone(str(built["root"] / "con_run"), "resnet18")  # the run folder, through its export
+    assert run.kind == "resnet-frames" and run.name.endswith("@step1")
+    assert all(torch.equal(run.encoder.state_dict()[k], backbone.encoder.state_dict()[k])
+               for k in backbone.encoder.state_dict())
     clip = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
         frames = [backbone.encoder.frame_model(clip[:, :, t]) for t in range(3)]

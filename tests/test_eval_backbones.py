@@ -6,6 +6,8 @@ import pytest
 import torch
 import torchvision
 
+from sslfer_core.models import ContrastiveModel
+from train.checkpoints import checkpoint_path
 from train.evaluation.backbones import IMAGENET_FILES, file_sha256, load_backbone, load_backbones
 
 
@@ -35,27 +37,35 @@ def test_resnet50_is_inferred_from_keys(tmp_path):
     assert backbone.arch == "resnet50" and backbone.feature_dim == 2048
 
 
-def test_run_folder_takes_newest_step_not_newest_name(tmp_path):
+def _save_run_checkpoint(run, step: int, config: dict, seed: int) -> dict:
+    """A checkpoint as sslfer-train writes it (model and config), of a contrastive resnet18; returns its model."""
+    torch.manual_seed(seed)
+    model = ContrastiveModel("resnet18", proj_dim=8).state_dict()
+    torch.save({"model": model, "config": config, "step": step}, checkpoint_path(run, step))
+    return model
+
+
+def test_run_folder_is_its_newest_checkpoint_through_the_methods_export(tmp_path):
     run = tmp_path / "run1"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"arch": "resnet18"}))
-    for step, seed in ((20, 2), (100, 3)):  # "ckpt-step100" sorts before "ckpt-step20" by name
-        model = {f"backbone.{k}": v for k, v in _resnet18_state(seed).items()}
-        model["projector.net.0.weight"] = torch.zeros(4, 4)
-        torch.save({"model": model, "step": step}, run / "checkpoints" / f"ckpt-step{step}.pt")
+    config = {"arch": "resnet18", "proj_dim": 8, "face_crop": 0.72}  # no "method": a run from before methods
+    (run / "config.json").write_text(json.dumps(config))
+    models = {step: _save_run_checkpoint(run, step, config, seed) for step, seed in ((20, 2), (100, 3))}
     backbone = load_backbone(str(run))
-    assert backbone.name == "run1@step100"
-    assert torch.equal(backbone.model.state_dict()["conv1.weight"], _resnet18_state(3)["conv1.weight"])
+    assert backbone.name == "run1@step100" and backbone.trained_preprocessing["face_crop"] == "0.72"
+    assert torch.equal(backbone.model.state_dict()["conv1.weight"], models[100]["backbone.conv1.weight"])
 
 
-def test_run_folder_arch_mismatch_and_missing_checkpoints(tmp_path):
+def test_run_folder_errors_are_one_line(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"arch": "resnet50"}))
-    with pytest.raises(click.ClickException, match="no checkpoints"):
+    with pytest.raises(click.ClickException, match="no checkpoint to export"):
         load_backbone(str(run))
-    torch.save({"model": {f"backbone.{k}": v for k, v in _resnet18_state(0).items()}}, run / "checkpoints" / "ckpt-step1.pt")
-    with pytest.raises(click.ClickException, match="config says resnet50 but the weights are resnet18"):
+    _save_run_checkpoint(run, 1, {"arch": "resnet50", "proj_dim": 8}, 0)  # resnet18 weights, config says resnet50
+    with pytest.raises(click.ClickException, match="weights do not fit resnet50"):
+        load_backbone(str(run))
+    _save_run_checkpoint(run, 2, {"method": "mae", "preset": "tiny"}, 0)
+    with pytest.raises(click.ClickException, match="not a video MAE config|do not fit"):
         load_backbone(str(run))
 
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from sslfer_core.lgi_former import preset
+from sslfer_core.mae import mae_targets, split_prediction, tubelet_stats
 from sslfer_core.mae_figure import ROW_TITLES, _full, _pixels, reconstruction_figure
 from sslfer_core.tube_masking import tube_window_mask
-from sslfer_core.video_mae import mae_targets, split_prediction, tubelet_stats
 
 
 def tiny_batch(b=2):

@@ -16,8 +16,8 @@ from data_manifest.manifest import build_manifest, save_manifest
 from shard_fixtures import make_header, make_video
 from sslfer_core.lgi_export import EXPORT_FORMAT, load_encoder
 from sslfer_core.lgi_former import LGIFormerEncoder
+from sslfer_core.mae import mae_targets
 from sslfer_core.shard_format import write_shard
-from sslfer_core.video_mae import mae_targets
 from test_ddp_gloo import spawn_ranks
 from train.checkpoints import latest_checkpoint
 from train.cli import main

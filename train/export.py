@@ -12,14 +12,14 @@ from typing import Callable
 from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
-from train.methods import ExportError, get_method
+from train.methods import ExportError, Exported, get_method
 from train.run_config import code_version, method_of_config
 from train.weights_file import FORMATS, format_for_path, write_weights
 
 MAE_DFER_FORMAT = "mae-dfer"
 EXPORT_FORMATS = (*FORMATS, MAE_DFER_FORMAT)
 
-__all__ = ["ExportError", "export_run", "EXPORT_FORMATS", "MAE_DFER_FORMAT"]
+__all__ = ["ExportError", "export_checkpoint", "export_run", "EXPORT_FORMATS", "MAE_DFER_FORMAT"]
 
 
 def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
@@ -58,18 +58,11 @@ def _write_mae_dfer(out_path: Path, payload: dict) -> None:
                           ) from None
 
 
-def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str | None = None,
-               warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
-    """Write the export of the checkpoint's method to out_path atomically, in the format its name says (or
-    `fmt` for other names; a contradiction is an ExportError); returns (checkpoint used, description of what
-    was written, step). Non-finite weights are refused."""
-    try:
-        fmt = _mae_dfer_path(Path(out_path)) if fmt == MAE_DFER_FORMAT else format_for_path(Path(out_path), fmt)
-    except ValueError as error:
-        raise ExportError(str(error)) from None
-    problem = writable_dir_problem(Path(out_path).parent)
-    if problem:
-        raise ExportError(problem)
+def export_checkpoint(run_dir: Path, checkpoint: Path | None = None,
+                      warn: Callable[[str], None] = print) -> tuple[Path, dict, Exported]:
+    """What the run's own method exports from its newest readable (or the given) checkpoint, in memory:
+    (checkpoint used, its content, the export). Non-finite weights are refused. Evaluation loads run
+    folders through this, so it needs to know no method."""
     if checkpoint:
         path = Path(checkpoint)
         try:
@@ -87,14 +80,30 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fm
         method = get_method(method_of_config(state["config"]))
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
-    if fmt == MAE_DFER_FORMAT and method.name != "mae":
-        raise ExportError(f"{path}: --format {MAE_DFER_FORMAT} writes an LGI-Former encoder; this is a "
-                          f"{method.name} run")
-    exported = method.export(state, path)
+    return path, state, method.export(state, path)
+
+
+def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str | None = None,
+               warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
+    """Write the export of the checkpoint's method to out_path atomically, in the format its name says (or
+    `fmt` for other names; a contradiction is an ExportError); returns (checkpoint used, description of what
+    was written, step). Non-finite weights are refused."""
+    try:
+        fmt = _mae_dfer_path(Path(out_path)) if fmt == MAE_DFER_FORMAT else format_for_path(Path(out_path), fmt)
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    problem = writable_dir_problem(Path(out_path).parent)
+    if problem:
+        raise ExportError(problem)
+    path, state, exported = export_checkpoint(run_dir, checkpoint, warn)
+    method = method_of_config(state["config"])
     if fmt == MAE_DFER_FORMAT:
+        if method != "mae":
+            raise ExportError(f"{path}: --format {MAE_DFER_FORMAT} writes an LGI-Former encoder; this is a "
+                              f"{method} run")
         _write_mae_dfer(out_path, exported.payload)
         return path, f"{exported.description} in MAE-DFER's checkpoint layout", int(state.get("step", -1))
-    metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
+    metadata = {**exported.metadata, "method": method, "source_checkpoint": path.name,
                 "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
     try:
         write_weights(out_path, exported.payload, metadata, fmt)

@@ -8,10 +8,9 @@ Each loads into an unmodified torchvision ResNet whose fc is Identity, so the ou
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import torch
@@ -22,9 +21,11 @@ from sslfer_core.finite import count_floating, describe_non_finite, non_finite_n
 from sslfer_core.models import ARCHS, build_backbone, infer_arch
 from train.weights_file import PREPROCESSING_KEYS, WeightsFileError, load_torch_file, read_weights
 
+if TYPE_CHECKING:
+    from train.methods import Exported
+
 RANDOM_SEED = 0  # `random` is the same network every time
 IMAGENET_FILES = {"resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth"}
-CHECKPOINT_PATTERN = re.compile(r"^ckpt-step(\d+)\.pt$")
 BACKBONE_PREFIX = "backbone."
 
 
@@ -114,45 +115,31 @@ def load_exported(path: Path) -> LoadedBackbone:
     return LoadedBackbone(path.stem, arch, model, file_sha256(path), str(path), trained)
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[Path, int]:
-    found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("ckpt-step*.pt")
-             if (m := CHECKPOINT_PATTERN.match(p.name))]
-    if not found:
-        raise click.ClickException(f"{run_dir}: no checkpoints/ckpt-step*.pt in this run folder")
-    step, path = max(found)  # by step number, not by name ("step100" sorts before "step20")
-    return path, step
+def export_of_run(run_dir: Path) -> tuple[Path, dict, Exported]:
+    """The newest readable checkpoint of a run folder, its content, and what the run's own method exports
+    from it (in memory, as `sslfer-train export` would write it); one-line errors."""
+    from train.export import ExportError, export_checkpoint
+
+    try:
+        return export_checkpoint(run_dir, warn=lambda text: click.echo(text, err=True))
+    except ExportError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def resnet_from_export(run_dir: Path, path: Path, state: dict, exported: Exported) -> LoadedBackbone:
+    """A run's export as a torchvision ResNet, with the preprocessing it was trained with."""
+    payload = exported.payload
+    if not (isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values())):
+        raise click.ClickException(f"{run_dir}: its method exports {exported.description}, not a ResNet "
+                                   "backbone; evaluate it with `sslfer-eval dfer`")
+    model, arch = _into_resnet(payload, exported.metadata.get("arch"), str(path))
+    trained = {key: str(exported.metadata[key]) for key in PREPROCESSING_KEYS if key in exported.metadata}
+    return LoadedBackbone(f"{run_dir.name}@step{int(state.get('step', -1))}", arch, model, file_sha256(path),
+                          str(path), trained)
 
 
 def load_run(run_dir: Path) -> LoadedBackbone:
-    config_path = run_dir / "config.json"
-    try:
-        arch = json.loads(config_path.read_text())["arch"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise click.ClickException(f"{config_path}: cannot read key 'arch' ({type(error).__name__})")
-    path, step = newest_checkpoint(run_dir)
-    checkpoint = _load_state(path)
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise click.ClickException(f"{path}: expected a dict with key 'model' (a state_dict)")
-    state = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint["model"].items() if k.startswith(BACKBONE_PREFIX)}
-    if not state:
-        raise click.ClickException(f"{path}: no '{BACKBONE_PREFIX}*' keys in the model state_dict")
-    model, arch = _into_resnet(state, arch, str(path))
-    return LoadedBackbone(f"{run_dir.name}@step{step}", arch, model, file_sha256(path), str(path),
-                          _run_preprocessing(checkpoint, path))
-
-
-def _run_preprocessing(checkpoint: dict, path: Path) -> dict:
-    """The preprocessing the run's method records in its export (nothing when the checkpoint has no config)."""
-    if not isinstance(checkpoint.get("config"), dict):
-        return {}
-    from train.methods import ExportError, get_method
-    from train.run_config import method_of_config
-
-    try:
-        metadata = get_method(method_of_config(checkpoint["config"])).export(checkpoint, path).metadata
-    except (ExportError, ValueError):
-        return {}
-    return {key: str(metadata[key]) for key in PREPROCESSING_KEYS if key in metadata}
+    return resnet_from_export(run_dir, *export_of_run(run_dir))
 
 
 def load_random(arch: str, seed: int = RANDOM_SEED) -> LoadedBackbone:

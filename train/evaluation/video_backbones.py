@@ -4,7 +4,6 @@ expose `pooled(clip) -> (B, D)` on a normalised clip (B, 3, T, H, W), which is w
 fine-tuning head and the CA fusion use; the video encoder's is the mean of its representative tokens -> LayerNorm."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,8 @@ from sslfer_core.file_hash import file_sha256
 from sslfer_core.finite import non_finite_names
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
 from sslfer_core.progress import Progress
-from train.evaluation.backbones import load_backbone, state_dict_sha256
+from train.evaluation.backbones import (LoadedBackbone, export_of_run, load_backbone, resnet_from_export,
+                                       state_dict_sha256)
 from train.evaluation.video_clips import VideoClips
 from train.weights_file import WeightsFileError, read_payload
 
@@ -178,41 +178,29 @@ def load_exported_video_encoder(path: Path, payload: dict) -> VideoBackbone:
     return _video_backbone(encoder, config, path.stem, file_sha256(path), str(path), f"lgi-former-{name}")
 
 
-def load_mae_run(run_dir: Path) -> VideoBackbone:
-    """The newest checkpoint of a video MAE run folder, exported in memory as `sslfer-train export` would."""
-    from train.checkpoints import CheckpointReadError, latest_checkpoint, read_checkpoint
-    from train.methods import ExportError, get_method
-
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise click.ClickException(f"--backbone {run_dir}: no checkpoints/ckpt-step*.pt in this run folder")
-    try:
-        state = read_checkpoint(path)
-    except CheckpointReadError as error:
-        raise click.ClickException(f"--backbone {error}") from None
-    try:
-        exported = get_method("mae").export(state, path)
-    except ExportError as error:
-        raise click.ClickException(f"--backbone {run_dir}: {_one_line(error)}")
-    encoder, config, name = encoder_from_export(exported.payload, str(path))
-    step = int(state.get("step", -1))
-    return _video_backbone(encoder, config, f"{run_dir.name}@step{step}", file_sha256(path), str(path),
-                           f"lgi-former-{name}")
+def load_video_run(run_dir: Path) -> VideoBackbone:
+    """The newest checkpoint of a run folder, exported in memory by the run's own method: an LGI-Former
+    encoder export becomes the video encoder, a ResNet backbone the frame-feature encoder."""
+    path, state, exported = export_of_run(run_dir)
+    if is_encoder_export(exported.payload):
+        encoder, config, name = encoder_from_export(exported.payload, str(path))
+        step = int(state.get("step", -1))
+        return _video_backbone(encoder, config, f"{run_dir.name}@step{step}", file_sha256(path), str(path),
+                               f"lgi-former-{name}")
+    loaded = resnet_from_export(run_dir, path, state, exported)
+    loaded.model.eval()
+    return _frame_backbone(loaded)
 
 
-def _is_mae_run(path: Path) -> bool:
-    from train.run_config import method_of_config
-
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return method_of_config(config) == "mae"
+def _frame_backbone(loaded: LoadedBackbone) -> VideoBackbone:
+    encoder = FramePooledEncoder(loaded.model, loaded.feature_dim)
+    return VideoBackbone(loaded.name, "resnet-frames", encoder, loaded.feature_dim, loaded.sha256, loaded.source,
+                         loaded.arch)
 
 
 def load_video_backbone(spec: str, arch: str, frames: int | None = None) -> VideoBackbone:
-    """`mae:PRESET` (random LGI-Former), an `sslfer-train export` file or run folder of a video MAE run, or any
-    ResNet spec of `load_backbone` (an exported contrastive backbone, a run folder, random[:N], imagenet)."""
+    """`mae:PRESET` (random LGI-Former), an `sslfer-train export` file of a video MAE run, any run folder (through
+    its method's export), or any ResNet spec of `load_backbone` (an exported backbone, random[:N], imagenet)."""
     if spec.startswith(VIDEO_ENCODER_PREFIX):
         return load_video_encoder(spec[len(VIDEO_ENCODER_PREFIX):], frames)
     path = Path(spec)
@@ -228,12 +216,9 @@ def load_video_backbone(spec: str, arch: str, frames: int | None = None) -> Vide
                                        "ResNet state_dict or an LGI-Former encoder export")
         if isinstance(payload, dict):
             check_finite(payload, str(path))
-    elif path.is_dir() and _is_mae_run(path):
-        return load_mae_run(path)
-    loaded = load_backbone(spec, arch)  # refuses non-finite weights itself
-    encoder = FramePooledEncoder(loaded.model, loaded.feature_dim)
-    return VideoBackbone(loaded.name, "resnet-frames", encoder, loaded.feature_dim, loaded.sha256, loaded.source,
-                         loaded.arch)
+    elif path.is_dir():
+        return load_video_run(path)
+    return _frame_backbone(load_backbone(spec, arch))  # refuses non-finite weights itself
 
 
 def read_reference_file(path: Path):

@@ -3,7 +3,7 @@ reconstructing the appearance and motion of tube-window-masked tubelets of 16-fr
 
 Batches come from ClipStream (clip_stream.py) over the shard index; each step augments the clips on
 the device (sslfer_core.clip_augment), draws the mask (sslfer_core.tube_masking), both from the step's
-generator so a resumed run redraws them exactly, and computes the targets and loss of sslfer_core.video_mae
+generator so a resumed run redraws them exactly, and computes the targets and loss of sslfer_core.mae
 and sslfer_core.losses. AdamW (0.9, 0.95) with weight decay 0.05 off biases, norms and the representative
 and mask tokens; lr = base lr x global batch / 256, warm-up then cosine to --min-lr at the last step.
 docs/video-mae.md ("Pretraining") describes the options, metrics and export.
@@ -24,9 +24,9 @@ from sslfer_core.clip_augment import REFERENCE_SCALES, ClipAugmentConfig, augmen
 from sslfer_core.lgi_export import encoder_export
 from sslfer_core.lgi_former import PRESETS, LGIFormerConfig, preset, with_overrides
 from sslfer_core.losses import mae_loss
+from sslfer_core.mae import MAEModel, mae_targets, param_groups, split_prediction
 from sslfer_core.mae_figure import reconstruction_figure
 from sslfer_core.tube_masking import DEFAULT_MASK_RATIO, masked_per_window, tube_window_mask
-from sslfer_core.video_mae import VideoMAE, mae_targets, param_groups, split_prediction
 from train.distributed import sum_across
 from train.lr_schedule import make_scheduler
 from train.methods import ExportError, Exported, Method, config_option, field_default, register
@@ -48,7 +48,7 @@ LOGGED_PARTS = ("loss_appearance", "loss_motion", "zero_loss", "zero_loss_appear
 
 
 @dataclass
-class VideoMAEConfig(TrainConfig):
+class MAEConfig(TrainConfig):
     preset: str = "full"
     # Frames per clip (--frames; the model's temporal input, a multiple of the tubelet). Not named "frames":
     # config.json's "frames" is the loop's count of stored frames in the shards.
@@ -130,7 +130,7 @@ class VideoMAEConfig(TrainConfig):
 
 
 def _option(name: str, **kwargs) -> click.Option:
-    return config_option(VideoMAEConfig, name, **kwargs)
+    return config_option(MAEConfig, name, **kwargs)
 
 
 def _scales(ctx, param, value):
@@ -142,9 +142,9 @@ def _scales(ctx, param, value):
 
 
 @register
-class VideoMAEMethod(Method):
+class MAE(Method):
     name = "mae"
-    config_class = VideoMAEConfig
+    config_class = MAEConfig
     help = "Video masked-autoencoder pretraining of an LGI-Former (MAE-DFER) on 16-frame face clips."
     counter_names = ()
     rate_unit = "clips"
@@ -152,7 +152,7 @@ class VideoMAEMethod(Method):
     option_help = {
         "batch_size": "Clips per optimiser step over all ranks.",
         "epochs": f"Passes over the usable videos (--clips-per-video clips each) "
-                  f"[default: {VideoMAEConfig.default_epochs} unless --steps].",
+                  f"[default: {MAEConfig.default_epochs} unless --steps].",
         "warmup_steps": "Linear warm-up steps [default: 5% of the steps, at most 1000].",
         "weight_decay": "AdamW weight decay (not on biases, norms, representative and mask tokens).",
         "precision": "bf16 autocast for the network: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16 or "
@@ -165,7 +165,7 @@ class VideoMAEMethod(Method):
             _option("preset", type=click.Choice(sorted(PRESETS)),
                     help="LGI-Former size: full = the reference (16 x 160^2), tiny = trains on a CPU (16 x 80^2)."),
             click.Option(["--frames", "clip_frames"], type=click.IntRange(min=1), show_default=True,
-                         default=field_default(VideoMAEConfig, "clip_frames"),
+                         default=field_default(MAEConfig, "clip_frames"),
                          help="Frames per clip (a multiple of the tubelet, 2)."),
             _option("stride", type=click.IntRange(min=1), show_default=False,
                     help=f"Frames at {REFERENCE_FPS:g} fps between clip frames [default: {REFERENCE_STRIDE}, "
@@ -193,7 +193,7 @@ class VideoMAEMethod(Method):
                     help="Multi-scale crop sides as fractions of the frame (the reference's by default; 1 = no crop)."),
         ]
 
-    def __init__(self, cfg: VideoMAEConfig, ctx):
+    def __init__(self, cfg: MAEConfig, ctx):
         super().__init__(cfg, ctx)
         self.model_cfg = cfg.model_config
         self.clip_cfg = cfg.clip_config
@@ -245,7 +245,7 @@ class VideoMAEMethod(Method):
         return self._bf16
 
     def build_model(self) -> nn.Module:
-        return VideoMAE(self.model_cfg).to(self.ctx.device)
+        return MAEModel(self.model_cfg).to(self.ctx.device)
 
     def init_weights(self, model: nn.Module, path: Path) -> dict:
         from train.reference_weights import init_video_mae
@@ -346,7 +346,7 @@ class VideoMAEMethod(Method):
         except (TypeError, ValueError) as error:
             raise ExportError(f"{source}: its config is not a video MAE config: {error}") from None
         model_cfg = cfg.model_config
-        model = VideoMAE(model_cfg)
+        model = MAEModel(model_cfg)
         try:
             model.load_state_dict(state["model"], strict=True)
         except RuntimeError as error:
@@ -371,7 +371,7 @@ def _recorded(checkpoint: Path, key: str):
 @torch.no_grad()
 def write_reconstruction(model: nn.Module, clips_uint8: Tensor, cfg: LGIFormerConfig, augment: ClipAugmentConfig,
                          mask_ratio: float, path: Path, *, bf16: bool = False, seed: int = FIGURE_SEED) -> Path:
-    """The reconstruction PNG (sslfer_core/mae_figure.py) of `model` (a VideoMAE, unwrapped) on these clips,
+    """The reconstruction PNG (sslfer_core/mae_figure.py) of `model` (an MAEModel, unwrapped) on these clips,
     with crop and mask drawn from a generator of its own; the model's train/eval mode is restored."""
     device = clips_uint8.device
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -149,6 +149,11 @@ class MoCo(Contrastive):
     def step(self, net: nn.Module, batch: dict[str, Tensor], generator: torch.Generator):
         x = self.objective.views(batch, generator)
         key_order = torch.randperm(x.shape[0] // 2, generator=generator, device=x.device)
+        return self.contrast(net, x, key_order)
+
+    def contrast(self, net: nn.Module, x: Tensor, key_order: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The step after augmentation: loss of the views `x` (2B rows, view-major) with keys passed in
+        `key_order`, and this step's keys of every rank enqueued."""
         with torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             q, k = net(x, key_order)
         # The loss keeps the queue for its backward pass, so the enqueue below writes the live buffer only.

@@ -103,7 +103,7 @@ def split_prediction(pred: Tensor, cfg: LGIFormerConfig) -> tuple[Tensor, Tensor
 
 
 # ------------------------------------------------------------------------------------------------- model
-class VideoMAE(nn.Module):
+class MAEModel(nn.Module):
     def __init__(self, cfg: LGIFormerConfig):
         super().__init__()
         self.cfg = cfg
@@ -182,5 +182,5 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": float(weight_decay)}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-__all__ = ["VideoMAE", "Block", "patchify", "unpatchify_frames", "unnormalise", "tubelet_stats", "mae_targets",
+__all__ = ["MAEModel", "Block", "patchify", "unpatchify_frames", "unnormalise", "tubelet_stats", "mae_targets",
            "split_prediction", "param_groups", "no_decay_ids", "TARGET_STD_EPS"]

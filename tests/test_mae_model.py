@@ -7,7 +7,7 @@ from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
 from sslfer_core.lgi_former import LGIFormerConfig, count_parameters, preset
 from sslfer_core.losses import mae_loss, masked_mse
 from sslfer_core.tube_masking import tube_window_mask
-from sslfer_core.video_mae import (VideoMAE, mae_targets, param_groups, patchify, split_prediction, tubelet_stats,
+from sslfer_core.mae import (MAEModel, mae_targets, param_groups, patchify, split_prediction, tubelet_stats,
                                    unnormalise, unpatchify_frames)
 from torch_threads import one_thread  # noqa: F401  (autouse)
 
@@ -21,7 +21,7 @@ def small_cfg(**changes):
 
 def test_full_pretraining_model_has_reference_parameter_count():
     with torch.device("meta"):
-        model = VideoMAE(preset("full"))
+        model = MAEModel(preset("full"))
     assert count_parameters(model) == 92_760_192
     assert model.encoder_to_decoder.bias is None
     assert model.decoder_pred.out_features == 1536
@@ -151,7 +151,7 @@ def test_mae_loss_weights_and_reference_equivalence():
 
 
 def test_param_groups_exclude_rep_tokens_biases_and_norms_by_identity():
-    model = VideoMAE(small_cfg())
+    model = MAEModel(small_cfg())
     wrapped = nn.Sequential(nn.Identity(), model)  # names now start with "1.", as "module." under DDP
     for net, prefix in ((model, ""), (wrapped, "1.")):
         decay, no_decay = param_groups(net, 0.05)
@@ -174,7 +174,7 @@ def test_param_groups_exclude_rep_tokens_biases_and_norms_by_identity():
 
 def test_tiny_pretraining_forward_backward_shapes():
     cfg = preset("tiny")
-    model = VideoMAE(cfg)
+    model = MAEModel(cfg)
     mask = tube_window_mask(2, cfg, generator=torch.Generator().manual_seed(0), device="cpu")
     clip_01 = torch.rand(2, 3, cfg.frames, cfg.img_size, cfg.img_size)
     x = (clip_01 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
@@ -193,7 +193,7 @@ def test_tiny_pretraining_forward_backward_shapes():
 def test_decoder_predicts_masked_tokens_in_raster_order():
     torch.manual_seed(0)
     cfg = small_cfg()
-    model = VideoMAE(cfg).eval()
+    model = MAEModel(cfg).eval()
     model.decoder_blocks = nn.ModuleList()  # each output then depends on its own position only
     mask = tube_window_mask(2, cfg, 0.5, generator=torch.Generator().manual_seed(3), device="cpu")
     latent = torch.randn(2, int((~mask[0]).sum()), cfg.dim)
@@ -207,7 +207,7 @@ def test_decoder_predicts_masked_tokens_in_raster_order():
 def test_visible_tokens_meet_their_own_decoder_positions():
     torch.manual_seed(0)
     cfg = small_cfg()
-    model = VideoMAE(cfg).eval()
+    model = MAEModel(cfg).eval()
     mask = tube_window_mask(1, cfg, 0.5, generator=torch.Generator().manual_seed(5), device="cpu")
     latent = torch.randn(1, int((~mask[0]).sum()), cfg.dim)
     captured = {}
@@ -221,7 +221,7 @@ def test_visible_tokens_meet_their_own_decoder_positions():
 
 def test_bf16_autocast_keeps_the_residual_stream_and_loss_in_fp32():
     cfg = preset("tiny")
-    model = VideoMAE(cfg)
+    model = MAEModel(cfg)
     mask = tube_window_mask(1, cfg, generator=torch.Generator().manual_seed(0), device="cpu")
     clip_01 = torch.rand(1, 3, cfg.frames, cfg.img_size, cfg.img_size)
     seen = []
@@ -238,7 +238,7 @@ def test_bf16_autocast_keeps_the_residual_stream_and_loss_in_fp32():
 def test_tiny_model_fits_one_batch():
     torch.manual_seed(0)
     cfg = preset("tiny")
-    model = VideoMAE(cfg)
+    model = MAEModel(cfg)
     g = torch.Generator().manual_seed(1)
     # Smooth clips with a moving gradient, so both targets have structure to learn.
     ramp = torch.linspace(0, 1, cfg.img_size)
