@@ -49,6 +49,8 @@ REAL_DATA_STRIDE = ("--stride", "4")
 # The reference's lr rule (3e-4 per 256 clips) gives 1e-5 at a batch of 8, below its own final lr; a few dozen
 # steps need a fixed peak instead.
 MAE_SCHEDULE = ("--lr", "1e-3", "--min-lr", "1e-5")
+# A handful of videos: several clips of each per epoch, so 20 steps of 8 clips see every video several times.
+MAE_CLIPS_PER_VIDEO = 4
 
 
 def mae_clip() -> tuple[int, int]:
@@ -253,12 +255,12 @@ def run_tool(channel: Channel, stage: str, tool: str, args: list[str], what: str
     channel.done(StageRecord(stage, time.perf_counter() - start, shlex.join(command)))
 
 
-def make_sample(log: Channel, paths: DemoPaths, *, clips: int, seconds: float, probe: bool,
+def make_sample(channel: Channel, paths: DemoPaths, *, clips: int, seconds: float, probe: bool,
                 video_probe_seconds: float, seed: int) -> dict:
     parts = [f"{clips} synthetic clip(s) of {seconds:g} s per identity"] if clips else []
     parts += ["labelled probe images"] if probe else []
     parts += [f"labelled {video_probe_seconds:g} s probe clips"] if video_probe_seconds else []
-    log.header("sample", what=" + ".join(parts) + ("" if clips else " (training clips come from --data)"))
+    channel.header("sample", what=" + ".join(parts) + ("" if clips else " (training clips come from --data)"))
     start = time.perf_counter()
     from preprocess.demo_sample import write_demo_sample
     from sslfer_core.dlib_models import DlibModelsNotFound, locate_dlib_models
@@ -276,7 +278,7 @@ def make_sample(log: Channel, paths: DemoPaths, *, clips: int, seconds: float, p
         raise StageFailed(f"{type(error).__name__}: {first_line}") from None
     note = (f"{counts['train_clips']} training clips, {counts['probe_images']} probe images, "
             f"{counts['video_probe_clips']} probe clips in {paths.sample}")
-    log.done(StageRecord("sample", time.perf_counter() - start, note=note))
+    channel.done(StageRecord("sample", time.perf_counter() - start, note=note))
     return counts
 
 
@@ -372,47 +374,47 @@ def print_report(paths: DemoPaths, log: DemoLog, results: list[tuple[str, str, P
         click.echo(f"  {kind:<16} {path}")
 
 
-def contrastive_stages(log: Channel, paths: DemoPaths, source: Path, *, limit, steps, batch_size, resize, crop,
+def contrastive_stages(channel: Channel, paths: DemoPaths, source: Path, *, limit, steps, batch_size, resize, crop,
                        seed, eval_source: Path, eval_max) -> None:
-    run_tool(log, "prep", "sslfer-prep", ["voxceleb", str(source), "--out", str(paths.shards), "--seed", str(seed)]
+    run_tool(channel, "prep", "sslfer-prep", ["voxceleb", str(source), "--out", str(paths.shards), "--seed", str(seed)]
              + (["--limit", str(limit)] if limit else []), what="videos -> face shards")
-    run_tool(log, "verify", "sslfer-manifest", ["verify", str(paths.shards)], what="shards against their manifest")
-    run_tool(log, "sheet", "sslfer-manifest", ["inspect", str(paths.shards), "--sheet", str(paths.sheet)],
+    run_tool(channel, "verify", "sslfer-manifest", ["verify", str(paths.shards)], what="shards against their manifest")
+    run_tool(channel, "sheet", "sslfer-manifest", ["inspect", str(paths.shards), "--sheet", str(paths.sheet)],
              what="a picture of the shard set")
-    run_tool(log, "train", "sslfer-train",
+    run_tool(channel, "train", "sslfer-train",
              ["train", "--shards", str(paths.shards), "--out", str(paths.run), "--arch", "resnet18",
               *ABLATION_FLAGS, "--batch-size", str(batch_size), "--steps", str(steps), "--resize", str(resize),
               "--crop", str(crop), "--seed", str(seed), "--log-every", str(max(1, min(10, steps // 6)))],
              what=f"{steps} contrastive steps")
-    run_tool(log, "export", "sslfer-train", ["export", str(paths.run), "-o", str(paths.backbone)],
+    run_tool(channel, "export", "sslfer-train", ["export", str(paths.run), "-o", str(paths.backbone)],
              what="backbone as a torchvision state_dict")
-    run_tool(log, "eval", "sslfer-eval",
+    run_tool(channel, "eval", "sslfer-eval",
              ["linear", "--backbone", str(paths.backbone), "--backbone", "random", "--data", str(eval_source),
               "--image-size", str(crop), "--out", str(paths.eval),
               "--cache-dir", str(paths.feature_cache)] + (["--max-per-split", str(eval_max)] if eval_max else []),
              what="linear probe, pretrained vs random backbone")
 
 
-def video_stages(log: Channel, paths: DemoPaths, source: Path, *, real_data: bool, limit, steps, batch_size,
+def video_stages(channel: Channel, paths: DemoPaths, source: Path, *, real_data: bool, limit, steps, batch_size,
                  seed) -> None:
     frames, side = mae_clip()
     timing = list(REAL_DATA_STRIDE) if real_data else ["--stride-seconds", f"{1 / CLIP_FPS:g}"]
-    run_tool(log, "prep-video", "sslfer-prep",
+    run_tool(channel, "prep-video", "sslfer-prep",
              ["voxceleb", str(source), "--out", str(paths.video_shards), "--profile", "video",
               "--size", str(VIDEO_PREP_SIZE), "--seed", str(seed)]
              + ([] if real_data else ["--fps", f"{CLIP_FPS:g}"]) + (["--limit", str(limit)] if limit else []),
              what="videos -> every aligned frame (video profile)")
-    run_tool(log, "sheet-video", "sslfer-manifest", ["inspect", str(paths.video_shards), "--sheet", str(paths.video_sheet)],
+    run_tool(channel, "sheet-video", "sslfer-manifest", ["inspect", str(paths.video_shards), "--sheet", str(paths.video_sheet)],
              what="a picture of the video shard set")
-    run_tool(log, "train-mae", "sslfer-train",
+    run_tool(channel, "train-mae", "sslfer-train",
              ["mae", "--shards", str(paths.video_shards), "--out", str(paths.mae_run), "--preset", MAE_PRESET,
-              "--frames", str(frames), *timing, "--clips-per-video", "4", "--batch-size", str(batch_size),
+              "--frames", str(frames), *timing, "--clips-per-video", str(MAE_CLIPS_PER_VIDEO), "--batch-size", str(batch_size),
               "--steps", str(steps), *MAE_SCHEDULE, "--seed", str(seed),
               "--log-every", str(max(1, min(10, steps // 6)))],
              what=f"{steps} masked-autoencoder steps, LGI-Former {MAE_PRESET}")
-    run_tool(log, "export-mae", "sslfer-train", ["export", str(paths.mae_run), "-o", str(paths.mae_encoder)],
+    run_tool(channel, "export-mae", "sslfer-train", ["export", str(paths.mae_run), "-o", str(paths.mae_encoder)],
              what="the LGI-Former encoder")
-    run_tool(log, "eval-video", "sslfer-eval",
+    run_tool(channel, "eval-video", "sslfer-eval",
              ["dfer", "linear", "--backbone", str(paths.mae_encoder), "--backbone", f"mae:{MAE_PRESET}",
               "--data", str(paths.sample / "video-probe.csv"), "--frames", str(frames), "--stride", "1",
               "--image-size", str(side), "--out", str(paths.video_eval)],
