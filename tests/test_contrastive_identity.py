@@ -1,18 +1,22 @@
 """The contrastive method trains bit-identically to the trainer as it was before the method interface: the
 same seed gives the same metrics.jsonl figures and the same final weights as recorded in
-tests/data/contrastive_golden.json, which the pre-interface code (commit 4c286d5) wrote with
+tests/data/contrastive_golden_<CPU vendor>.json. The pre-interface code (commit 4c286d5) wrote the
+GenuineIntel recording; commit fa615ef, which matched it there, wrote the AuthenticAMD metrics and weights
+(its config entries are the pre-interface ones, which carry no method), each with
 
     PYTHONPATH=. python tests/test_contrastive_identity.py --write
 
 A run folder as that code wrote it (config.json and checkpoints without a method field) still resumes.
-Float results depend on the torch build and the CPU's vector unit, so the comparison runs where those match
-the recording (and says why it is skipped elsewhere); the thread count is fixed here.
+Float results depend on the torch build, the CPU's vector unit and its vendor (the same AVX512 capability gives
+different last bits on Intel and AMD), so the comparison runs where those match a recording (and says why it
+is skipped elsewhere); the thread count is fixed here.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -28,7 +32,21 @@ from train.cli import main  # noqa: E402
 from train.metrics_log import read_metrics  # noqa: E402
 from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards  # noqa: E402
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "contrastive_golden.json"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (GenuineIntel, AuthenticAMD, ...), or the platform's processor name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+GOLDEN = DATA / f"contrastive_golden_{cpu_vendor()}.json"
 THREADS = 1
 RUNS = {
     "ablation": [*TINY_TRAIN, "--timeaug", "--hardneg", "--faceswap", "--maskfn", "--steps", "4",
@@ -84,7 +102,7 @@ def _make_shards(root: Path) -> Path:
 def record(root: Path) -> dict:
     shards = _make_shards(root / "shards")
     out = {"torch_version": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "threads": THREADS, "runs": {}}
+           "cpu_vendor": cpu_vendor(), "threads": THREADS, "runs": {}}
     for name, args in RUNS.items():
         run = root / name
         _with_threads(lambda: _invoke(["--shards", shards, "--out", run, *args]))
@@ -96,6 +114,9 @@ def record(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
+    if not GOLDEN.is_file():
+        machine_lacks(f"no recording for {cpu_vendor()} CPUs ({GOLDEN.name}); record one with the code of "
+                      "commit fa615ef to compare against")
     recorded = json.loads(GOLDEN.read_text())
     here = (torch.__version__, torch.backends.cpu.get_cpu_capability())
     if here != (recorded["torch_version"], recorded["cpu_capability"]):
