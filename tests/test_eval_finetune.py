@@ -79,7 +79,7 @@ def skewed_data(tmp_path_factory):
 
 @pytest.mark.parametrize("loss, x_means", [("ce", "a"), ("balanced-softmax", "b")])
 def test_balanced_softmax_removes_the_class_prior_on_a_skewed_split(skewed_data, tmp_path, loss, x_means):
-    run = _finetune(skewed_data, tmp_path / loss, "--epochs", "6", "--loss", loss, "--lr", "1e-2", "--head-dims", "")
+    run = _finetune(skewed_data, tmp_path / loss, "--epochs", "10", "--loss", loss, "--lr", "1e-2", "--head-dims", "")
     # once trained, Y -> a, Z -> c, and X -> x_means (eval_fixtures.write_skewed_folder)
     predicted = [x_means] * 2 + ["a"] * 8 + [x_means, "c"]
     assert run["history"][-1]["val_score"] == pytest.approx(macro_f1(SKEWED_VAL_TRUTH, predicted))
