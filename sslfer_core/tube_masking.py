@@ -27,12 +27,16 @@ def window_shape(cfg: LGIFormerConfig) -> tuple[int, int]:
 
 
 def masked_per_window(cfg: LGIFormerConfig, ratio: float) -> int:
-    """Masked tokens per window: round(ratio * window tokens); at least one token stays visible."""
+    """Masked tokens per window: round(ratio * window tokens); at least one token is masked (the loss is
+    a mean over masked tokens) and at least one stays visible."""
     if not (0.0 <= ratio < 1.0):
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
     wh, ww = window_shape(cfg)
     size = wh * ww
     masked = int(round(ratio * size))
+    if masked == 0:
+        raise ValueError(f"mask ratio {ratio} masks no token of a {wh} x {ww} window, so there is nothing to "
+                         f"reconstruct; give at least {0.5 / size:.3g}")
     if masked >= size:
         raise ValueError(f"mask ratio {ratio} leaves no visible token in a {wh} x {ww} window; lower it")
     return masked
