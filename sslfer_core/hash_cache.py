@@ -10,12 +10,15 @@ seen by this check (docs/guarantees.md); full verification (`sslfer-manifest ver
 
 The record is a JSON file ($SSLFER_HASH_CACHE, else $XDG_CACHE_HOME/sslfer/verified-shards.json, else
 ~/.cache/sslfer/verified-shards.json). A missing, unreadable or malformed record counts as empty; a
-record that cannot be written only means the next start hashes again.
+record that cannot be written (a read-only home in a CI sandbox, a full disk) only means the next start
+hashes again: it never fails a command, and a process says so once, on stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -80,9 +83,23 @@ def cached_sha256(path: str | os.PathLike) -> str | None:
     return entry["sha256"] if entry is not None and entry["stat"] == ident[1] else None
 
 
+_warned_unwritable = False  # one warning per process, however many shards or workers meet it
+
+
+def _warn_unwritable(path: Path, error: OSError) -> None:
+    global _warned_unwritable
+    if _warned_unwritable:
+        return
+    _warned_unwritable = True
+    print(f"warning: cannot write the record of verified shards {path} ({error.strerror or error}); "
+          f"nothing fails, but the next start hashes these shards again (set {HASH_CACHE_ENV} to a writable "
+          "file to keep it)", file=sys.stderr)
+
+
 def remember(items: list[tuple]) -> bool:
     """Record (path, sha256[, identity before reading]) items whose bytes were just read; a file whose
-    identity changed while it was read is left out. False when the record cannot be written."""
+    identity changed while it was read is left out. False (with a warning, once per process) when the
+    record cannot be written."""
     files = _load()
     for path, digest, *before in items:
         ident = _identity(Path(path))
@@ -98,8 +115,10 @@ def remember(items: list[tuple]) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "files": files}), encoding="utf-8")
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+    except OSError as error:
+        with contextlib.suppress(OSError):  # on a read-only file system even this unlink fails
+            tmp.unlink(missing_ok=True)
+        _warn_unwritable(path, error)
         return False
     return True
 
