@@ -249,6 +249,18 @@ def test_resume_with_other_workers_lands_on_the_same_weights(shards, tmp_path, m
     assert not differing, f"{len(differing)} of {len(a)} tensors differ, e.g. {differing[:3]}"
 
 
+def test_a_full_disk_while_writing_config_json_is_one_line(shards, tmp_path, monkeypatch):
+    import train.trainer
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train.trainer, "write_json_atomic", full)
+    run = tmp_path / "run"
+    _one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"]),
+                    f"could not write {run / 'config.json'} (disk full (", "nothing was trained")
+
+
 # -- MAE mask ratio
 
 

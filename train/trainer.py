@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from sslfer_core.atomic_files import writable_dir_problem, write_json_atomic
+from sslfer_core.atomic_files import writable_dir_problem, write_error_text, write_json_atomic
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.folder_lock import FolderLocked, folder_lock
@@ -209,13 +209,21 @@ def _record_config(cfg: TrainConfig, ctx: DistContext, method: Method, data: _Da
                                 "(manifest sha256 changed); resume with the same data")
         return
     if ctx.is_main:
-        write_json_atomic(run_dir / CONFIG_NAME, dict(
+        _write_config(run_dir, dict(
             cfg.to_json(), **method.config_record(), code_version=code_version(),
             manifest_sha256=data.manifest_sha256, world_size=ctx.world_size, workers_used=data.workers,
             device_used=str(ctx.device), torch_threads_used=threads, bf16_used=method.bf16,
             steps_per_epoch=data.steps_per_epoch, total_steps=data.total_steps,
             warmup_steps_used=data.warmup_steps, frames=data.index.num_frames, videos=data.index.num_videos,
             torch_version=torch.__version__))
+
+
+def _write_config(run_dir: Path, record: dict) -> None:
+    try:
+        write_json_atomic(run_dir / CONFIG_NAME, record)
+    except OSError as error:
+        raise TrainingError(f"could not write {run_dir / CONFIG_NAME} ({write_error_text(error, run_dir)}); "
+                            "nothing was trained") from None
 
 
 def _build_state(cfg: TrainConfig, method: Method, data: _Data) -> RunState:

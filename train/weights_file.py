@@ -117,7 +117,8 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise WeightsFileError(f"{path}: damaged safetensors file ({str(error)[:200]})") from None
     state = load_torch_file(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         found = type(state).__name__ if not isinstance(state, dict) else "a dict of more than tensors"
         raise WeightsFileError(f"{path}: refused: expected a plain weights file (a state_dict), found {found}")
     metadata: dict[str, str] = {}

@@ -21,6 +21,7 @@ from sslfer_core.ca_branch import FUSIONS, MOTION_INPUTS
 from train.evaluation import session
 from train.evaluation.datasets import split_counts
 from train.evaluation.dfer_finetune import DferFinetuneConfig, DferFinetuner
+from train.evaluation.images import IMAGE_SIZE_RANGE
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
 from train.evaluation.option_group import option_group
 from train.evaluation.protocol import Predictions, write_predictions
@@ -73,7 +74,7 @@ data_options = option_group(
                  help="Evaluation clips per video, from its start to its end; softmax / features averaged."),
     click.option("--min-frames", type=click.IntRange(1), default=None,
                  help="Videos with fewer frames are bad rows (default: --frames; 1 keeps short ones, frames repeated)."),
-    click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True,
+    click.option("--image-size", type=click.IntRange(*IMAGE_SIZE_RANGE), default=112, show_default=True,
                  help="Frames are resized to this square as they are."),
     click.option("--align", is_flag=True, help="Detect and align the face in every frame (whole-scene videos)."),
     click.option("--dlib-models", type=click.Path(file_okay=False), default=None),
@@ -152,7 +153,7 @@ def _rows(payload: dict, with_command: bool = False) -> list[tuple[str, dict]]:
     rows = []
     for entry in payload["backbones"]:
         label = entry["backbone"]["name"] + (f" ({payload.get('command')})" if with_command else "")
-        rows.append((label, entry["summary"]))
+        rows.append((label, entry.get("summary", {})))
         for fold, summary in entry.get("per_fold", {}).items():
             rows.append((f"{label} fold {fold}", summary))
     return rows

@@ -13,7 +13,7 @@ from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.cpu_cores import available_cores
 from train.evaluation.datasets import LabelledDataset, load_dataset
 from train.evaluation.features import FeatureTable, default_cache_dir, extract_features
-from train.evaluation.images import Preprocessing
+from train.evaluation.images import MAX_IMAGE_PIXELS, Preprocessing, image_too_large
 from train.evaluation.sanity import check_plans
 from train.evaluation.splits import SplitPlan, make_plans, require_nonempty, subsample_per_split
 
@@ -99,6 +99,16 @@ def record_problems(dataset: LabelledDataset, kind: str, indices, reported: set[
             dataset.problems.add(kind, source)
 
 
+def record_unreadable(dataset: LabelledDataset, indices, reported: set[tuple[str, str]]) -> None:
+    """Images that gave no pixels: those whose header declares more than MAX_IMAGE_PIXELS as "image too
+    large", the others as "corrupt image"; each once."""
+    indices = list(indices)
+    large = {i for i in indices if dataset.records[i].pixels is None and image_too_large(dataset.records[i].source)}
+    limit = f"image too large (over {MAX_IMAGE_PIXELS:,} pixels; not decoded)"
+    record_problems(dataset, limit, sorted(large), reported)
+    record_problems(dataset, "corrupt image", [i for i in indices if i not in large], reported)
+
+
 def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preprocessing, *, cache_dir: Path | None,
                       batch_size: int, workers: int, device: torch.device, dlib_model_dir: str | None,
                       reported: set[tuple[str, str]], bf16: bool = False) -> tuple[FeatureTable, np.ndarray, dict]:
@@ -111,7 +121,7 @@ def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preproc
                              label=f"features {backbone.name}", bf16=bf16)
     bad = np.flatnonzero(~table.ok)
     unaligned = np.flatnonzero(table.ok & ~table.aligned) if preprocessing.align else np.zeros(0, dtype=np.int64)
-    record_problems(dataset, "corrupt image", bad, reported)
+    record_unreadable(dataset, bad, reported)
     record_problems(dataset, "could not be aligned (kept unaligned)", unaligned, reported)
     summary = {"images": len(dataset.records), "cache_hit": table.cache_hit, "seconds": round(table.seconds, 2),
                "undecodable": int(len(bad)), "bf16": bf16}
