@@ -122,6 +122,28 @@ def test_export_refuses_a_foreign_checkpoint_given_by_name(finished, mae_checkpo
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_export_of_weights_that_do_not_fit_names_the_keys(finished, tmp_path):
+    state = torch.load(checkpoint_path(finished, 4), weights_only=True)
+    state["model"]["backbone.conv1.weight"] = state["model"]["backbone.conv1.weight"].to(torch.int8)
+    del state["model"]["projector.net.3.bias"]
+    torch.save(state, tmp_path / "odd.pt")
+    _one_error_line(_run(["export", finished, "-o", tmp_path / "x.safetensors", "--checkpoint", tmp_path / "odd.pt"]),
+                    "weights do not fit resnet18: 1 missing (projector.net.3.bias)",
+                    "backbone.conv1.weight int8 (model: float32)")
+
+
+def test_an_lgi_former_export_of_int8_weights_is_refused_naming_the_tensor():
+    from sslfer_core.lgi_export import EncoderExportError, encoder_export, load_encoder
+    from sslfer_core.lgi_former import LGIFormerEncoder, preset, with_overrides
+
+    cfg = with_overrides(preset("tiny"), frames=4)
+    payload = encoder_export(LGIFormerEncoder(cfg), cfg, "tiny")
+    key = next(iter(payload["state_dict"]))
+    payload["state_dict"][key] = payload["state_dict"][key].to(torch.int8)
+    with pytest.raises(EncoderExportError, match=f"{key} int8 \\(model: float32\\)"):
+        load_encoder(payload)
+
+
 # -- metrics.jsonl
 
 

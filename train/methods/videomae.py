@@ -25,6 +25,7 @@ from sslfer_core.lgi_export import encoder_export
 from sslfer_core.lgi_former import PRESETS, LGIFormerConfig, preset, with_overrides
 from sslfer_core.losses import mae_loss
 from sslfer_core.mae_figure import reconstruction_figure
+from sslfer_core.state_fit import state_dict_misfit
 from sslfer_core.tube_masking import DEFAULT_MASK_RATIO, masked_per_window, tube_window_mask
 from sslfer_core.video_mae import VideoMAE, mae_targets, param_groups, split_prediction
 from train.clip_plan import (REFERENCE_FPS, ClipConfig, ClipConfigError, build_catalogue, clip_stride_frames,
@@ -332,11 +333,10 @@ class VideoMAEMethod(Method):
             raise ExportError(f"{source}: its config is not a video MAE config: {error}") from None
         model_cfg = cfg.model_config
         model = VideoMAE(model_cfg)
-        try:
-            model.load_state_dict(state["model"], strict=True)
-        except RuntimeError as error:
-            raise ExportError(f"{source}: weights do not fit the {cfg.preset} preset: {str(error).splitlines()[0]}") \
-                from None
+        misfit = state_dict_misfit(model.state_dict(), state["model"])  # names the keys; torch's first line does not
+        if misfit:
+            raise ExportError(f"{source}: weights do not fit the {cfg.preset} preset: {misfit}")
+        model.load_state_dict(state["model"], strict=True)
         clip = {"frames": cfg.clip_frames, "stride_seconds": cfg.clip_config.seconds_per_step,
                 "fps": _recorded(source, "clip_fps")}
         payload = encoder_export(model.encoder, model_cfg, cfg.preset, clip=clip,
