@@ -256,3 +256,37 @@ def test_test_images_identical_to_train_images_are_a_loud_warning(data, tmp_path
     assert "warning: 2 test image(s) of seed0 have the same content as a train image" in result.output
     run = json.loads((out / "results.json").read_text())["backbones"][0]["runs"][0]
     assert any("same content as a train image" in note for note in run["notes"])
+
+
+# -- a full disk under the outputs
+
+
+def test_a_full_disk_while_writing_results_is_one_line(data, tmp_path, monkeypatch):
+    import errno
+
+    import train.evaluation.results
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train.evaluation.results, "write_json_atomic", full)
+    out = tmp_path / "out"
+    _one_error_line(_linear(data, "--backbone", "random", "--out", out), f"could not write {out / 'results.json'}",
+                    "(disk full (")
+
+
+def test_a_full_disk_while_saving_a_linear_head_says_disk_full(data, tmp_path, monkeypatch):
+    import errno
+    import io
+
+    import sslfer_core.atomic_files
+
+    class FullFile(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sslfer_core.atomic_files, "open", lambda path, mode="r", *a, **k: io.BufferedWriter(
+        FullFile(path, "wb")), raising=False)
+    out = tmp_path / "out"
+    line = _one_error_line(_linear(data, "--backbone", "random", "--out", out), "seed0.pt", "(disk full (")
+    assert "enforce fail" not in line

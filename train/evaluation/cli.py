@@ -28,8 +28,8 @@ from train.evaluation.images import DEFAULT_IMAGE_SIZE, IMAGE_SIZE_RANGE, Prepro
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
 from train.evaluation.option_group import option_group
 from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
-from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, render_table, summarise,
-                                      table_rows, write_results)
+from train.evaluation.results import (COLUMNS, code_version, compare_markdown, now_utc, output_write, render_table,
+                                      summarise, table_rows, write_results)
 from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
 from train.precision import PRECISIONS, uses_bf16
 from train.tensorboard_log import tensorboard_available, write_curves
@@ -332,7 +332,8 @@ def saliency(backbone, arch, data, fmt, split, count, image_size, head_path, tar
     encoded, png = cv2.imencode(".png", grid)
     if not encoded:
         raise click.ClickException("PNG encoding failed")
-    write_bytes_atomic(out_path, png.tobytes())
+    with output_write(out_path):
+        write_bytes_atomic(out_path, png.tobytes())
     click.echo(f"saliency grid of {len(usable)} images ({loaded.name}): {out_path}", err=True)
 
 
@@ -356,7 +357,8 @@ def compare(files, out_path):
     table = compare_markdown([Path(f) for f in files])
     click.echo(table)
     if out_path:
-        write_bytes_atomic(out_path, (table + "\n").encode())
+        with output_write(out_path):
+            write_bytes_atomic(out_path, (table + "\n").encode())
 
 
 from train.evaluation.dfer_cli import dfer  # noqa: E402  (video commands live in their own module)

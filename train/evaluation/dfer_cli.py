@@ -25,7 +25,8 @@ from train.evaluation.images import IMAGE_SIZE_RANGE
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
 from train.evaluation.option_group import option_group
 from train.evaluation.protocol import Predictions, write_predictions
-from train.evaluation.results import _cell, code_version, load_results, now_utc, summarise, write_results
+from train.evaluation.results import (_cell, code_version, load_results, now_utc, output_write, summarise,
+                                      write_results)
 from train.evaluation.splits import SPLITS
 from train.evaluation.video_backbones import load_video_backbone, video_features
 from train.evaluation.video_clips import ClipSampling, VideoClips
@@ -167,7 +168,8 @@ def finish(payload: dict, dataset: VideoDataset, out_dir: str | None) -> None:
     if out_dir:
         path = write_results(Path(out_dir), payload)
         table = Path(out_dir) / "table.md"
-        write_bytes_atomic(table, (dfer_table(_rows(payload), markdown=True) + "\n").encode())
+        with output_write(table):
+            write_bytes_atomic(table, (dfer_table(_rows(payload), markdown=True) + "\n").encode())
         click.echo(f"results: {path}", err=True)
 
 

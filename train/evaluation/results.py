@@ -1,6 +1,7 @@
 """Result files and tables: provenance, mean ± std over runs, plain and Markdown tables, `compare`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ import click
 import numpy as np
 
 from data_manifest.manifest import now_utc  # noqa: F401  (re-exported: results and tables stamp with it)
-from sslfer_core.atomic_files import write_json_atomic
+from sslfer_core.atomic_files import write_error_text, write_json_atomic
 from train.run_config import code_version  # noqa: F401  (re-exported)
 
 # (key in a metrics dict, column title, scale for display, decimals)
@@ -60,9 +61,20 @@ def summarise(metric_dicts: list[dict]) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def output_write(path):
+    """Around the write of an output file: a failure (a full disk, most often) is one error line that
+    says so ("disk full (N free there)"); the atomic write leaves any earlier file as it was."""
+    try:
+        yield
+    except OSError as error:
+        raise click.ClickException(f"could not write {path} ({write_error_text(error, Path(path).parent)})") from None
+
+
 def write_results(out_dir: Path, payload: dict) -> Path:
     path = Path(out_dir) / "results.json"
-    write_json_atomic(path, json_ready(payload))
+    with output_write(path):
+        write_json_atomic(path, json_ready(payload))
     return path
 
 
