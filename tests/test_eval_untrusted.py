@@ -290,3 +290,18 @@ def test_a_full_disk_while_saving_a_linear_head_says_disk_full(data, tmp_path, m
     out = tmp_path / "out"
     line = _one_error_line(_linear(data, "--backbone", "random", "--out", out), "seed0.pt", "(disk full (")
     assert "enforce fail" not in line
+
+
+# -- features that are not finite
+
+
+def test_non_finite_features_are_counted_and_left_out(data, tmp_path):
+    state = _resnet_state()
+    for key in ("layer4.1.bn2.weight", "layer4.1.bn2.bias"):  # finite weights whose sum overflows to inf
+        state[key] = torch.full_like(state[key], 3e38)
+    path = write_weights(tmp_path / "overflow.safetensors", state, {"arch": "resnet18"})
+    out = tmp_path / "out"
+    result = _linear(data, "--backbone", path, "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "non-finite features from overflow (left out)" in result.output
+    assert "is empty (seed0) once the 24 image(s) without usable features are left out" in result.output

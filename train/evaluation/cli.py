@@ -170,7 +170,7 @@ def linear(**params):
         table, bad, extraction = session.backbone_features(
             backbone, dataset, applied_pre, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
             device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
-        plans = session.usable_plans(setup.plans, bad, dataset.path)
+        plans = session.usable_plans(setup.plans, bad, dataset.path, dataset)
         heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
         fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, applied_pre.image_size)
         runs = run_backbone(backbone, dataset, plans, tasks, fit, params["out_dir"])

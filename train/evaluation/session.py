@@ -121,10 +121,12 @@ def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preproc
                              label=f"features {backbone.name}", bf16=bf16)
     bad = np.flatnonzero(~table.ok)
     unaligned = np.flatnonzero(table.ok & ~table.aligned) if preprocessing.align else np.zeros(0, dtype=np.int64)
-    record_unreadable(dataset, bad, reported)
+    record_unreadable(dataset, np.setdiff1d(bad, table.non_finite), reported)
+    record_problems(dataset, f"non-finite features from {backbone.name} (left out)", table.non_finite, reported)
     record_problems(dataset, "could not be aligned (kept unaligned)", unaligned, reported)
     summary = {"images": len(dataset.records), "cache_hit": table.cache_hit, "seconds": round(table.seconds, 2),
-               "undecodable": int(len(bad)), "bf16": bf16}
+               "undecodable": int(len(bad) - len(table.non_finite)), "non_finite": int(len(table.non_finite)),
+               "bf16": bf16}
     if preprocessing.align:
         summary["not_aligned"] = int(len(unaligned))
     if not table.cache_hit:
@@ -134,8 +136,17 @@ def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preproc
     return table, bad, summary
 
 
-def usable_plans(plans: list[SplitPlan], bad: np.ndarray, dataset_path: str) -> list[SplitPlan]:
+def usable_plans(plans: list[SplitPlan], bad: np.ndarray, dataset_path: str,
+                 dataset: LabelledDataset | None = None) -> list[SplitPlan]:
+    """The plans without the images that gave no usable features; a split they leave empty is refused,
+    after the problems that emptied it are reported."""
     cleaned = [plan.without(bad) for plan in plans]
     for plan in cleaned:
+        empty = [split for split, indices in plan.indices.items() if len(indices) == 0]
+        if empty and len(bad):
+            if dataset is not None:
+                report_problems(dataset)
+            raise click.ClickException(f"split '{empty[0]}' is empty ({plan.name}) once the {len(bad)} image(s) "
+                                       f"without usable features are left out (see the warnings above)")
         require_nonempty(plan, dataset_path)
     return cleaned
