@@ -291,3 +291,13 @@ def test_a_mask_ratio_that_masks_nothing_is_a_usage_error(tmp_path, ratio):
     result = _run(["mae", "--shards", tmp_path, "--out", tmp_path / "run", *TINY_MAE, "--steps", "1",
                    "--mask-ratio", ratio])
     _one_error_line(result, "--mask-ratio", "masks no token of a 5 x 10 window", code=2)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"contrastive"', "\xff\xfe"])
+def test_a_config_json_that_is_no_run_config_is_one_line_on_resume(finished, tmp_path, text):
+    run = _copy_run(finished, tmp_path)
+    (run / "config.json").write_bytes(text.encode("latin-1"))
+    result = _run(["--out", run, "--resume"])
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), (result.output, result.exception)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "config.json" in errors[0], result.output

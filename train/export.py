@@ -76,11 +76,13 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fm
     except ValueError as error:
         raise ExportError(f"{path}: {error}") from None
     exported = method.export(state, path)
+    step = state.get("step", -1)
+    step = step if isinstance(step, int) and not isinstance(step, bool) else -1  # a foreign file may hold anything
     metadata = {**exported.metadata, "method": method.name, "source_checkpoint": path.name,
-                "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
+                "source_sha256": file_sha256(path), "step": step, "code_version": code_version()}
     try:
         write_weights(out_path, exported.payload, metadata, fmt)
     except (OSError, RuntimeError) as error:  # RuntimeError: what torch.save raises for what it cannot pickle
         raise ExportError(f"could not write {out_path} ({write_error_text(error, Path(out_path).parent)}); "
                           "an existing file there is untouched") from None
-    return path, exported.description, int(state.get("step", -1))
+    return path, exported.description, step

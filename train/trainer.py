@@ -81,11 +81,14 @@ class _Data:
 def read_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainingError(f"{run_dir}: no {CONFIG_NAME}; nothing to resume") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise TrainingError(f"{path}: unreadable ({error})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise TrainingError(f"{path}: unreadable ({str(error)[:200]})") from None
+    if not isinstance(config, dict):
+        raise TrainingError(f"{path}: not a run config (a JSON object)")
+    return config
 
 
 def check_same_method(saved: dict, method: str, run_dir: Path) -> None:
