@@ -144,6 +144,22 @@ def test_an_lgi_former_export_of_int8_weights_is_refused_naming_the_tensor():
         load_encoder(payload)
 
 
+def test_eval_of_a_run_folder_skips_a_checkpoint_of_another_method(finished, mae_checkpoint, tmp_path):
+    from eval_fixtures import write_pattern_folder
+    from train.evaluation.cli import main as eval_main
+
+    run = _copy_run(finished, tmp_path)
+    shutil.copy(mae_checkpoint, checkpoint_path(run, 9))
+    data = write_pattern_folder(tmp_path / "patterns", {"train": 4, "val": 2, "test": 2})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(eval_main, ["linear", "--backbone", str(run), "--data", str(data), "--out", str(out),
+                                            "--max-iterations", "5", "--workers", "0", "--threads", "1", "--no-cache"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "a checkpoint of a mae run, not of this contrastive run; trying the one before" in result.output
+    entry = json.loads((out / "results.json").read_text())["backbones"][0]["backbone"]
+    assert entry["name"] == "run@step4" and entry["source"].endswith("ckpt-step00000004.pt")
+
+
 # -- metrics.jsonl
 
 

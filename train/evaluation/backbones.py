@@ -100,23 +100,38 @@ def load_exported(path: Path) -> LoadedBackbone:
     return LoadedBackbone(path.stem, arch, model, file_sha256(path), str(path), trained)
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[Path, int]:
+def run_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's checkpoints, newest step first ("step100" sorts before "step20" by name)."""
     found = [(int(m.group(1)), p) for p in (run_dir / "checkpoints").glob("ckpt-step*.pt")
              if (m := CHECKPOINT_PATTERN.match(p.name))]
     if not found:
         raise click.ClickException(f"{run_dir}: no checkpoints/ckpt-step*.pt in this run folder")
-    step, path = max(found)  # by step number, not by name ("step100" sorts before "step20")
-    return path, step
+    return sorted(found, reverse=True)
+
+
+def _run_checkpoint(run_dir: Path, run_config: dict) -> tuple[Path, int, dict]:
+    """The newest checkpoint made by the run that config.json describes; one of another method or run
+    (copied into the folder) is skipped with a warning, as training and export skip it."""
+    from train.checkpoints import foreign_to_run
+
+    for step, path in run_checkpoints(run_dir):
+        checkpoint = _load_state(path)
+        foreign = (foreign_to_run(checkpoint["config"], run_config)
+                   if isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict) else None)
+        if foreign is None:
+            return path, step, checkpoint
+        click.echo(f"warning: {path}: {foreign}; trying the one before", err=True)
+    raise click.ClickException(f"{run_dir}: none of its checkpoints belongs to the run its config.json describes")
 
 
 def load_run(run_dir: Path) -> LoadedBackbone:
     config_path = run_dir / "config.json"
     try:
-        arch = json.loads(config_path.read_text())["arch"]
+        run_config = json.loads(config_path.read_text())
+        arch = run_config["arch"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise click.ClickException(f"{config_path}: cannot read key 'arch' ({type(error).__name__})")
-    path, step = newest_checkpoint(run_dir)
-    checkpoint = _load_state(path)
+    path, step, checkpoint = _run_checkpoint(run_dir, run_config)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise click.ClickException(f"{path}: expected a dict with key 'model' (a state_dict)")
     state = {k[len(BACKBONE_PREFIX):]: v for k, v in checkpoint["model"].items() if k.startswith(BACKBONE_PREFIX)}
