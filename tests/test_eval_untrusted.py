@@ -2,11 +2,15 @@
 "Evaluation"): weights of a dtype the network cannot take, refusals that name the keys, metadata and
 labels that do not parse, a last fine-tuning batch of one image, foreign saliency heads, damaged
 results.json files, a PNG that declares a huge image, and splits that share images."""
+import errno
+import io
 import json
+import shutil
 import struct
 import zlib
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -106,7 +110,7 @@ def test_fer2013_codes_that_are_not_ascii_digits_are_bad_rows(tmp_path):
 def test_affectnet_expressions_and_values_that_are_not_finite_are_bad_rows(tmp_path):
     image = tmp_path / "Manually_Annotated_Images" / "1" / "a.png"
     image.parent.mkdir(parents=True)
-    cv2.imwrite(str(image), pattern_image("checker", __import__("numpy").random.default_rng(0)))
+    cv2.imwrite(str(image), pattern_image("checker", np.random.default_rng(0)))
     header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "expression", "valence",
               "arousal"]
     rows = [["1/a.png", "0", "0", "32", "32", "1", "0.5", "0.1"], ["1/a.png", "0", "0", "32", "32", "inf", "0", "0"],
@@ -119,7 +123,7 @@ def test_affectnet_expressions_and_values_that_are_not_finite_are_bad_rows(tmp_p
 
 def test_generic_csv_non_finite_valence_is_a_bad_row(tmp_path):
     image = tmp_path / "a.png"
-    cv2.imwrite(str(image), pattern_image("checker", __import__("numpy").random.default_rng(0)))
+    cv2.imwrite(str(image), pattern_image("checker", np.random.default_rng(0)))
     rows = [["a.png", "0.5", "0.1"], ["a.png", "inf", "0.1"], ["a.png", "0.2", "nan"]]
     dataset = load_dataset(write_csv(tmp_path / "l.csv", ["path", "valence", "arousal"], rows))
     assert len(dataset.records) == 1 and dataset.problems.count("bad row") == 2
@@ -234,7 +238,7 @@ def test_a_png_over_the_pixel_limit_is_not_decoded_and_is_named(tmp_path):
 
 
 def test_an_image_listed_in_train_and_test_is_refused(tmp_path):
-    rng = __import__("numpy").random.default_rng(0)
+    rng = np.random.default_rng(0)
     rows = []
     for kind in ("checker", "vertical"):
         for i in range(4):
@@ -247,7 +251,7 @@ def test_an_image_listed_in_train_and_test_is_refused(tmp_path):
 
 def test_test_images_identical_to_train_images_are_a_loud_warning(data, tmp_path):
     copy = tmp_path / "d"
-    __import__("shutil").copytree(data, copy)
+    shutil.copytree(data, copy)
     for i in range(2):
         (copy / "test" / "vertical" / f"{i:03d}.png").write_bytes((copy / "train" / "vertical" / f"{i:03d}.png").read_bytes())
     out = tmp_path / "out"
@@ -262,8 +266,6 @@ def test_test_images_identical_to_train_images_are_a_loud_warning(data, tmp_path
 
 
 def test_a_full_disk_while_writing_results_is_one_line(data, tmp_path, monkeypatch):
-    import errno
-
     import train.evaluation.results
 
     def full(path, obj):
@@ -276,9 +278,6 @@ def test_a_full_disk_while_writing_results_is_one_line(data, tmp_path, monkeypat
 
 
 def test_a_full_disk_while_saving_a_linear_head_says_disk_full(data, tmp_path, monkeypatch):
-    import errno
-    import io
-
     import sslfer_core.atomic_files
 
     class FullFile(io.FileIO):
