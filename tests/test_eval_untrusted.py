@@ -304,3 +304,20 @@ def test_non_finite_features_are_counted_and_left_out(data, tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "non-finite features from overflow (left out)" in result.output
     assert "is empty (seed0) once the 24 image(s) without usable features are left out" in result.output
+
+
+def test_a_video_listed_in_train_and_test_of_a_fold_is_refused():
+    import click
+
+    from train.evaluation.problems import ProblemLog
+    from train.evaluation.video_datasets import VideoDataset, VideoRecord
+    from train.evaluation.video_splits import plan_video
+
+    records = [VideoRecord(source=f"clip{i}.mp4", split=split, label=i % 2, fold=1)
+               for i, split in enumerate(["train", "train", "train", "val", "test", "test"])]
+    records.append(VideoRecord(source="clip0.mp4", split="test", label=0, fold=1))  # also in test
+    dataset = VideoDataset("list.csv", "video-csv", records, ["happy", "sad"], ProblemLog(), [])
+    with pytest.raises(click.ClickException, match=r"1 video\(s\) are in both train and test of fold 1 \(e.g. clip0.mp4\)"):
+        plan_video(dataset, 0, val_fraction=0.2, test_fraction=0.2)
+    dataset.records.pop()
+    assert len(plan_video(dataset, 0, val_fraction=0.2, test_fraction=0.2)) == 1
