@@ -20,6 +20,7 @@ from collections import defaultdict
 import click
 import numpy as np
 
+from sslfer_core.progress import Progress
 from train.evaluation.datasets import LabelledDataset
 from train.evaluation.splits import SplitPlan
 
@@ -85,12 +86,14 @@ def content_keys(dataset: LabelledDataset, candidates: np.ndarray) -> dict[int, 
             size = _file_size(record.source)
             if size is not None:
                 by_size[size].append(i)
-    for group in by_size.values():
-        if len(group) > 1:
-            for i in group:
-                digest = _file_digest(dataset.records[i].source)
-                if digest is not None:
-                    keys[i] = "file:" + digest + repr(dataset.records[i].box)
+    to_read = [i for group in by_size.values() if len(group) > 1 for i in group]
+    progress = Progress("comparing images across splits", len(to_read), unit="images")
+    for i in to_read:
+        digest = _file_digest(dataset.records[i].source)
+        if digest is not None:
+            keys[i] = "file:" + digest + repr(dataset.records[i].box)
+        progress.advance(1)
+    progress.close()
     return keys
 
 
