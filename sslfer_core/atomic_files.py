@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
+
+from sslfer_core.byte_sizes import human_bytes
 
 TEMP_PREFIX = ".partial-"
 
@@ -55,6 +59,37 @@ def atomic_path(final_path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+class _KeptWriteError:
+    """A binary file whose first failed write is kept: torch.save turns an OSError raised by the file's
+    write into its own "enforce fail ... unexpected pos" text, which hides a full disk."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def write_through(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Create the file `path` and call write(file) on it (torch.save, say); a write that fails on the
+    disk (full, quota, read-only) raises that OSError, with its errno, whatever `write` made of it."""
+    with open(path, "wb") as handle:
+        kept = _KeptWriteError(handle)
+        try:
+            write(kept)
+        except Exception:
+            if kept.error is not None:
+                raise kept.error from None
+            raise
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -76,3 +111,26 @@ def writable_dir_problem(directory: str | os.PathLike) -> str | None:
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
         return f"cannot write to {directory}: {exc.strerror or exc}{where}"
     return None
+
+
+# Write failures named the way a user looks for them; torch and safetensors otherwise hide them behind
+# their own texts ("enforce fail at inline_container.cc", "Error while serializing").
+WRITE_ERRNO_NAMES = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+
+
+def free_space(folder: str | os.PathLike) -> str:
+    try:
+        return f"{human_bytes(shutil.disk_usage(folder).free)} free there"
+    except OSError:
+        return "free space unknown"
+
+
+def write_error_text(error: BaseException, folder: str | os.PathLike) -> str:
+    """Why a write into `folder` failed, in one line: "disk full (12.0 KB free there)" for a full disk,
+    otherwise the error's first line."""
+    code = getattr(error, "errno", None)
+    if code in WRITE_ERRNO_NAMES:
+        return f"{WRITE_ERRNO_NAMES[code]} ({free_space(folder)})"
+    text = str(getattr(error, "strerror", None) or error).strip()
+    first = text.splitlines()[0][:200] if text else type(error).__name__
+    return f"{first}; {free_space(folder)}"

@@ -15,7 +15,8 @@ is recorded the moment it is verified (an interrupted start keeps what it hashed
 (the ranks of a job, parallel verify workers) record at once without losing each other's entries. The
 journal is folded into the JSON file once it holds as many lines as the file has entries, which keeps
 recording linear in the number of shards. A missing, unreadable or malformed record or journal line
-counts as empty; a record that cannot be written only means the next start hashes again.
+counts as empty; a record that cannot be written (a read-only home in a CI sandbox, a full disk) only
+means the next start hashes again: it never fails a command, and a process says so once, on stderr.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -157,9 +159,23 @@ def _locked(record: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+_warned_unwritable = False  # one warning per process, however many shards or workers meet it
+
+
+def _warn_unwritable(path: Path, error: OSError) -> None:
+    global _warned_unwritable
+    if _warned_unwritable:
+        return
+    _warned_unwritable = True
+    print(f"warning: cannot write the record of verified shards {path} ({error.strerror or error}); "
+          f"nothing fails, but the next start hashes these shards again (set {HASH_CACHE_ENV} to a writable "
+          "file to keep it)", file=sys.stderr)
+
+
 def remember(items: list[tuple]) -> bool:
     """Record (path, sha256[, identity before reading]) items whose bytes were just read; a file whose
-    identity changed while it was read is left out. False when the record cannot be written."""
+    identity changed while it was read is left out. False (with a warning, once per process)
+    when the record cannot be written."""
     lines = []
     for path, digest, *before in items:
         ident = _identity(Path(path))
@@ -176,7 +192,8 @@ def remember(items: list[tuple]) -> bool:
             if _memo is not None and (_memo.malformed or
                                       _memo.journal_lines >= max(MIN_FOLD_LINES, len(parsed) - _memo.journal_lines)):
                 _fold(record, parsed)
-    except OSError:
+    except OSError as error:
+        _warn_unwritable(record, error)
         return False
     return True
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from sslfer_core.gpu_augment import IMAGENET_MEAN, IMAGENET_STD
 from sslfer_core.lgi_former import LGIFormerConfig, LGIFormerEncoder
+from sslfer_core.state_fit import state_dict_misfit
 
 EXPORT_FORMAT = "sslfer-lgi-former-encoder"
 EXPORT_VERSION = 1
@@ -76,10 +77,15 @@ def load_encoder(path_or_payload: str | Path | dict, map_location="cpu") -> tupl
     try:
         cfg = config_from_plain(payload["model_config"])
         encoder = LGIFormerEncoder(cfg)
-        encoder.load_state_dict(payload["state_dict"], strict=True)
+        # Checked first: torch's first line names no key, and it would cast int8 weights into the floats.
+        misfit = state_dict_misfit(encoder.state_dict(), payload["state_dict"]) \
+            if isinstance(payload["state_dict"], dict) else "no state_dict"
+        if not misfit:
+            encoder.load_state_dict(payload["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise EncoderExportError(f"{where}: weights do not fit the recorded LGI-Former config: "
-                                 f"{str(error).splitlines()[0]}") from None
+        misfit = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if misfit:
+        raise EncoderExportError(f"{where}: weights do not fit the recorded LGI-Former config: {misfit}")
     return encoder, {k: v for k, v in payload.items() if k != "state_dict"}
 
 

@@ -48,7 +48,7 @@ def _encoder_rows(reference: str, ours: str) -> tuple[tuple[str, str], ...]:
             *((f"{reference}blocks.{{i}}.{a}", f"{ours}blocks.{{i}}.{b}") for a, b in LGI_BLOCK))
 
 
-# MAE-DFER pretraining (run_mae_pretraining.py, e.g. checkpoint-49.pth) -> sslfer_core.video_mae.VideoMAE
+# MAE-DFER pretraining (run_mae_pretraining.py, e.g. checkpoint-49.pth) -> sslfer_core.mae.MAEModel
 MAE_DFER_PRETRAIN = NameMap(
     "mae-dfer-pretrain",
     rows=_encoder_rows("encoder.", "encoder.") + (

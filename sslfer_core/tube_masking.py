@@ -28,12 +28,16 @@ def window_shape(cfg: LGIFormerConfig) -> tuple[int, int]:
 
 def masked_per_window(cfg: LGIFormerConfig, ratio: float) -> int:
     """Masked tokens per window: int(ratio * window tokens), truncated as the reference's mask generator does
-    (37 of 50 at 0.75, 45 at 0.9)."""
+    (37 of 50 at 0.75, 45 at 0.9); at least one token is masked (the loss is a mean over masked tokens)."""
     if not (0.0 <= ratio < 1.0):
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
     wh, ww = window_shape(cfg)
     size = wh * ww
-    return int(ratio * size)  # below size for every ratio < 1: one token at least stays visible
+    masked = int(ratio * size)  # below size for every ratio < 1: one token at least stays visible
+    if masked == 0:
+        raise ValueError(f"mask ratio {ratio} masks no token of a {wh} x {ww} window, so there is nothing to "
+                         f"reconstruct; give at least {1 / size:.3g}")
+    return masked
 
 
 def tube_window_mask(batch: int, cfg: LGIFormerConfig, ratio: float = DEFAULT_MASK_RATIO, *,

@@ -247,5 +247,7 @@ def test_unknown_method_in_a_checkpoint_is_an_export_error(shards, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
     state["config"]["method"] = "nonesuch"
     torch.save(state, checkpoint)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "method": "nonesuch"}))  # the run's method, too
     line = _one_error_line(CliRunner().invoke(main, ["export", str(run), "-o", str(tmp_path / "b.pt")]), 1)
     assert "unknown method 'nonesuch'; known: contrastive" in line

@@ -55,7 +55,7 @@ def test_pretraining_checkpoint_encodes_and_predicts_as_the_reference(files, ref
     assert found.kind == "mae-dfer-pretrain" and found.args["lg_region_size"] == [2, 2, 4]
     model, config, line = build_pretraining(found)
     assert (config.dim, config.depth, config.heads, config.region) == (128, 2, 2, (2, 2, 4))
-    assert "mapped 89 tensors into sslfer's VideoMAE" in line and "nothing unused" in line
+    assert "mapped 89 tensors into sslfer's MAEModel" in line and "nothing unused" in line
     x, mask = _clip(reference), torch.from_numpy(reference["pretrain_mask"])
     with torch.no_grad():
         encoded = model.forward_encoder(x, mask)  # visible tokens in raster order

@@ -4,22 +4,23 @@ A checkpoint holds only tensors and plain Python values, so it loads with torch.
 """
 from __future__ import annotations
 
+import json
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from sslfer_core.atomic_files import TEMP_PREFIX, atomic_path
-from sslfer_core.byte_sizes import human_bytes
+from sslfer_core.atomic_files import TEMP_PREFIX, atomic_path, write_error_text, write_through
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
-from train.run_config import method_of_config, resume_command
+from train.run_config import RUNTIME_KEYS, method_of_config, resume_command
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-step(\d{8,})\.pt$")
+# What RunState.restore reads besides model and config.
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "sampler", "step", "epoch")
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -44,26 +45,18 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (a full disk, most often); the earlier ones are untouched."""
 
 
-def _free_space(folder: Path) -> str:
-    try:
-        return f"{human_bytes(shutil.disk_usage(folder).free)} free there"
-    except OSError:
-        return "free space unknown"
-
-
 def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int) -> Path:
     """Write atomically, then delete all but the newest `keep` checkpoints."""
     path = checkpoint_path(run_dir, step)
     resume = resume_command(method_of_config(state.get("config")), run_dir)
     try:
+        # A full disk is then an OSError with its errno, not torch's "enforce fail" text.
         with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+            write_through(tmp, lambda handle: torch.save(state, handle))
+    except (OSError, RuntimeError) as error:  # RuntimeError: what torch.save raises for what it cannot pickle
         newest = latest_checkpoint(run_dir)
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
         raise CheckpointWriteError(
-            f"could not write checkpoint {path.name} in {path.parent} ({reason}; {_free_space(path.parent)}). "
+            f"could not write checkpoint {path.name} in {path.parent} ({write_error_text(error, path.parent)}). "
             f"Earlier checkpoints are untouched (newest: {newest.name if newest else 'none'}); "
             f"free some space, then continue with: {resume}") from error
     for old in list_checkpoints(run_dir)[:-max(1, keep)]:
@@ -79,9 +72,11 @@ class CheckpointReadError(ValueError):
     """A checkpoint file that cannot be used: truncated, empty, foreign, or holding non-finite weights."""
 
 
-def read_checkpoint(path: Path, *, finite: bool = True) -> dict:
+def read_checkpoint(path: Path, *, finite: bool = True, run_config: dict | None = None,
+                    for_resume: bool = False) -> dict:
     """A checkpoint of sslfer-train (a dict with model and config), its model weights finite unless
-    finite=False; raises CheckpointReadError with a one-line reason."""
+    finite=False; with `run_config` (the run's config.json), one made by that run's method and settings;
+    with `for_resume`, one holding all a resume reads. Raises CheckpointReadError with a one-line reason."""
     try:
         state = load_checkpoint(path)
     except MemoryError:
@@ -95,9 +90,37 @@ def read_checkpoint(path: Path, *, finite: bool = True) -> dict:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(
             state.get("config"), dict):
         raise CheckpointReadError(f"{path}: not an sslfer-train checkpoint (no model/config)")
+    if for_resume:
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            raise CheckpointReadError(f"{path}: cannot resume from it (no {', '.join(missing)})")
+    if run_config is not None:
+        foreign = foreign_to_run(state["config"], run_config)
+        if foreign:
+            raise CheckpointReadError(f"{path}: {foreign}")
     if finite:
         check_finite_weights(state, path)
     return state
+
+
+def _plain(value):
+    """A config value as config.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def foreign_to_run(config: dict, run_config: dict) -> str | None:
+    """Why a checkpoint whose config is `config` was not made by the run that config.json `run_config`
+    describes (another method, or other settings than those a resume may change); None when it was."""
+    made_by, run_method = method_of_config(config), method_of_config(run_config)
+    if made_by != run_method:
+        return f"a checkpoint of a {made_by} run, not of this {run_method} run"
+    differing = sorted(key for key in config if key not in RUNTIME_KEYS and key in run_config
+                       and _plain(config[key]) != _plain(run_config[key]))
+    if differing:
+        shown = ", ".join(f"{key} {_plain(config[key])!r} (run: {_plain(run_config[key])!r})" for key in differing[:3])
+        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+        return f"a checkpoint of another run: its settings differ from config.json: {shown}{more}"
+    return None
 
 
 def check_finite_weights(state: dict, path: Path) -> None:
@@ -108,13 +131,14 @@ def check_finite_weights(state: dict, path: Path) -> None:
                                   f"{describe_non_finite(bad, count_floating(state['model'].values()))}")
 
 
-def newest_readable_checkpoint(run_dir: Path, skipped: Callable[[Path, CheckpointReadError], None]
-                               ) -> tuple[Path, dict] | None:
-    """The newest checkpoint that reads (and holds finite weights) with its content; `skipped` is told of
-    each newer one that does not, newest first. None when none reads."""
+def newest_readable_checkpoint(run_dir: Path, skipped: Callable[[Path, CheckpointReadError], None],
+                               run_config: dict | None = None) -> tuple[Path, dict] | None:
+    """The newest checkpoint to resume from that reads, holds finite weights and (given config.json's
+    `run_config`) belongs to the run, with its content; `skipped` is told of each newer one that does not,
+    newest first. None when none reads."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return path, read_checkpoint(path)
+            return path, read_checkpoint(path, run_config=run_config, for_resume=True)
         except CheckpointReadError as error:
             skipped(path, error)
     return None

@@ -6,10 +6,11 @@ MAE-DFER's pretraining checkpoints instead, which the reference's run_class_fine
 (train/reference_weights.py)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
-from sslfer_core.atomic_files import writable_dir_problem
+from sslfer_core.atomic_files import writable_dir_problem, write_error_text
 from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, Exported, get_method
@@ -21,19 +22,37 @@ EXPORT_FORMATS = (*FORMATS, MAE_DFER_FORMAT)
 
 __all__ = ["ExportError", "export_checkpoint", "export_run", "EXPORT_FORMATS", "MAE_DFER_FORMAT"]
 
+RUN_CONFIG = "config.json"  # written by the trainer (train/trainer.py CONFIG_NAME)
 
-def _newest_usable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict]:
-    """The newest checkpoint that reads; newer ones that do not (truncated, empty) are named in a warning.
-    A checkpoint with non-finite weights stops the export instead: an older one is a choice to make."""
+
+def _run_config(run_dir: Path) -> dict | None:
+    """The run's config.json, which says what method and settings made the run; None when the folder has
+    none (a bare folder of checkpoints)."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.exists():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ExportError(f"{path}: unreadable ({type(error).__name__}); it says which method made the run") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{path}: not a run config (a JSON object)")
+    return config
+
+
+def _newest_usable(run_dir: Path, run_config: dict | None, warn: Callable[[str], None]) -> tuple[Path, dict]:
+    """The newest checkpoint that reads and belongs to the run; newer ones that do not (truncated, empty, of
+    another method or run) are named in a warning. A checkpoint with non-finite weights stops the export
+    instead: an older one is a choice to make."""
     found = list_checkpoints(run_dir)
     if not found:
         raise ExportError(f"{run_dir}: no checkpoint to export (expected checkpoints/ckpt-step*.pt)")
     for path in reversed(found):
         try:
-            return path, read_checkpoint(path, finite=False)
+            return path, read_checkpoint(path, finite=False, run_config=run_config)
         except CheckpointReadError as error:
             warn(f"warning: {error}; trying the one before")
-    raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads")
+    raise ExportError(f"{run_dir}: none of its {len(found)} checkpoints reads and belongs to the run")
 
 
 def _mae_dfer_path(out_path: Path) -> str:
@@ -52,25 +71,26 @@ def _write_mae_dfer(out_path: Path, payload: dict) -> None:
     try:
         with atomic_path(Path(out_path)) as tmp:
             torch.save(mae_dfer_payload(payload), tmp)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-        text = str(error).strip()
-        raise ExportError(f"could not write {out_path} ({text.splitlines()[0] if text else type(error).__name__})"
-                          ) from None
+    except (OSError, RuntimeError) as error:  # RuntimeError: what torch.save raises for what it cannot pickle
+        raise ExportError(f"could not write {out_path} ({write_error_text(error, Path(out_path).parent)}); "
+                          "an existing file there is untouched") from None
 
 
 def export_checkpoint(run_dir: Path, checkpoint: Path | None = None,
                       warn: Callable[[str], None] = print) -> tuple[Path, dict, Exported]:
-    """What the run's own method exports from its newest readable (or the given) checkpoint, in memory:
-    (checkpoint used, its content, the export). Non-finite weights are refused. Evaluation loads run
+    """What the run's method (config.json's; the checkpoint's own in a folder without one) exports from its
+    newest readable (or the given) checkpoint, in memory: (checkpoint used, its content, the export).
+    Non-finite weights, and a checkpoint of another method or run, are refused. Evaluation loads run
     folders through this, so it needs to know no method."""
+    run_config = _run_config(Path(run_dir))
     if checkpoint:
         path = Path(checkpoint)
         try:
-            state = read_checkpoint(path, finite=False)
+            state = read_checkpoint(path, finite=False, run_config=run_config)
         except CheckpointReadError as error:
             raise ExportError(str(error)) from None
     else:
-        path, state = _newest_usable(Path(run_dir), warn)
+        path, state = _newest_usable(Path(run_dir), run_config, warn)
     try:
         check_finite_weights(state, path)
     except CheckpointReadError as error:
@@ -85,9 +105,9 @@ def export_checkpoint(run_dir: Path, checkpoint: Path | None = None,
 
 def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fmt: str | None = None,
                warn: Callable[[str], None] = print) -> tuple[Path, str, int]:
-    """Write the export of the checkpoint's method to out_path atomically, in the format its name says (or
-    `fmt` for other names; a contradiction is an ExportError); returns (checkpoint used, description of what
-    was written, step). Non-finite weights are refused."""
+    """Write export_checkpoint's export to out_path atomically, in the format its name says (or `fmt` for
+    other names; a contradiction is an ExportError); returns (checkpoint used, description of what was
+    written, step)."""
     try:
         fmt = _mae_dfer_path(Path(out_path)) if fmt == MAE_DFER_FORMAT else format_for_path(Path(out_path), fmt)
     except ValueError as error:
@@ -97,18 +117,19 @@ def export_run(run_dir: Path, out_path: Path, checkpoint: Path | None = None, fm
         raise ExportError(problem)
     path, state, exported = export_checkpoint(run_dir, checkpoint, warn)
     method = method_of_config(state["config"])
+    step = state.get("step", -1)
+    step = step if isinstance(step, int) and not isinstance(step, bool) else -1  # a foreign file may hold anything
     if fmt == MAE_DFER_FORMAT:
         if method != "mae":
             raise ExportError(f"{path}: --format {MAE_DFER_FORMAT} writes an LGI-Former encoder; this is a "
                               f"{method} run")
         _write_mae_dfer(out_path, exported.payload)
-        return path, f"{exported.description} in MAE-DFER's checkpoint layout", int(state.get("step", -1))
+        return path, f"{exported.description} in MAE-DFER's checkpoint layout", step
     metadata = {**exported.metadata, "method": method, "source_checkpoint": path.name,
-                "source_sha256": file_sha256(path), "step": int(state.get("step", -1)), "code_version": code_version()}
+                "source_sha256": file_sha256(path), "step": step, "code_version": code_version()}
     try:
         write_weights(out_path, exported.payload, metadata, fmt)
-    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
-        text = str(error).strip()
-        raise ExportError(f"could not write {out_path} ({text.splitlines()[0] if text else type(error).__name__})"
-                          ) from None
-    return path, exported.description, int(state.get("step", -1))
+    except (OSError, RuntimeError) as error:  # RuntimeError: what torch.save raises for what it cannot pickle
+        raise ExportError(f"could not write {out_path} ({write_error_text(error, Path(out_path).parent)}); "
+                          "an existing file there is untouched") from None
+    return path, exported.description, step

@@ -6,8 +6,13 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
-from sslfer_core.atomic_files import write_bytes_atomic
+from sslfer_core.atomic_files import write_bytes_atomic, write_error_text
+
+
+class MetricsWriteError(RuntimeError):
+    """metrics.jsonl could not be appended to (a full disk, most often); one line for the user."""
 
 
 def _clean(value):
@@ -16,8 +21,32 @@ def _clean(value):
     return value
 
 
+def _parse(lines) -> tuple[list[tuple[str, dict]], int]:
+    """(line, record) of each line holding a JSON object, and how many other non-blank lines there were
+    (a last line cut by a kill or a full disk, or damage)."""
+    records, bad = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append((line, record))
+        else:
+            bad += 1
+    return records, bad
+
+
+def _step(record: dict) -> float:
+    step = record.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
+
+
 class MetricsLog:
-    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False):
+    def __init__(self, path: Path, resume_step: int | None = None, tensorboard: bool = False,
+                 warn: Callable[[str], None] = print):
         self.path = Path(path)
         self.board = None
         if tensorboard:
@@ -25,15 +54,32 @@ class MetricsLog:
 
             self.board = TensorBoardLog(self.path.parent, None if resume_step is None else resume_step + 1)
         if resume_step is not None and self.path.exists():
-            # Steps after the checkpoint will be trained again: drop their old lines.
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
-        self._handle = open(self.path, "a", encoding="utf-8")
+            # Steps after the checkpoint will be trained again: drop their old lines; and lines that do
+            # not parse (cut by a kill or a full disk), which would stop every reader of the file.
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            parsed, bad = _parse(text.splitlines())
+            kept = [line for line, record in parsed if _step(record) <= resume_step]
+            if bad:
+                warn(f"note: dropped {bad} line(s) of {self.path.name} that are not JSON records "
+                     "(a write cut short by a kill or a full disk)")
+            try:
+                write_bytes_atomic(self.path, "".join(line + "\n" for line in kept).encode("utf-8"))
+            except OSError as error:
+                raise MetricsWriteError(f"could not rewrite {self.path} ({write_error_text(error, self.path.parent)})"
+                                        ) from None
+        try:
+            self._handle = open(self.path, "a", encoding="utf-8")
+        except OSError as error:
+            raise MetricsWriteError(f"could not open {self.path} ({write_error_text(error, self.path.parent)})"
+                                    ) from None
 
     def write(self, record: dict) -> None:
-        self._handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-        self._handle.flush()
+        try:
+            self._handle.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+            self._handle.flush()
+        except OSError as error:
+            raise MetricsWriteError(f"could not append to {self.path} ({write_error_text(error, self.path.parent)})"
+                                    ) from None
         if self.board is not None:
             self.board.scalars(record)
 
@@ -48,13 +94,17 @@ class MetricsLog:
             self.board.pngs(list(paths), step)
 
     def close(self) -> None:
-        self._handle.close()
+        try:
+            self._handle.close()
+        except OSError:
+            pass  # a failed write was reported already; its buffered rest cannot be written either
         if self.board is not None:
             self.board.close()
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The records of a metrics.jsonl; lines that are not JSON objects (a cut last line) are left out."""
+    return [record for _, record in _parse(Path(path).read_text(encoding="utf-8", errors="replace").splitlines())[0]]
 
 
 class IntervalMeter:

@@ -198,15 +198,15 @@ def mapped_line(ref: ReferenceFile, mapped: Mapped, into: str) -> str:
 
 
 def build_pretraining(ref: ReferenceFile):
-    """(VideoMAE with the file's weights, its config, the mapping line) of a mae-dfer-pretrain file."""
-    from sslfer_core.video_mae import VideoMAE
+    """(MAEModel with the file's weights, its config, the mapping line) of a mae-dfer-pretrain file."""
+    from sslfer_core.mae import MAEModel
 
     config = lgi_config(ref)
     if not has_decoder(ref):
         raise ReferenceWeightsError(f"{ref.path}: holds the encoder only (no decoder.*), not a whole MAE")
-    model = VideoMAE(config)
+    model = MAEModel(config)
     mapped = _map(ref, MAE_DFER_PRETRAIN, model)
-    return model.eval(), config, mapped_line(ref, mapped, "sslfer's VideoMAE")
+    return model.eval(), config, mapped_line(ref, mapped, "sslfer's MAEModel")
 
 
 def _encoder_only(ref: ReferenceFile):
@@ -295,8 +295,8 @@ def _fits(ref: ReferenceFile, theirs, ours, names, where: str) -> None:
         raise ReferenceWeightsError(f"{ref.path}: its LGI-Former does not fit {where}: {', '.join(differs)}")
 
 
-def init_video_mae(model: nn.Module, path: Path, where: str) -> dict:
-    """Load a MAE-DFER(-CA) checkpoint into a fresh sslfer VideoMAE (`sslfer-train mae --init`): the whole MAE
+def init_mae(model: nn.Module, path: Path, where: str) -> dict:
+    """Load a MAE-DFER(-CA) checkpoint into a fresh sslfer MAEModel (`sslfer-train mae --init`): the whole MAE
     from a pretraining file, the encoder alone from a fine-tuned file or an encoder-only export (the decoder
     keeps its initialisation). Returns what config.json records."""
     ref = read_reference(path)
@@ -307,7 +307,7 @@ def init_video_mae(model: nn.Module, path: Path, where: str) -> dict:
     _fits(ref, config, model.cfg, GEOMETRY, where)
     if has_decoder(ref):
         _fits(ref, config, model.cfg, DECODER_GEOMETRY, where)
-        line = mapped_line(ref, _map(ref, MAE_DFER_PRETRAIN, model), "the run's VideoMAE")
+        line = mapped_line(ref, _map(ref, MAE_DFER_PRETRAIN, model), "the run's MAEModel")
     else:
         encoder, _, line = build_encoder(ref)
         model.encoder.load_state_dict(encoder.state_dict(), strict=True)
@@ -360,4 +360,4 @@ def mae_dfer_payload(export_payload: dict) -> dict:
 
 __all__ = ["KINDS", "VIDEO_KINDS", "ReferenceFile", "ReferenceWeightsError", "read_reference", "detect",
            "kind_of_state", "lgi_config", "build_pretraining", "build_classifier", "build_encoder", "resnet_state",
-           "mapped_line", "HEAD_WIDTH", "init_video_mae", "init_contrastive", "mae_dfer_payload", "has_decoder"]
+           "mapped_line", "HEAD_WIDTH", "init_mae", "init_contrastive", "mae_dfer_payload", "has_decoder"]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from train.checkpoints import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from sslfer_core.state_fit import state_dict_misfit
+from train.checkpoints import CheckpointReadError, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 
 
 @dataclass
@@ -50,13 +51,21 @@ class RunState:
     def restore(self, path: Path, state: dict | None = None) -> None:
         """Continue from the checkpoint at `path` (its content `state` when already read)."""
         state = load_checkpoint(path) if state is None else state
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_states(state["rng"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        sampler = state["sampler"]
-        self.batch_in_epoch = int(sampler["batch_in_epoch"])
+        misfit = state_dict_misfit(self.model.state_dict(), state["model"])
+        if misfit:
+            raise CheckpointReadError(f"{path}: its weights do not fit the run's model: {misfit}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            restore_rng_states(state["rng"])
+            self.step, self.epoch = int(state["step"]), int(state["epoch"])
+            sampler = state["sampler"]
+            self.batch_in_epoch = int(sampler["batch_in_epoch"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+            text = str(error).strip().splitlines()
+            raise CheckpointReadError(f"{path}: cannot resume from it ({type(error).__name__}: "
+                                      f"{text[0][:200] if text else ''})") from None
         saved = sampler.get("counters")
         if saved is None:  # checkpoints from before named counters: the contrastive fallbacks, in order
             saved = dict(zip(self.counters, sampler.get("fallbacks", [])))

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from sslfer_core.atomic_files import writable_dir_problem, write_json_atomic
+from sslfer_core.atomic_files import writable_dir_problem, write_error_text, write_json_atomic
 from sslfer_core.byte_sizes import human_bytes
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.folder_lock import FolderLocked, folder_lock
@@ -32,7 +32,7 @@ from train.checkpoints import (CheckpointReadError, latest_checkpoint, newest_re
 from train.distributed import DistContext, barrier, cores_per_local_rank, init_distributed, shutdown, sum_across
 from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
 from train.methods import BatchStream, Method, get_method
-from train.metrics_log import IntervalMeter, MetricsLog
+from train.metrics_log import IntervalMeter, MetricsLog, MetricsWriteError
 from train.run_config import TrainConfig, code_version, method_of_config, resume_command
 from train.run_state import RunState
 from train.shard_index import ShardIndex
@@ -81,11 +81,14 @@ class _Data:
 def read_run_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TrainingError(f"{run_dir}: no {CONFIG_NAME}; nothing to resume") from None
-    except (OSError, json.JSONDecodeError) as error:
-        raise TrainingError(f"{path}: unreadable ({error})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise TrainingError(f"{path}: unreadable ({str(error)[:200]})") from None
+    if not isinstance(config, dict):
+        raise TrainingError(f"{path}: not a run config (a JSON object)")
+    return config
 
 
 def check_same_method(saved: dict, method: str, run_dir: Path) -> None:
@@ -140,8 +143,10 @@ def _check_run_dir(run_dir: Path, resume: bool, method: str, ctx: DistContext,
     """The checkpoint to resume from and its content (None for a fresh run). On resume, a newer checkpoint
     that does not read (truncated by a full disk or a copy) is set aside and an older one used."""
     if resume:
-        if (run_dir / CONFIG_NAME).exists():
-            check_same_method(read_run_config(run_dir), method, run_dir)
+        # The run's config.json says which method and settings made it; a checkpoint of another run or
+        # method (copied into the folder) is set aside like a damaged one.
+        run_config = read_run_config(run_dir) if (run_dir / CONFIG_NAME).exists() else {"method": method}
+        check_same_method(run_config, method, run_dir)
         if latest_checkpoint(run_dir) is None:
             raise TrainingError(f"{run_dir}: no checkpoint to resume from")
 
@@ -150,7 +155,7 @@ def _check_run_dir(run_dir: Path, resume: bool, method: str, ctx: DistContext,
                 path.replace(path.with_name(path.name + UNUSABLE_SUFFIX))
             echo(f"warning: {error}; renamed it to {path.name}{UNUSABLE_SUFFIX}, falling back to an older checkpoint")
 
-        found = newest_readable_checkpoint(run_dir, skipped)
+        found = newest_readable_checkpoint(run_dir, skipped, run_config)
         if found is None:
             raise TrainingError(f"{run_dir}: no checkpoint reads (each was renamed to *{UNUSABLE_SUFFIX}); "
                                 "start the run again with another --out")
@@ -178,12 +183,14 @@ def _prepare_data(cfg: TrainConfig, ctx: DistContext, method: Method, echo) -> _
     return _Data(index, manifest_sha256, stream, workers, total, warmup)
 
 
-def _cpu_threads(ctx: DistContext, workers: int) -> int:
+def _cpu_threads(ctx: DistContext, workers: int, recorded: int | None = None) -> int:
     """On CPU, torch threads = this rank's cores minus its loader workers, since threads that share a core
-    with a worker wait on each other (docs/training.md, "Torch threads"). An explicit OMP_NUM_THREADS wins."""
+    with a worker wait on each other (docs/training.md, "Torch threads"). A resumed run keeps the count
+    its start recorded (`recorded`), whatever its workers now: the thread count changes how sums are
+    split, and so the weights in their last bits. An explicit OMP_NUM_THREADS wins."""
     if ctx.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    torch.set_num_threads(max(1, cores_per_local_rank() - workers))
+    torch.set_num_threads(recorded if recorded is not None else max(1, cores_per_local_rank() - workers))
     return torch.get_num_threads()
 
 
@@ -201,8 +208,18 @@ def _initialise(cfg: TrainConfig, method: Method, state: RunState, resuming: boo
     return record
 
 
+def _recorded_threads(run_dir: Path, ctx: DistContext) -> int | None:
+    """The CPU torch threads a run started with (config.json), for its resume on the same kind of device."""
+    config = read_run_config(run_dir)
+    value = config.get("torch_threads_used")
+    started_on_cpu = str(config.get("device_used", "")).startswith("cpu")
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1 and started_on_cpu:
+        return value
+    return None
+
+
 def _record_config(cfg: TrainConfig, ctx: DistContext, method: Method, data: _Data, run_dir: Path,
-                   resuming: bool, init: dict | None = None) -> None:
+                   resuming: bool, threads: int, init: dict | None = None) -> None:
     """Write config.json for a new run; for a resumed one, refuse different shards."""
     if resuming:
         if read_run_config(run_dir).get("manifest_sha256") != data.manifest_sha256:
@@ -210,13 +227,21 @@ def _record_config(cfg: TrainConfig, ctx: DistContext, method: Method, data: _Da
                                 "(manifest sha256 changed); resume with the same data")
         return
     if ctx.is_main:
-        write_json_atomic(run_dir / CONFIG_NAME, dict(
+        _write_config(run_dir, dict(
             cfg.to_json(), **method.config_record(), code_version=code_version(),
             manifest_sha256=data.manifest_sha256, world_size=ctx.world_size, workers_used=data.workers,
-            device_used=str(ctx.device), bf16_used=method.bf16,
+            device_used=str(ctx.device), torch_threads_used=threads, bf16_used=method.bf16,
             steps_per_epoch=data.steps_per_epoch, total_steps=data.total_steps,
             warmup_steps_used=data.warmup_steps, frames=data.index.num_frames, videos=data.index.num_videos,
             torch_version=torch.__version__, **({"init_weights": init} if init else {})))
+
+
+def _write_config(run_dir: Path, record: dict) -> None:
+    try:
+        write_json_atomic(run_dir / CONFIG_NAME, record)
+    except OSError as error:
+        raise TrainingError(f"could not write {run_dir / CONFIG_NAME} ({write_error_text(error, run_dir)}); "
+                            "nothing was trained") from None
 
 
 def _build_state(cfg: TrainConfig, method: Method, data: _Data) -> RunState:
@@ -275,25 +300,37 @@ def _train_locked(cfg: TrainConfig, ctx: DistContext, resume: bool, echo, progre
     barrier(ctx)  # every rank has looked before rank 0 writes config.json
     method = get_method(cfg.method)(cfg, ctx)
     data = _prepare_data(cfg, ctx, method, echo)
-    threads = _cpu_threads(ctx, data.workers)
+    threads = _cpu_threads(ctx, data.workers, _recorded_threads(run_dir, ctx) if resume_from is not None else None)
     state = _build_state(cfg, method, data)
     init = _initialise(cfg, method, state, resume_from is not None, echo)
-    _record_config(cfg, ctx, method, data, run_dir, resume_from is not None, init)
+    _record_config(cfg, ctx, method, data, run_dir, resume_from is not None, threads, init)
     if resume_from is not None:
-        state.restore(resume_from, found[1])
+        try:
+            state.restore(resume_from, found[1])
+        except CheckpointReadError as error:
+            raise TrainingError(f"{error}; move it out of {run_dir / 'checkpoints'} to resume from the one before"
+                                ) from None
         echo(f"resuming {run_dir} from {resume_from.name} (step {state.step}, epoch {state.epoch})")
     net = _wrap(state.model, cfg, ctx)
     echo(f"{method.title}, seed {cfg.seed}: {data.index.num_videos} videos / {data.index.num_frames} "
          f"frames in {len(data.index.paths)} shards; {ctx.world_size} rank(s) x {data.workers} loader worker(s) "
          f"on {ctx.device} ({threads} torch threads{', bf16' if method.bf16 else ''}); "
          f"{method.batch_description}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps")
-    metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None,
-                          tensorboard=cfg.tensorboard) if ctx.is_main else None)
+    try:
+        metrics = (MetricsLog(run_dir / METRICS_NAME, resume_step=state.step if resume_from else None,
+                              tensorboard=cfg.tensorboard, warn=echo) if ctx.is_main else None)
+    except MetricsWriteError as error:
+        raise TrainingError(str(error)) from None
     bar = TrainProgress(data.total_steps, state.step, enabled=progress if ctx.is_main else False,
                         unit=method.rate_unit)
     try:
         last_loss, last_checkpoint = _loop(cfg, ctx, data, state, net, method, metrics, bar, run_dir,
                                            resume_from)
+    except MetricsWriteError as error:
+        newest = latest_checkpoint(run_dir)
+        raise TrainingError(f"{error}; stopped at step {state.step}; newest checkpoint: "
+                            f"{newest.name if newest else 'none'}; free some space, then continue with: "
+                            f"{resume_command(cfg.method, run_dir)}") from None
     finally:
         bar.close()
         data.stream.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sslfer_core.atomic_files import atomic_path, write_bytes_atomic
+from sslfer_core.atomic_files import atomic_path, write_bytes_atomic, write_through
 
 FORMATS = ("safetensors", "torch")
 DEFAULT_FORMAT = "safetensors"
@@ -71,13 +71,17 @@ def write_weights(path: Path, payload: dict, metadata: dict, fmt: str = DEFAULT_
     text = {str(k): str(v) for k, v in metadata.items() if v is not None}
     if rest is not None:
         text["payload"] = json.dumps(rest, sort_keys=True)
-    with atomic_path(Path(path)) as tmp:
-        if fmt == "safetensors":
-            from safetensors.torch import save_file
+    # Written through a Python file, so that a full disk is an OSError with its errno (safetensors' own
+    # writer and torch.save report it as SafetensorError or "enforce fail" text).
+    if fmt == "safetensors":
+        from safetensors.torch import save
 
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=text)
-        else:
-            torch.save(payload, tmp)
+        data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=text)
+        write = lambda handle: handle.write(data)  # noqa: E731
+    else:
+        write = lambda handle: torch.save(payload, handle)  # noqa: E731
+    with atomic_path(Path(path)) as tmp:
+        write_through(tmp, write)
     if fmt == "torch":
         write_bytes_atomic(sidecar_path(path), (json.dumps(text, indent=1, sort_keys=True) + "\n").encode())
     return Path(path)
@@ -204,7 +208,8 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         except Exception as error:  # safetensors raises its own error types for damaged files
             raise WeightsFileError(f"{path}: damaged safetensors file ({str(error)[:200]})") from None
     state = load_torch_file(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         found = type(state).__name__ if not isinstance(state, dict) else "a dict of more than tensors"
         raise WeightsFileError(f"{path}: refused: expected a plain weights file (a state_dict), found {found}")
     metadata: dict[str, str] = {}

@@ -19,6 +19,7 @@ from torch import nn
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.finite import count_floating, describe_non_finite, non_finite_names
 from sslfer_core.models import ARCHS, build_backbone, infer_arch
+from sslfer_core.state_fit import state_dict_misfit
 from train.weights_file import PREPROCESSING_KEYS, WeightsFileError, load_torch_file, read_weights
 
 if TYPE_CHECKING:
@@ -72,10 +73,15 @@ def _into_resnet(state: dict, arch: str | None, where: str) -> tuple[nn.Module, 
     if arch is not None and arch != found:
         raise click.ClickException(f"{where}: config says {arch} but the weights are {found}")
     model = build_backbone(found)
+    # Checked before loading: load_state_dict names no key on its first line, and it would cast int8 or
+    # bool tensors into the float network and score them.
+    misfit = state_dict_misfit(model.state_dict(), state)
+    if misfit:
+        raise click.ClickException(f"{where}: weights do not fit torchvision {found}: {misfit}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise click.ClickException(f"{where}: weights do not fit torchvision {found}: {str(error).splitlines()[0]}")
+        raise click.ClickException(f"{where}: weights do not fit torchvision {found}: {str(error).strip()[:300]}")
     bad = non_finite_names(state.items())  # a diverged run's weights would score at chance, silently
     if bad:
         total = count_floating(state.values())
@@ -156,7 +162,7 @@ def _random_seed(spec: str) -> int | None:
     if spec == "random":
         return RANDOM_SEED
     head, _, tail = spec.partition(":")
-    if head == "random" and tail.isdigit():
+    if head == "random" and re.fullmatch(r"[0-9]{1,18}", tail):  # ASCII digits: "²".isdigit() is True
         return int(tail)
     return None
 

@@ -25,15 +25,17 @@ from train.evaluation.datasets import FORMATS, load_dataset
 from train.evaluation.figures import plot_compared, plot_options, write_confusion_figures
 from train.evaluation.finetune import SCHEDULES, FinetuneConfig, make_finetune_fit
 from train.evaluation.identity_probe import identity_run
-from train.evaluation.images import DEFAULT_IMAGE_SIZE, Preprocessing, RecordImages, preprocessing_for
+from train.evaluation.images import DEFAULT_IMAGE_SIZE, IMAGE_SIZE_RANGE, Preprocessing, RecordImages, preprocessing_for
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, make_linear_fit
 from train.evaluation.option_group import option_group
 from train.evaluation.protocol import TASK_CHOICES, backbone_entry, results_payload, run_backbone, tasks_for
-from train.evaluation.results import (COLUMNS, code_version, compare_markdown, load_results, now_utc, render_table,
+from train.evaluation.results import (COLUMNS, code_version, compare_markdown, load_results, now_utc, output_write,
+                                      render_table,
                                       summarise, table_rows, write_results)
 from train.evaluation.saliency import LinearHead, class_target, display_rgb, feature_norm_target, grad_cam, saliency_grid
 from train.precision import PRECISIONS, uses_bf16
 from train.tensorboard_log import tensorboard_available, write_curves
+from train.weights_file import WeightsFileError
 
 
 def _floats(text: str, name: str = "grid") -> tuple[float, ...]:
@@ -73,7 +75,7 @@ input_options = option_group(
     click.option("--classes", default=None, help="Comma-separated class names (order = class index); others are unknown."),
     click.option("--image-root", type=click.Path(file_okay=False), default=None,
                  help="Folder that CSV image paths are relative to (default: the CSV's folder)."),
-    click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+    click.option("--image-size", type=click.IntRange(*IMAGE_SIZE_RANGE), default=None,
                  help=f"Input side in pixels [default: the backbone's recorded training size, else {DEFAULT_IMAGE_SIZE}]."),
     click.option("--align", is_flag=True, help="Align faces with dlib landmarks first, cropped as the backbone's "
                                                "training did (failures stay unaligned)."),
@@ -172,7 +174,7 @@ def linear(**params):
         table, bad, extraction = session.backbone_features(
             backbone, dataset, applied_pre, cache_dir=cache_dir, batch_size=params["batch_size"], workers=workers,
             device=device, dlib_model_dir=params["dlib_models"], reported=reported, bf16=bf16)
-        plans = session.usable_plans(setup.plans, bad, dataset.path)
+        plans = session.usable_plans(setup.plans, bad, dataset.path, dataset)
         heads_dir = Path(params["out_dir"]) / "heads" / backbone.name.replace("/", "_") if params["out_dir"] else None
         fit = make_linear_fit(dataset, table.features, tasks, config, heads_dir, backbone.sha256, applied_pre.image_size)
         runs = run_backbone(backbone, dataset, plans, tasks, fit, params["out_dir"])
@@ -189,7 +191,8 @@ def linear(**params):
 @protocol_options
 @run_options
 @click.option("--epochs", type=click.IntRange(1), default=FinetuneConfig.epochs, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=FinetuneConfig.batch_size, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=FinetuneConfig.batch_size, show_default=True,
+              help="Training images per step (at least 2: BatchNorm needs two to normalise).")
 @click.option("--lr", type=float, default=FinetuneConfig.learning_rate, show_default=True, callback=_finite_positive,
               help="Adam learning rate.")
 @click.option("--weight-decay", type=float, default=FinetuneConfig.weight_decay, show_default=True,
@@ -218,7 +221,7 @@ def finetune(**params):
                                                    params["align"], params["face_crop"])
         fit, finetuner = make_finetune_fit(backbone, dataset, tasks, applied_pre, config, device, params["dlib_models"])
         runs = run_backbone(backbone, dataset, setup.plans, tasks, fit, params["out_dir"])
-        session.record_problems(dataset, "corrupt image", sorted(finetuner.undecodable), reported)
+        session.record_unreadable(dataset, sorted(finetuner.undecodable), reported)
         entries.append(backbone_entry(backbone, runs, undecodable=len(finetuner.undecodable), preprocessing=applied))
     if params["out_dir"] and params["tensorboard"]:
         write_curves(Path(params["out_dir"]), {e["backbone"]["name"]: e["runs"] for e in entries})
@@ -231,7 +234,7 @@ def finetune(**params):
 @main.command(help="Identity 1-NN accuracy and macro F1 on a folder with one sub-folder per person.")
 @backbone_options
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--image-size", type=click.IntRange(16, 1024), default=None,
+@click.option("--image-size", type=click.IntRange(*IMAGE_SIZE_RANGE), default=None,
               help=f"[default: the backbone's recorded training size, else {DEFAULT_IMAGE_SIZE}]")
 @click.option("--align", is_flag=True, help="Align faces first, cropped as the backbone's training did.")
 @click.option("--face-crop", type=click.FloatRange(0, 1, min_open=True), default=None,
@@ -283,7 +286,7 @@ def identity(**params):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto", show_default=True)
 @click.option("--split", type=click.Choice(["train", "val", "test", "any"]), default="test", show_default=True)
 @click.option("--count", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True)
+@click.option("--image-size", type=click.IntRange(*IMAGE_SIZE_RANGE), default=112, show_default=True)
 @click.option("--head", "head_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Linear head .pt written by `linear --out` (heads/...); target = a class logit.")
 @click.option("--target-class", default=None, help="Class name for the head target (default: predicted class).")
@@ -310,7 +313,14 @@ def saliency(backbone, arch, data, fmt, split, count, image_size, head_path, tar
     names = dataset.class_names
     captions = [names[dataset.labels()[chosen[item[3]]]] if names else "" for item in usable]
     if head_path:
-        head = LinearHead.load(head_path)
+        try:
+            head = LinearHead.load(head_path)
+        except WeightsFileError as error:
+            raise click.ClickException(str(error)) from None
+        if head.feature_dim != loaded.feature_dim:
+            raise click.ClickException(f"--head {head_path} takes {head.feature_dim}-d features, but {loaded.name} "
+                                       f"({loaded.arch}) gives {loaded.feature_dim}-d; give the head that "
+                                       "`sslfer-eval linear` wrote for this backbone")
         with torch.no_grad():
             predicted = head.logits(loaded.model(tensors)).argmax(dim=1)
         if target_class is not None:
@@ -326,7 +336,8 @@ def saliency(backbone, arch, data, fmt, split, count, image_size, head_path, tar
     encoded, png = cv2.imencode(".png", grid)
     if not encoded:
         raise click.ClickException("PNG encoding failed")
-    write_bytes_atomic(out_path, png.tobytes())
+    with output_write(out_path):
+        write_bytes_atomic(out_path, png.tobytes())
     click.echo(f"saliency grid of {len(usable)} images ({loaded.name}): {out_path}", err=True)
 
 
@@ -352,7 +363,8 @@ def compare(files, out_path, plot_path, metric):
     table = compare_markdown([Path(f) for f in files])
     click.echo(table)
     if out_path:
-        write_bytes_atomic(out_path, (table + "\n").encode())
+        with output_write(out_path):
+            write_bytes_atomic(out_path, (table + "\n").encode())
     rows = [row for f in files for row in table_rows(load_results(Path(f)), label_with_method=True)]
     plot_compared(plot_path, rows, metric, next(c[2] for c in COLUMNS if c[0] == metric))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,20 @@ class LabelledDataset:
         return LabelledDataset(self.path, self.format, [self.records[i] for i in indices], self.class_names, self.problems)
 
 
+# ASCII digits only: str.isdigit() also takes "²", which int() refuses, and int() and float() take "٣".
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_CODE = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
+
+
+def parse_code(text: str | None) -> int | None:
+    """A label code as a CSV writes it: an integer in ASCII digits ("3", "-1", "3.0"); None for anything
+    else ("²", "٣", "inf", "nan", "1.5", "", "--1")."""
+    match = _CODE.fullmatch((text or "").strip())
+    return int(match.group(1)) if match else None
+
+
 def _label_sort_key(name: str):
-    return (0, int(name), name) if name.lstrip("-").isdigit() else (1, 0, name)
+    return (0, int(name), name) if _INTEGER.fullmatch(name) else (1, 0, name)
 
 
 def _assign_labels(raw: list[str | None], records: list[ImageRecord], classes: list[str] | None,
@@ -139,10 +152,14 @@ def load_folder(root: Path, classes: list[str] | None, problems: ProblemLog) -> 
 
 
 def _parse_float(text: str | None) -> float:
-    """Empty -> NaN (absent); otherwise float() (ValueError propagates to the caller's row handling)."""
+    """Empty -> NaN (absent); otherwise a finite float. ValueError for anything else, "nan" and "inf"
+    included: a non-finite target would reach a metric (the caller counts the row as bad)."""
     if text is None or not text.strip():
         return math.nan
-    return float(text)
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite number: {text!r}")
+    return value
 
 
 def _read_rows(path: Path):
@@ -216,7 +233,8 @@ def load_fer2013_csv(path: Path, classes: list[str] | None, problems: ProblemLog
             problems.add("corrupt image", f"{where} ({pixels.size} pixel values)")
             continue
         code = (row.get("emotion") or "").strip()
-        name = FER2013_CLASSES[int(code)] if code.isdigit() and int(code) < len(FER2013_CLASSES) else f"emotion {code}"
+        number = parse_code(code)
+        name = FER2013_CLASSES[number] if number is not None and 0 <= number < len(FER2013_CLASSES) else f"emotion {code}"
         records.append(ImageRecord(source=where, split=SPLIT_ALIASES.get(usage),
                                    pixels=pixels.astype(np.uint8).reshape(FER2013_SIDE, FER2013_SIDE)))
         raw.append(name)
@@ -228,10 +246,12 @@ def _affectnet_rows(path: Path, split: str | None, image_root: Path, problems: P
     _require_columns(path, ("subDirectory_filePath", "expression"))
     for line, row in _read_rows(path):
         where = f"{path.name}:line{line}"
+        expression = parse_code(row.get("expression"))
         try:
-            expression = int(float(row["expression"]))
             valence, arousal = _parse_float(row.get("valence")), _parse_float(row.get("arousal"))
         except (TypeError, ValueError):
+            expression = None
+        if expression is None:
             problems.add("bad row", f"{where} (expression/valence/arousal not a number)")
             continue
         if expression >= AFFECTNET_FIRST_SKIPPED:
@@ -248,7 +268,7 @@ def _affectnet_rows(path: Path, split: str | None, image_root: Path, problems: P
         try:
             box = tuple(int(float(row[k])) for k in ("face_x", "face_y", "face_width", "face_height"))
             box = box if box[2] > 0 and box[3] > 0 else None
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
             box = None
         name = AFFECTNET_CLASSES[expression] if expression >= 0 else f"expression {expression}"
         yield ImageRecord(source=str(file_path), split=split, valence=valence, arousal=arousal, box=box), name

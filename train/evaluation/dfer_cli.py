@@ -25,10 +25,12 @@ from train.evaluation import session
 from train.evaluation.datasets import split_counts
 from train.evaluation.figures import plot_compared, plot_options, write_confusion_figures
 from train.evaluation.dfer_finetune import DferFinetuneConfig, DferFinetuner
+from train.evaluation.images import IMAGE_SIZE_RANGE
 from train.evaluation.linear_probe import LOSSES, SELECT_METRICS, LinearProbeConfig, fit_classifier
 from train.evaluation.option_group import option_group
 from train.evaluation.protocol import Predictions, write_predictions
-from train.evaluation.results import _cell, code_version, load_results, now_utc, summarise, write_results
+from train.evaluation.results import (_cell, code_version, load_results, now_utc, output_write, summarise,
+                                      write_results)
 from train.evaluation.splits import SPLITS
 from train.evaluation.video_backbones import load_video_backbone, video_features
 from train.evaluation.video_clips import ClipSampling, VideoClips
@@ -77,7 +79,7 @@ data_options = option_group(
                  help="Evaluation clips per video, from its start to its end; softmax / features averaged."),
     click.option("--min-frames", type=click.IntRange(1), default=None,
                  help="Videos with fewer frames are bad rows (default: --frames; 1 keeps short ones, frames repeated)."),
-    click.option("--image-size", type=click.IntRange(16, 1024), default=112, show_default=True,
+    click.option("--image-size", type=click.IntRange(*IMAGE_SIZE_RANGE), default=112, show_default=True,
                  help="Frames are resized to this square as they are."),
     click.option("--align", is_flag=True, help="Detect and align the face in every frame (whole-scene videos)."),
     click.option("--dlib-models", type=click.Path(file_okay=False), default=None),
@@ -156,7 +158,7 @@ def _rows(payload: dict, with_command: bool = False) -> list[tuple[str, dict]]:
     rows = []
     for entry in payload["backbones"]:
         label = entry["backbone"]["name"] + (f" ({payload.get('command')})" if with_command else "")
-        rows.append((label, entry["summary"]))
+        rows.append((label, entry.get("summary", {})))
         for fold, summary in entry.get("per_fold", {}).items():
             rows.append((f"{label} fold {fold}", summary))
     return rows
@@ -170,7 +172,8 @@ def finish(payload: dict, dataset: VideoDataset, out_dir: str | None) -> None:
     if out_dir:
         path = write_results(Path(out_dir), payload)
         table = Path(out_dir) / "table.md"
-        write_bytes_atomic(table, (dfer_table(_rows(payload), markdown=True) + "\n").encode())
+        with output_write(table):
+            write_bytes_atomic(table, (dfer_table(_rows(payload), markdown=True) + "\n").encode())
         click.echo(f"results: {path}", err=True)
         for picture in write_confusion_figures(Path(out_dir), payload):
             click.echo(f"confusion matrix: {picture}", err=True)

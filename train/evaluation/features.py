@@ -10,7 +10,7 @@ import json
 import os
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -33,6 +33,8 @@ class FeatureTable:
     aligned: np.ndarray  # (N,) bool: True = face alignment succeeded (always False without --align)
     cache_hit: bool = False
     seconds: float = 0.0  # extraction time (0 for a cache hit)
+    # rows whose features held NaN or infinity (ok is False there, as for undecodable images)
+    non_finite: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def default_cache_dir() -> Path:
@@ -90,8 +92,11 @@ def _extract(model: torch.nn.Module, records: list[ImageRecord], preprocessing: 
         aligned[index.numpy()] = batch_aligned.numpy()
         progress.advance(len(index))
     progress.close()
+    # A backbone with finite weights can still overflow; such rows would poison every fit that sees them.
+    non_finite = np.flatnonzero(ok & ~np.isfinite(features).all(axis=1))
+    ok[non_finite] = False
     features[~ok] = 0.0
-    return FeatureTable(features, ok, aligned)
+    return FeatureTable(features, ok, aligned, non_finite=non_finite)
 
 
 def extract_features(model: torch.nn.Module, backbone_sha256: str, records: list[ImageRecord],
@@ -111,7 +116,7 @@ def extract_features(model: torch.nn.Module, backbone_sha256: str, records: list
     started = time.perf_counter()
     table = _extract(model, records, preprocessing, batch_size, workers, device, dlib_model_dir, label, bf16)
     table.seconds = time.perf_counter() - started
-    if path is not None:
+    if path is not None and not len(table.non_finite):  # not cached: the next run names those rows again
         try:
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, features=table.features, ok=table.ok, aligned=table.aligned)

@@ -153,8 +153,12 @@ class _Finetuner:
             for images, ok, _, position in loader:
                 index = torch.from_numpy(train[position.numpy()])
                 self.undecodable.update(int(i) for i in index[~ok])
-                outputs = net(images.to(self.device))
-                loss = self._loss(outputs, index, ok.to(self.device), offset)
+                # BatchNorm in train mode cannot normalise one image (its statistics need two); the lone
+                # last image of a shuffled epoch is another one each epoch, so none is left out for good.
+                loss = None
+                if len(position) > 1:
+                    outputs = net(images.to(self.device))
+                    loss = self._loss(outputs, index, ok.to(self.device), offset)
                 if loss is not None:
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()

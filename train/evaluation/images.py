@@ -1,6 +1,7 @@
 """Image decoding and the evaluation input pipeline: crop, optional alignment, resize, 3 channels, ImageNet norm."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -15,6 +16,9 @@ from train.evaluation.datasets import ImageRecord
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 DEFAULT_IMAGE_SIZE = 112  # input side when neither --image-size nor the backbone says
+IMAGE_SIZE_RANGE = (16, 1024)  # of --image-size, and of a backbone's recorded input_size
+# Larger images are not decoded (counted as "image too large"): 8192^2 RGB is 200 MB, faces need far less.
+MAX_IMAGE_PIXELS = 8192 * 8192
 CROP_SCALE_RANGE = (0.8, 1.0)  # fine-tuning augmentation: random square crop of 80-100 % of the side
 
 
@@ -37,13 +41,23 @@ def preprocessing_for(trained: dict, image_size: int | None, align: bool,
     results.json: the settings plus, per setting, "option", "backbone" or "default"."""
     sources = {}
 
-    def number(key: str, kind):
-        try:
-            return kind(trained[key]) if key in trained else None
-        except ValueError:
+    def number(key: str, kind, low, high, option: str):
+        """The recorded value of `key` when it is a number in [low, high]; None when not recorded. The
+        metadata comes from a file another lab may have written: anything else is refused, naming the
+        option that replaces it."""
+        if key not in trained:
             return None
+        text = str(trained[key]).strip()
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            value = None
+        if value is None or not math.isfinite(value) or not low <= value <= high:
+            raise click.ClickException(f"the backbone's metadata gives {key} {text[:40]!r}, not a number in "
+                                       f"[{low}, {high}]; give {option} to evaluate it")
+        return value
 
-    trained_size = number("input_size", int)
+    trained_size = number("input_size", int, *IMAGE_SIZE_RANGE, "--image-size") if image_size is None else None
     if image_size is not None:
         size, sources["image_size"] = image_size, "option"
     elif trained_size is not None:
@@ -52,7 +66,9 @@ def preprocessing_for(trained: dict, image_size: int | None, align: bool,
         size, sources["image_size"] = DEFAULT_IMAGE_SIZE, "default"
     # The network saw the central face_crop of the aligned face, resized to `resize`, through an
     # input_size window: a central face_crop * input_size / resize of the face on average.
-    trained_crop, resize = number("face_crop", float), number("resize", int)
+    uses_trained_crop = align and face_crop is None
+    trained_crop = number("face_crop", float, 0.01, 1.0, "--face-crop") if uses_trained_crop else None
+    resize = number("resize", int, 1, 65536, "--face-crop") if uses_trained_crop else None
     if not align:
         fraction, sources["face_crop"] = 1.0, "not aligned"
     elif face_crop is not None:
@@ -69,12 +85,36 @@ def preprocessing_for(trained: dict, image_size: int | None, align: bool,
     return preprocessing, {**preprocessing.as_dict(), "from": sources}
 
 
+def image_too_large(path: str) -> str | None:
+    """'30000 x 30000 pixels' when the image file's header declares more than MAX_IMAGE_PIXELS, else None
+    (also for what the header reader does not know: OpenCV then decides, under its own 2^30 limit). A
+    small compressed file can declare a huge image (an 875 KB PNG of 30,000^2 pixels took 6.2 GB to
+    decode), so the header is read before the pixels."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as error:  # PIL's own limit, far above ours
+        return str(error).split(" pixels")[0].replace("Image size (", "") + " pixels"
+    except Exception:  # PIL raises several types for what it cannot read
+        return None
+    return f"{width} x {height} pixels" if width * height > MAX_IMAGE_PIXELS else None
+
+
 def read_rgb(record: ImageRecord) -> np.ndarray | None:
-    """HxWx3 uint8 RGB (gray replicated), cropped to the record's face box; None when undecodable."""
+    """HxWx3 uint8 RGB (gray replicated), cropped to the record's face box; None when undecodable or
+    larger than MAX_IMAGE_PIXELS."""
     if record.pixels is not None:
         image = np.repeat(record.pixels[:, :, None], 3, axis=2)
     else:
-        data = np.fromfile(record.source, dtype=np.uint8) if os.path.isfile(record.source) else None
+        if not os.path.isfile(record.source) or image_too_large(record.source):
+            return None
+        data = np.fromfile(record.source, dtype=np.uint8)
         decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if data is not None and data.size else None
         if decoded is None:
             return None

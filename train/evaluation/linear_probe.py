@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from sslfer_core import metrics
-from sslfer_core.atomic_files import atomic_path
+from sslfer_core.atomic_files import atomic_path, write_through
 from train.evaluation.datasets import LabelledDataset
 from train.evaluation.protocol import Predictions, RunOutcome
+from train.evaluation.results import output_write
 from train.evaluation.splits import SplitPlan
 
 SELECT_METRICS = ("macro_f1", "accuracy", "uar")
@@ -188,8 +189,8 @@ def save_head(path: Path, classifier: LinearClassifier, class_names: list[str], 
             "mean": torch.from_numpy(classifier.standardiser.mean.astype(np.float32)),
             "std": torch.from_numpy(classifier.standardiser.std.astype(np.float32)),
             "class_names": list(class_names), "backbone_sha256": backbone_sha256, "image_size": int(image_size)}
-    with atomic_path(path) as tmp:
-        torch.save(head, tmp)
+    with output_write(path), atomic_path(path) as tmp:
+        write_through(tmp, lambda handle: torch.save(head, handle))  # a full disk: OSError, not torch's text
 
 
 def make_linear_fit(dataset: LabelledDataset, features: np.ndarray, tasks: list[str], config: LinearProbeConfig,

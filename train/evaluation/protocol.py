@@ -18,7 +18,7 @@ import numpy as np
 from sslfer_core import metrics
 from sslfer_core.atomic_files import atomic_path
 from train.evaluation.datasets import LabelledDataset, split_counts
-from train.evaluation.results import code_version, now_utc, summarise
+from train.evaluation.results import code_version, now_utc, output_write, summarise
 from train.evaluation.splits import SplitPlan
 
 TASK_CHOICES = ("auto", "classification", "regression", "both")
@@ -93,7 +93,7 @@ def _macro_f1_over_tested(truth: np.ndarray, predicted: np.ndarray, names: list[
 def write_predictions(path: Path, dataset: LabelledDataset, predictions: Predictions) -> None:
     names = dataset.class_names
     truth_labels, truth_targets = dataset.labels(), dataset.regression_targets()
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+    with output_write(path), atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["source", "label", "predicted", "valence", "arousal", "predicted_valence", "predicted_arousal"])
         for row, index in enumerate(predictions.indices):

@@ -1,6 +1,7 @@
 """Result files and tables: provenance, mean ± std over runs, plain and Markdown tables, `compare`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ import click
 import numpy as np
 
 from data_manifest.manifest import now_utc  # noqa: F401  (re-exported: results and tables stamp with it)
-from sslfer_core.atomic_files import write_json_atomic
+from sslfer_core.atomic_files import write_error_text, write_json_atomic
 from train.run_config import code_version  # noqa: F401  (re-exported)
 
 # (key in a metrics dict, column title, scale for display, decimals)
@@ -60,9 +61,20 @@ def summarise(metric_dicts: list[dict]) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def output_write(path):
+    """Around the write of an output file: a failure (a full disk, most often) is one error line that
+    says so ("disk full (N free there)"); the atomic write leaves any earlier file as it was."""
+    try:
+        yield
+    except OSError as error:
+        raise click.ClickException(f"could not write {path} ({write_error_text(error, Path(path).parent)})") from None
+
+
 def write_results(out_dir: Path, payload: dict) -> Path:
     path = Path(out_dir) / "results.json"
-    write_json_atomic(path, json_ready(payload))
+    with output_write(path):
+        write_json_atomic(path, json_ready(payload))
     return path
 
 
@@ -100,13 +112,53 @@ def render_table(rows: list[tuple[str, dict]], keys: tuple[str, ...], *, markdow
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(row) for row in body])
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_summary(summary, where: str) -> str | None:
+    """What is wrong with a summary (metric -> {mean, std, n, ...}) that tables read, or None."""
+    if not isinstance(summary, dict):
+        return f"{where} is not an object"
+    for metric, entry in summary.items():
+        if not isinstance(entry, dict):
+            return f"{where}.{metric} is not an object"
+        for key in ("mean", "std"):
+            if entry.get(key) is not None and not _is_number(entry[key]):
+                return f"{where}.{metric}.{key} is {entry[key]!r}, not a finite number"
+        if "n" in entry and not (isinstance(entry["n"], int) and not isinstance(entry["n"], bool) and entry["n"] >= 0):
+            return f"{where}.{metric}.n is {entry['n']!r}, not a count"
+    return None
+
+
 def load_results(path: Path) -> dict:
+    """A results.json of sslfer-eval, checked for what tables read: each backbone entry's backbone.name (a
+    string) and summary (numbers or null), and per-fold summaries. Another lab's or a hand-edited file
+    gives one line naming the key, never a traceback."""
     try:
-        payload = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"cannot read results file {path}: {error}")
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise click.ClickException(f"cannot read results file {path}: {str(error)[:200]}") from None
     if not isinstance(payload, dict) or "backbones" not in payload:
         raise click.ClickException(f"{path} is not an sslfer-eval results.json (no 'backbones')")
+    if not isinstance(payload["backbones"], list):
+        raise click.ClickException(f"{path}: 'backbones' is not a list")
+    for i, entry in enumerate(payload["backbones"]):
+        where = f"backbones[{i}]"
+        problem = None
+        if not isinstance(entry, dict):
+            problem = f"{where} is not an object"
+        elif not isinstance(entry.get("backbone"), dict) or not isinstance(entry["backbone"].get("name"), str):
+            problem = f"{where} has no backbone.name (a string)"
+        else:
+            problem = _check_summary(entry.get("summary", {}), f"{where}.summary")
+            per_fold = entry.get("per_fold", {})
+            if problem is None and not isinstance(per_fold, dict):
+                problem = f"{where}.per_fold is not an object"
+            for fold, summary in (per_fold.items() if problem is None else ()):
+                problem = problem or _check_summary(summary, f"{where}.per_fold.{fold}")
+        if problem:
+            raise click.ClickException(f"{path}: {problem}; not a results.json that sslfer-eval wrote")
     return payload
 
 

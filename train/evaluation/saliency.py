@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslfer_core.finite import describe_non_finite, non_finite_names
 from train.evaluation.images import IMAGENET_MEAN, IMAGENET_STD
+from train.weights_file import WeightsFileError, load_torch_file
 
+HEAD_KEYS = ("weight", "bias", "mean", "std", "class_names")  # what train/evaluation/linear_probe.py saves
 OVERLAY_WEIGHT = 0.45  # share of the heat map in the blended overlay
 GRID_GAP_PX = 4
 
@@ -29,8 +32,34 @@ class LinearHead:
 
     @classmethod
     def load(cls, path) -> "LinearHead":
-        head = torch.load(path, map_location="cpu", weights_only=True)
-        return cls(head["weight"], head["bias"], head["mean"], head["std"], list(head["class_names"]))
+        """A head written by `sslfer-eval linear --out`; anything else (a backbone file, a damaged or
+        foreign file) raises WeightsFileError with one line."""
+        head = load_torch_file(path)
+        if not isinstance(head, dict) or not all(key in head for key in HEAD_KEYS):
+            found = ", ".join(sorted(map(str, head))[:5]) if isinstance(head, dict) else type(head).__name__
+            raise WeightsFileError(f"{path}: not a linear head of `sslfer-eval linear --out` (it needs "
+                                   f"{', '.join(HEAD_KEYS)}; found {found or 'nothing'})")
+        weight, bias, mean, std, names = (head[key] for key in HEAD_KEYS)
+        tensors = {"weight": weight, "bias": bias, "mean": mean, "std": std}
+        if not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors.values()):
+            raise WeightsFileError(f"{path}: weight, bias, mean and std of a head are float tensors")
+        if not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+            raise WeightsFileError(f"{path}: class_names of a head is a list of names")
+        classes, width = (weight.shape if weight.dim() == 2 else (-1, -1))
+        if weight.dim() != 2 or tuple(bias.shape) != (classes,) or tuple(mean.shape) != (width,) \
+                or tuple(std.shape) != (width,) or len(names) != classes:
+            raise WeightsFileError(f"{path}: inconsistent head: weight {tuple(weight.shape)}, bias {tuple(bias.shape)}, "
+                                   f"mean {tuple(mean.shape)}, std {tuple(std.shape)}, {len(names)} class names")
+        bad = non_finite_names(tensors.items())
+        if bad:
+            raise WeightsFileError(f"{path}: refusing a head with {describe_non_finite(bad, 4)}")
+        if not bool((std > 0).all()):
+            raise WeightsFileError(f"{path}: its feature std holds zero or negative values")
+        return cls(weight.float(), bias.float(), mean.float(), std.float(), list(names))
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.weight.shape[1])
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return ((features - self.mean) / self.std) @ self.weight.T + self.bias

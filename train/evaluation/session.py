@@ -13,7 +13,7 @@ from sslfer_core.atomic_files import writable_dir_problem
 from sslfer_core.cpu_cores import available_cores
 from train.evaluation.datasets import LabelledDataset, load_dataset
 from train.evaluation.features import FeatureTable, default_cache_dir, extract_features
-from train.evaluation.images import Preprocessing
+from train.evaluation.images import MAX_IMAGE_PIXELS, Preprocessing, image_too_large
 from train.evaluation.sanity import check_plans
 from train.evaluation.splits import SplitPlan, make_plans, require_nonempty, subsample_per_split
 
@@ -99,6 +99,16 @@ def record_problems(dataset: LabelledDataset, kind: str, indices, reported: set[
             dataset.problems.add(kind, source)
 
 
+def record_unreadable(dataset: LabelledDataset, indices, reported: set[tuple[str, str]]) -> None:
+    """Images that gave no pixels: those whose header declares more than MAX_IMAGE_PIXELS as "image too
+    large", the others as "corrupt image"; each once."""
+    indices = list(indices)
+    large = {i for i in indices if dataset.records[i].pixels is None and image_too_large(dataset.records[i].source)}
+    limit = f"image too large (over {MAX_IMAGE_PIXELS:,} pixels; not decoded)"
+    record_problems(dataset, limit, sorted(large), reported)
+    record_problems(dataset, "corrupt image", [i for i in indices if i not in large], reported)
+
+
 def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preprocessing, *, cache_dir: Path | None,
                       batch_size: int, workers: int, device: torch.device, dlib_model_dir: str | None,
                       reported: set[tuple[str, str]], bf16: bool = False) -> tuple[FeatureTable, np.ndarray, dict]:
@@ -111,10 +121,12 @@ def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preproc
                              label=f"features {backbone.name}", bf16=bf16)
     bad = np.flatnonzero(~table.ok)
     unaligned = np.flatnonzero(table.ok & ~table.aligned) if preprocessing.align else np.zeros(0, dtype=np.int64)
-    record_problems(dataset, "corrupt image", bad, reported)
+    record_unreadable(dataset, np.setdiff1d(bad, table.non_finite), reported)
+    record_problems(dataset, f"non-finite features from {backbone.name} (left out)", table.non_finite, reported)
     record_problems(dataset, "could not be aligned (kept unaligned)", unaligned, reported)
     summary = {"images": len(dataset.records), "cache_hit": table.cache_hit, "seconds": round(table.seconds, 2),
-               "undecodable": int(len(bad)), "bf16": bf16}
+               "undecodable": int(len(bad) - len(table.non_finite)), "non_finite": int(len(table.non_finite)),
+               "bf16": bf16}
     if preprocessing.align:
         summary["not_aligned"] = int(len(unaligned))
     if not table.cache_hit:
@@ -124,8 +136,17 @@ def backbone_features(backbone, dataset: LabelledDataset, preprocessing: Preproc
     return table, bad, summary
 
 
-def usable_plans(plans: list[SplitPlan], bad: np.ndarray, dataset_path: str) -> list[SplitPlan]:
+def usable_plans(plans: list[SplitPlan], bad: np.ndarray, dataset_path: str,
+                 dataset: LabelledDataset | None = None) -> list[SplitPlan]:
+    """The plans without the images that gave no usable features; a split they leave empty is refused,
+    after the problems that emptied it are reported."""
     cleaned = [plan.without(bad) for plan in plans]
     for plan in cleaned:
+        empty = [split for split, indices in plan.indices.items() if len(indices) == 0]
+        if empty and len(bad):
+            if dataset is not None:
+                report_problems(dataset)
+            raise click.ClickException(f"split '{empty[0]}' is empty ({plan.name}) once the {len(bad)} image(s) "
+                                       f"without usable features are left out (see the warnings above)")
         require_nonempty(plan, dataset_path)
     return cleaned

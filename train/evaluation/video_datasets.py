@@ -29,7 +29,8 @@ from pathlib import Path
 
 import click
 
-from train.evaluation.datasets import IMAGE_SUFFIXES, SPLIT_ALIASES, ImageRecord, LabelledDataset, _assign_labels
+from train.evaluation.datasets import (IMAGE_SUFFIXES, SPLIT_ALIASES, ImageRecord, LabelledDataset, _assign_labels,
+                                      parse_code)
 from train.evaluation.problems import ProblemLog
 
 EMOTIONS_7 = ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear")
@@ -120,8 +121,9 @@ def split_last_space(line: str) -> tuple[str, str] | None:
 
 def _label_name(token: str, names: tuple[str, ...], first_index: int = 0) -> str:
     """An index (relative to first_index) or a class name (case-insensitive) -> the class name; else the token."""
-    if token.lstrip("-").isdigit():
-        index = int(token) - first_index
+    code = parse_code(token) if "." not in token else None  # "3.0" is a name here, not an index
+    if code is not None:
+        index = code - first_index
         return names[index] if 0 <= index < len(names) else f"label {token}"
     by_lower = {n.lower(): n for n in names}
     return by_lower.get(token.lower(), token)
@@ -155,7 +157,7 @@ def read_reference_file(path: Path, dataset: str, split: str | None, fold: int |
         where = f"{path.name}:line{number}"
         if official:
             parts = [c.strip() for c in line.split(",")]
-            if len(parts) < 2 or not parts[0].isdigit():
+            if len(parts) < 2 or not re.fullmatch(r"[0-9]+", parts[0]):  # ASCII: "²".isdigit() is True
                 if line.strip():
                     problems.add(BAD_ROW, f"{where} ({line[:60]!r})")
                 continue

@@ -1,8 +1,10 @@
 """Train / validation / test plans for video datasets: per reference fold, validation carved from the training
 side when the dataset has none of its own (subject-disjoint when every clip names a subject and there are at
-least two, else clip-disjoint and stratified where every class has two clips), test scored once."""
+least two, else clip-disjoint and stratified where every class has two clips), test scored once. A video
+listed in train and in val or test of one fold is refused."""
 from __future__ import annotations
 
+import click
 import numpy as np
 
 from train.evaluation.splits import SplitPlan, carve
@@ -57,6 +59,13 @@ def plan_video(dataset: VideoDataset, seed: int, val_fraction: float, test_fract
             notes.append(f"validation carved from train ({val_fraction:.0%}, {how}, seed {seed})")
         else:
             notes.append("validation = the dataset's own validation split")
+        train_sources = {dataset.records[i].source for i in indices["train"]}
+        for split in ("val", "test"):
+            shared = sorted(train_sources & {dataset.records[i].source for i in indices[split]})
+            if shared:  # the score would measure memory of those clips
+                where = "" if fold is None else f" of fold {fold}"
+                raise click.ClickException(f"{len(shared)} video(s) are in both train and {split}{where} (e.g. "
+                                           f"{shared[0]}); list each video in one split")
         train_subjects = {dataset.records[i].subject for i in indices["train"]} - {None}
         test_subjects = {dataset.records[i].subject for i in indices["test"]} - {None}
         if dataset.has_splits and train_subjects & test_subjects:

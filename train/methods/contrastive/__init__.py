@@ -17,6 +17,7 @@ from sslfer_core.false_negatives import DEFAULT_LAMBDA
 from sslfer_core.false_negatives import MODES as MASKFN_MODES
 from sslfer_core.losses import DEFAULT_TEMPERATURE
 from sslfer_core.models import ARCHS, ContrastiveModel, backbone_state_dict
+from sslfer_core.state_fit import state_dict_misfit
 from train.methods import ExportError, Exported, Method, config_option, field_default, register
 from train.methods.contrastive.batch_builder import MaskFNConfig, similarity_stats
 from train.methods.contrastive.epoch_plan import DEFAULT_SWAP_P, FALLBACK_KINDS, PlanConfig
@@ -249,10 +250,10 @@ class Contrastive(Method):
 
         arch = setting("arch")
         model = cls.build_network(setting)
-        try:
-            model.load_state_dict(state["model"], strict=True)
-        except RuntimeError as error:
-            raise ExportError(f"{source}: weights do not fit {arch}: {str(error).splitlines()[0]}") from None
+        misfit = state_dict_misfit(model.state_dict(), state["model"])  # names the keys; torch's first line does not
+        if misfit:
+            raise ExportError(f"{source}: weights do not fit {arch}: {misfit}")
+        model.load_state_dict(state["model"], strict=True)
         metadata = {"arch": arch, "input_size": int(setting("crop")), "resize": int(setting("resize")),
                     "face_crop": float(setting("face_crop")), "crop_convention": "centre",
                     "normalisation": "imagenet"}

@@ -26,6 +26,7 @@ from sslfer_core.lgi_former import PRESETS, LGIFormerConfig, preset, with_overri
 from sslfer_core.losses import mae_loss
 from sslfer_core.mae import MAEModel, mae_targets, param_groups, split_prediction
 from sslfer_core.mae_figure import reconstruction_figure
+from sslfer_core.state_fit import state_dict_misfit
 from sslfer_core.tube_masking import DEFAULT_MASK_RATIO, masked_per_window, tube_window_mask
 from train.distributed import sum_across
 from train.lr_schedule import make_scheduler
@@ -248,9 +249,9 @@ class MAE(Method):
         return MAEModel(self.model_cfg).to(self.ctx.device)
 
     def init_weights(self, model: nn.Module, path: Path) -> dict:
-        from train.reference_weights import init_video_mae
+        from train.reference_weights import init_mae
 
-        return init_video_mae(model, path, f"--preset {self.cfg.preset} --frames {self.cfg.clip_frames}")
+        return init_mae(model, path, f"--preset {self.cfg.preset} --frames {self.cfg.clip_frames}")
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -347,11 +348,10 @@ class MAE(Method):
             raise ExportError(f"{source}: its config is not a video MAE config: {error}") from None
         model_cfg = cfg.model_config
         model = MAEModel(model_cfg)
-        try:
-            model.load_state_dict(state["model"], strict=True)
-        except RuntimeError as error:
-            raise ExportError(f"{source}: weights do not fit the {cfg.preset} preset: {str(error).splitlines()[0]}") \
-                from None
+        misfit = state_dict_misfit(model.state_dict(), state["model"])  # names the keys; torch's first line does not
+        if misfit:
+            raise ExportError(f"{source}: weights do not fit the {cfg.preset} preset: {misfit}")
+        model.load_state_dict(state["model"], strict=True)
         clip = {"frames": cfg.clip_frames, "stride_seconds": cfg.clip_config.seconds_per_step,
                 "fps": _recorded(source, "clip_fps")}
         payload = encoder_export(model.encoder, model_cfg, cfg.preset, clip=clip,
