@@ -32,7 +32,7 @@ class ShardProblem:
 
 
 def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], None] | None = None,
-                  manifest: Manifest | None = None, jobs: int = 1) -> list[ShardProblem]:
+                  manifest: Manifest | None = None, jobs: int = 1, open_files: bool = True) -> list[ShardProblem]:
     """Every problem found in `root`, errors and warnings, in manifest order.
 
     quick checks existence, size and the HDF5 header (schema, version, counts, config); full mode also
@@ -40,7 +40,8 @@ def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], 
     whose hash matches is recorded for later quick starts as soon as it is done, so an interrupted full
     verify keeps its work. `progress(nbytes)` is called as bytes are checked (the total is the manifest's
     bytes). `manifest`: the already parsed manifest of `root`; otherwise it is read (a missing or
-    unreadable one raises ManifestError).
+    unreadable one raises ManifestError). open_files=False (quick only) stops at presence and size: for a
+    caller that opens every shard next anyway and checks the rest with manifest_disagreement.
     """
     root = Path(root)
     manifest = load_manifest(root) if manifest is None else manifest
@@ -55,7 +56,7 @@ def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], 
                 progress(entry.bytes)
         else:
             before = None if quick else hash_cache.identity(path)
-            reason = _check_shard(entry, path, manifest, quick, progress)
+            reason = _check_shard(entry, path, manifest, quick, progress, open_files)
             if not reason and not quick:
                 # Later quick starts on this machine need not read these bytes again.
                 hash_cache.remember([(path, entry.sha256, before)])
@@ -81,7 +82,8 @@ def _locked_progress(progress: Callable[[int], None]) -> Callable[[int], None]:
     return advance
 
 
-def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool, progress) -> str | None:
+def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool, progress,
+                 open_files: bool = True) -> str | None:
     def skip():  # keep the progress total honest when a shard is not read
         if progress:
             progress(entry.bytes)
@@ -97,6 +99,9 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
         skip()
         hint = "truncated" if size < entry.bytes else "grown or replaced"
         return f"size is {size} bytes but the manifest says {entry.bytes} ({hint})"
+    if quick and not open_files:
+        skip()
+        return None
     try:
         with h5py.File(path, "r") as h5:
             header = ShardHeader.from_attrs(h5.attrs, source=entry.file)
@@ -111,20 +116,28 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         skip()
         return f"unreadable HDF5 metadata ({type(exc).__name__}: {exc})"
-    if counts != (entry.videos, entry.frames):
+    reason = manifest_disagreement(entry, header, counts, manifest)
+    if reason:
         skip()
-        return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "
-                f"{entry.videos} / {entry.frames}")
-    if not manifest.mixed and header_compat(header) != manifest.compat_config():
-        skip()
-        diff = describe_differences([("shard", header_compat(header)), ("manifest", manifest.compat_config())])
-        return f"header disagrees with the manifest ({diff})"
+        return reason
     if quick:
         skip()
         return None
     digest = file_sha256(path, progress)
     if digest != entry.sha256:
         return f"sha256 mismatch (file {digest[:12]}..., manifest {entry.sha256[:12]}...): content changed or corrupt"
+    return None
+
+
+def manifest_disagreement(entry: ShardEntry, header: ShardHeader, counts: tuple[int, int],
+                          manifest: Manifest) -> str | None:
+    """Why a shard's (videos, frames) counts or header disagree with its manifest entry, or None."""
+    if counts != (entry.videos, entry.frames):
+        return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "
+                f"{entry.videos} / {entry.frames}")
+    if not manifest.mixed and header_compat(header) != manifest.compat_config():
+        diff = describe_differences([("shard", header_compat(header)), ("manifest", manifest.compat_config())])
+        return f"header disagrees with the manifest ({diff})"
     return None
 
 

@@ -8,7 +8,8 @@ from typing import Callable
 from data_manifest.manifest import (
     MANIFEST_NAME, ManifestError, find_shard_files, load_manifest_and_digest, shard_paths,
 )
-from data_manifest.verify import ERROR, verify_shards
+from data_manifest.manifest import header_compat
+from data_manifest.verify import ERROR, manifest_disagreement, verify_shards
 from sslfer_core import hash_cache
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.progress import Progress
@@ -43,7 +44,8 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         manifest, digest = load_manifest_and_digest(root)
         if not manifest.shards:
             raise ShardSetError(f"{root}: {MANIFEST_NAME} lists no shards")
-        problems = verify_shards(root, quick=True, manifest=manifest)
+        # Presence and size here; header and counts when the index opens each shard (one open per shard).
+        problems = verify_shards(root, quick=True, manifest=manifest, open_files=False)
         paths = shard_paths(root, manifest)
     except ManifestError as error:
         raise ShardSetError(str(error)) from None
@@ -56,8 +58,22 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         raise ShardSetError(f"{root}: {len(errors)} of {len(manifest.shards)} shards fail verification "
                             f"(first: {first.file}: {first.reason}); see `sslfer-manifest verify {root}`")
     _hash_split(root, manifest, paths, ctx, full_verify, warn)
+    compat = manifest.compat_config() if not manifest.mixed else None
+
+    def check(shard: int, path: Path, header, timestamps, counts) -> None:
+        entry = manifest.shards[shard]
+        # The reader has checked the header's schema and that the file links nowhere else; what is left
+        # of the quick check is the comparison with the manifest.
+        found = (len(counts), int(counts.sum()))
+        if found != (entry.videos, entry.frames) or (compat is not None and header_compat(header) != compat):
+            reason = manifest_disagreement(entry, header, found, manifest)
+            raise ShardSetError(f"{root}: shard {entry.file} fails verification ({reason}); "
+                                f"see `sslfer-manifest verify {root}`")
+        if on_shard is not None:
+            on_shard(shard, path, header, timestamps, counts)
+
     try:
-        index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=on_shard)
+        index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check)
     except (ShardFormatError, ValueError) as error:
         raise ShardSetError(str(error).splitlines()[0]) from None
     index.sha256 = [entry.sha256 for entry in manifest.shards]
