@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Callable
 
 from data_manifest.manifest import (
-    MANIFEST_NAME, ManifestError, find_shard_files, load_manifest_and_digest, shard_paths,
+    MANIFEST_NAME, ManifestError, find_shard_files, header_compat, load_manifest_and_digest, shard_paths,
 )
-from data_manifest.manifest import header_compat
 from data_manifest.verify import ERROR, manifest_disagreement, verify_shards
 from sslfer_core import hash_cache
 from sslfer_core.file_hash import file_sha256
