@@ -287,7 +287,8 @@ def _figures(row: dict) -> dict:
         "build_s": row.get("build_s"), "verify_s": row["verify_s"], "manifest_s": ph["manifest_s"],
         "quick_check_s": ph["quick_check_s"], "open_and_index_s": ph["open_and_index_s"], "plan_s": ph["plan_s"],
         "index_MB": ph["index_bytes"] / 1e6, "timestamps_MB": ph["timestamps_bytes"] / 1e6,
-        "phases_rss_MB": ph["rss_bytes"] / 1e6, "set_GB": row["bytes"] / 1e9,
+        "catalogue_MB": ph.get("catalogue_bytes", 0) / 1e6, "set_GB": row["bytes"] / 1e9,
+        "startup_rss_growth_MB": (ph["rss_bytes"] - ph["rss_start_bytes"]) / 1e6,  # what reading the set added
     }
     for key, value in row.items():
         if key.startswith("train_"):

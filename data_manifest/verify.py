@@ -32,7 +32,7 @@ class ShardProblem:
 
 
 def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], None] | None = None,
-                  manifest: Manifest | None = None, jobs: int = 1) -> list[ShardProblem]:
+                  manifest: Manifest | None = None, jobs: int = 1, open_files: bool = True) -> list[ShardProblem]:
     """Every problem found in `root`, errors and warnings, in manifest order.
 
     quick checks existence, size, the HDF5 header (schema, version, counts, config) and the video ids the
@@ -42,6 +42,8 @@ def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], 
     quick starts as soon as it is done, so an interrupted full verify keeps its work. `progress(nbytes)` is
     called as bytes are checked (the total is the manifest's bytes). `manifest`: the already parsed
     manifest of `root`; otherwise it is read (a missing or unreadable one raises ManifestError).
+    open_files=False (quick only) stops at presence, size and files listed twice: for a caller that opens
+    every shard next anyway and checks the rest with manifest_disagreement and repeated_clips.
     """
     root = Path(root)
     manifest = load_manifest(root) if manifest is None else manifest
@@ -59,7 +61,7 @@ def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], 
                 progress(entry.bytes)
         else:
             before = None if quick else hash_cache.identity(path)
-            reason, video_ids = _check_shard(entry, path, manifest, quick, progress)
+            reason, video_ids = _check_shard(entry, path, manifest, quick, progress, open_files)
             if not reason and not quick:
                 # Later quick starts on this machine need not read these bytes again.
                 hash_cache.remember([(path, entry.sha256, before)])
@@ -75,7 +77,7 @@ def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], 
     for (entry, _), (reason, video_ids) in zip(items, found):
         if reason:
             problems.append(ShardProblem(entry.file, reason))
-        else:
+        elif video_ids is not None:
             contents.append((entry.file, video_ids))
     for name, first, video_ids in repeated_clips(contents):
         problems.append(ShardProblem(name, describe_repeat("it", first, video_ids)
@@ -106,9 +108,9 @@ def _same_file(path: Path, files: dict[tuple[int, int], str], name: str) -> str 
     return None
 
 
-def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
-                 progress) -> tuple[str | None, list[str]]:
-    """(what is wrong with the shard or None, the video ids it holds)."""
+def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool, progress,
+                 open_files: bool = True) -> tuple[str | None, list[str] | None]:
+    """(what is wrong with the shard or None, the video ids it holds; None when the file is not opened)."""
     def skip():  # keep the progress total honest when a shard is not read
         if progress:
             progress(entry.bytes)
@@ -124,6 +126,9 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
         skip()
         hint = "truncated" if size < entry.bytes else "grown or replaced"
         return f"size is {size} bytes but the manifest says {entry.bytes} ({hint})", []
+    if quick and not open_files:
+        skip()
+        return None, None
     try:
         with h5py.File(path, "r") as h5:
             header = ShardHeader.from_attrs(h5.attrs, source=entry.file)
@@ -139,18 +144,10 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
     except (KeyError, ValueError, TypeError, RuntimeError, OverflowError) as exc:
         skip()
         return f"unreadable HDF5 metadata ({type(exc).__name__}: {exc})", []
-    if counts != (entry.videos, entry.frames):
+    reason = manifest_disagreement(entry, header, counts, manifest, video_ids)
+    if reason:
         skip()
-        return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "
-                f"{entry.videos} / {entry.frames}"), []
-    if video_ids != entry.video_ids:
-        skip()
-        return (f"holds video ids {_listed(video_ids)} but the manifest says {_listed(entry.video_ids)}; "
-                "the manifest does not describe this file"), []
-    if not manifest.mixed and header_compat(header) != manifest.compat_config():
-        skip()
-        diff = describe_differences([("shard", header_compat(header)), ("manifest", manifest.compat_config())])
-        return f"header disagrees with the manifest ({diff})", []
+        return reason, []
     if quick:
         skip()
         return None, video_ids
@@ -164,6 +161,22 @@ def _check_shard(entry: ShardEntry, path: Path, manifest: Manifest, quick: bool,
 def _listed(video_ids: list[str]) -> str:
     more = f" and {len(video_ids) - MAX_LISTED} more" if len(video_ids) > MAX_LISTED else ""
     return ", ".join(video_ids[:MAX_LISTED]) + more if video_ids else "none"
+
+
+def manifest_disagreement(entry: ShardEntry, header: ShardHeader, counts: tuple[int, int],
+                          manifest: Manifest, video_ids: list[str] | None = None) -> str | None:
+    """Why a shard's (videos, frames) counts, video ids (when given) or header disagree with its manifest
+    entry, or None."""
+    if counts != (entry.videos, entry.frames):
+        return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "
+                f"{entry.videos} / {entry.frames}")
+    if video_ids is not None and video_ids != entry.video_ids:
+        return (f"holds video ids {_listed(video_ids)} but the manifest says {_listed(entry.video_ids)}; "
+                "the manifest does not describe this file")
+    if not manifest.mixed and header_compat(header) != manifest.compat_config():
+        diff = describe_differences([("shard", header_compat(header)), ("manifest", manifest.compat_config())])
+        return f"header disagrees with the manifest ({diff})"
+    return None
 
 
 def _stray_files(root: Path, manifest: Manifest) -> list[ShardProblem]:

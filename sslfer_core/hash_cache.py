@@ -125,7 +125,8 @@ def _load() -> dict[str, dict]:
         journal_size = os.stat(journal_file(record)).st_size
     except OSError:
         journal_size = 0
-    if _memo is None or _memo.record != record or _memo.key != key or key is None:
+    # key None (no JSON file yet, only a journal) is a state like any other: the journal is read on.
+    if _memo is None or _memo.record != record or _memo.key != key:
         _memo = _Parsed(record, key)
         files = _read_record(record) if key is not None else {}
         if files is None:  # the journal belongs to a record that is gone: lines written from now on count

@@ -92,3 +92,18 @@ def test_a_mismatch_found_by_one_rank_is_one_error_line(tmp_path, monkeypatch):
     shard.write_bytes(bytes(data))
     with pytest.raises(ShardSetError, match="shard shard-00002.h5 does not match its sha256"):
         open_shard_set(root)
+
+
+def test_counts_that_disagree_with_the_manifest_stop_the_start_in_one_line(tmp_path):
+    """The quick check stops at presence and size; the index's single open of each shard compares its
+    counts with the manifest entry, also for a shard this machine has hashed (the record trusts bytes,
+    not the manifest's other fields)."""
+    import json
+
+    root = make_train_shards(tmp_path / "set", shards=2, videos=2, frames=12)
+    listed = json.loads((root / "manifest.json").read_text())
+    listed["shards"][1]["frames"] += 1
+    (root / "manifest.json").write_text(json.dumps(listed))
+    with pytest.raises(ShardSetError, match=r"shard shard-00001.h5 fails verification \(holds 2 videos / 24 "
+                                            r"frames but the manifest says 2 / 25\); see `sslfer-manifest verify"):
+        open_shard_set(root)

@@ -184,3 +184,26 @@ def test_worker_tracebacks_are_unwrapped_to_the_original_line():
     assert str(ShardSetError(wrapped)) == "/data/shard-00003.h5: cannot read field 'face'"
     assert str(ShardFormatError(wrapped)) == "/data/shard-00003.h5: cannot read field 'face'"
     assert unwrap_worker_message("plain message") == "plain message"
+
+
+def test_looking_up_every_shard_reads_the_record_once(tmp_path, monkeypatch):
+    """A start looks up each shard in the record: the journal's lines are parsed once, not once per
+    lookup (that grew with shards squared), also before the journal is first folded into the record."""
+    import json as json_module
+
+    monkeypatch.setenv(hash_cache.HASH_CACHE_ENV, str(tmp_path / "record.json"))
+    files = []
+    for i in range(30):
+        path = tmp_path / f"f{i}.bin"
+        path.write_bytes(bytes([i]) * 10)
+        files.append(path)
+    for path in files:
+        hash_cache.hash_and_remember(path)
+    assert not (tmp_path / "record.json").exists()  # 30 lines: still only a journal
+    parsed = []
+    real_loads = json_module.loads
+    monkeypatch.setattr(hash_cache.json, "loads", lambda text, *a, **k: parsed.append(1) or real_loads(text, *a, **k))
+    hash_cache._memo = None
+    for path in files:
+        assert hash_cache.cached_sha256(path) is not None
+    assert len(parsed) == len(files)  # one per journal line, over all lookups together

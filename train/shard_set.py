@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from data_manifest.manifest import (
-    MANIFEST_NAME, ManifestError, find_shard_files, load_manifest_and_digest, shard_paths,
+    MANIFEST_NAME, ManifestError, describe_repeat, find_shard_files, header_compat, load_manifest_and_digest,
+    repeated_clips, shard_paths,
 )
-from data_manifest.verify import ERROR, verify_shards
+from data_manifest.verify import ERROR, manifest_disagreement, verify_shards
 from sslfer_core import hash_cache
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.progress import Progress
@@ -43,7 +46,8 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         manifest, digest = load_manifest_and_digest(root)
         if not manifest.shards:
             raise ShardSetError(f"{root}: {MANIFEST_NAME} lists no shards")
-        problems = verify_shards(root, quick=True, manifest=manifest)
+        # Presence and size here; header and counts when the index opens each shard (one open per shard).
+        problems = verify_shards(root, quick=True, manifest=manifest, open_files=False)
         paths = shard_paths(root, manifest)
     except ManifestError as error:
         raise ShardSetError(str(error)) from None
@@ -56,12 +60,55 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         raise ShardSetError(f"{root}: {len(errors)} of {len(manifest.shards)} shards fail verification "
                             f"(first: {first.file}: {first.reason}); see `sslfer-manifest verify {root}`")
     _hash_split(root, manifest, paths, ctx, full_verify, warn)
+    compat = manifest.compat_config() if not manifest.mixed else None
+
+    def check(shard: int, path: Path, header, timestamps, counts) -> None:
+        entry = manifest.shards[shard]
+        # The reader has checked the header's schema and that the file links nowhere else; what is left
+        # of the quick check is the comparison with the manifest.
+        found = (len(counts), int(counts.sum()))
+        if found != (entry.videos, entry.frames) or (compat is not None and header_compat(header) != compat):
+            reason = manifest_disagreement(entry, header, found, manifest)
+            raise ShardSetError(f"{root}: shard {entry.file} fails verification ({reason}); "
+                                f"see `sslfer-manifest verify {root}`")
+        if on_shard is not None:
+            on_shard(shard, path, header, timestamps, counts)
+
     try:
-        index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=on_shard)
+        index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check)
     except (ShardFormatError, ValueError) as error:
         raise ShardSetError(str(error).splitlines()[0]) from None
+    _check_clips(root, manifest, index)
     index.sha256 = [entry.sha256 for entry in manifest.shards]
     return index, digest
+
+
+def _check_clips(root: Path, manifest, index: ShardIndex) -> None:
+    """The video ids the shards hold are the manifest's, and each clip is in one shard only (a copy of a
+    shard under another name would be trained on twice). Array comparisons; the per-shard lists are built
+    only to name a problem."""
+    claimed = [video_id for entry in manifest.shards for video_id in entry.video_ids]
+    held = index.video_names
+    same = len(claimed) == len(held) and (not claimed or np.array_equal(
+        np.char.encode(np.asarray(claimed, dtype=str), "utf-8"), held))
+    if same and len(np.unique(held)) == len(held):
+        return
+    per_shard = [[] for _ in manifest.shards]
+    for video in range(index.num_videos):
+        per_shard[int(index.video_shard[video])].append(index.video_name(video))
+    reason = next(((entry.file, disagreement) for entry, ids in zip(manifest.shards, per_shard)
+                   if (disagreement := _ids_disagreement(entry, ids))), None)
+    if reason is None:
+        name, first, video_ids = repeated_clips([(e.file, ids) for e, ids in zip(manifest.shards, per_shard)])[0]
+        reason = (name, describe_repeat("it", first, video_ids) + "; a set must hold each clip once")
+    raise ShardSetError(f"{root}: a shard fails verification ({reason[0]}: {reason[1]}); "
+                        f"see `sslfer-manifest verify {root}`")
+
+
+def _ids_disagreement(entry, video_ids: list[str]) -> str | None:
+    if video_ids == entry.video_ids:
+        return None
+    return f"it holds video ids {', '.join(video_ids[:5])} but the manifest lists {', '.join(entry.video_ids[:5])}"
 
 
 def hash_assignment(sizes: list[int], ranks: int) -> list[list[int]]:

@@ -202,6 +202,9 @@ class CatalogueBuilder:
 
     def __init__(self, cfg: ClipConfig):
         self.cfg = cfg
+        self._reset()
+
+    def _reset(self) -> None:
         self.paths: list[Path] = []
         self._fps: float | None = None
         self._stride: int | None = None
@@ -210,8 +213,8 @@ class CatalogueBuilder:
         self._short = self._long = 0
 
     def __call__(self, shard: int, path: Path, header, timestamps: np.ndarray, counts: np.ndarray) -> None:
-        if shard == 0:
-            self.__init__(self.cfg)
+        if shard == 0:  # an index is read (again) from its first shard
+            self._reset()
         self.paths.append(Path(path))
         base, self._videos = self._videos, self._videos + len(counts)
         fps = header.prep_config.get("fps")
