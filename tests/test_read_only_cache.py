@@ -1,6 +1,7 @@
 """A per-machine hash record that cannot be written (a read-only ~/.cache in a CI sandbox or on a shared
 cluster home) fails no command: `sslfer-manifest verify` and a training start go on, warning once
 (issue 32)."""
+import builtins
 import errno
 import os
 import pathlib
@@ -16,13 +17,13 @@ from train_fixtures import TINY_TRAIN, make_train_shards
 
 @pytest.fixture
 def read_only_cache(tmp_path, monkeypatch):
-    """$SSLFER_HASH_CACHE in a folder that exists on a read-only file system: every write, rename, unlink
-    or mkdir under it fails with EROFS, as the kernel answers there (unlink of a missing file too)."""
+    """$SSLFER_HASH_CACHE in a folder that exists on a read-only file system: every write, open for
+    writing (the record's journal and lock), rename, unlink or mkdir under it fails with EROFS, as the kernel answers there (unlink of a missing file too)."""
     folder = tmp_path / "ro-home" / ".cache" / "sslfer"
     folder.mkdir(parents=True)
     monkeypatch.setenv(hash_cache.HASH_CACHE_ENV, str(folder / "verified-shards.json"))
     monkeypatch.setattr(hash_cache, "_warned_unwritable", False)
-    monkeypatch.setattr(hash_cache, "_memo", {})
+    monkeypatch.setattr(hash_cache, "_memo", None)
 
     def inside(path) -> bool:
         return str(os.path.abspath(path)).startswith(str(folder))
@@ -37,6 +38,16 @@ def read_only_cache(tmp_path, monkeypatch):
 
     for name in ("write_text", "write_bytes", "unlink", "mkdir", "touch"):
         monkeypatch.setattr(pathlib.Path, name, refuse(getattr(pathlib.Path, name)))
+    real_os_open = os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    monkeypatch.setattr(os, "open", lambda path, flags, *args, **kw: (
+        (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system", str(path)))
+        if inside(path) and flags & writing else real_os_open(path, flags, *args, **kw)))
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, mode="r", *args, **kw: (
+        (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system", str(file)))
+        if isinstance(file, (str, os.PathLike)) and inside(file) and set(mode) & set("wax+")
+        else real_open(file, mode, *args, **kw)))
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst, **kw: (
         (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system", str(dst))) if inside(dst)

@@ -8,6 +8,7 @@ Each loads into an unmodified torchvision ResNet whose fc is Identity, so the ou
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
