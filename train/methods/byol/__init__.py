@@ -102,10 +102,6 @@ class BYOL(Contrastive):
         return BYOLModel(setting("arch"), int(setting("proj_hidden")), int(setting("proj_dim")),
                          int(setting("pred_hidden")))
 
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        trained = [p for p in model.parameters() if p.requires_grad]  # not the target
-        return torch.optim.Adam(trained, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
-
     def step(self, net: nn.Module, batch: dict[str, Tensor], generator: torch.Generator):
         x = self.objective.views(batch, generator)
         with torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16, enabled=self.bf16):

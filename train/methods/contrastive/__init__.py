@@ -197,7 +197,9 @@ class Contrastive(Method):
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         # fused: Adam's update in one kernel per parameter instead of several, which shortens every step
         # (docs/training.md, "Measurements behind defaults").
-        return torch.optim.Adam(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
+        # Only what gradients train: a momentum network (BYOL's target, MoCo's key encoder) follows by EMA.
+        trained = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.Adam(trained, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
 
     # -- one step
     def step(self, net: nn.Module, batch: dict[str, Tensor], generator: torch.Generator):

@@ -142,10 +142,6 @@ class MoCo(Contrastive):
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, list(QUEUE_BUFFERS))
         return self.model
 
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        trained = [p for p in model.parameters() if p.requires_grad]  # not the key encoder
-        return torch.optim.Adam(trained, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
-
     def step(self, net: nn.Module, batch: dict[str, Tensor], generator: torch.Generator):
         x = self.objective.views(batch, generator)
         key_order = torch.randperm(x.shape[0] // 2, generator=generator, device=x.device)
