@@ -21,6 +21,7 @@ from train.evaluation.cli import main
 from train.evaluation.datasets import load_dataset
 from train.evaluation.images import MAX_IMAGE_PIXELS
 from train.weights_file import write_weights
+from cli_checks import one_error_line
 
 FAST = ["--image-size", "32", "--max-iterations", "20", "--weight-decays", "0", "--workers", "0", "--threads", "1",
         "--no-cache"]
@@ -28,16 +29,6 @@ FAST = ["--image-size", "32", "--max-iterations", "20", "--weight-decays", "0", 
 
 def _invoke(args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_error_line(result, *fragments, code=1) -> str:
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +52,7 @@ def test_int8_weights_are_refused_naming_the_tensor(data, tmp_path):
     state = _resnet_state()
     state["conv1.weight"] = (state["conv1.weight"] * 100).to(torch.int8)
     path = write_weights(tmp_path / "q.safetensors", state, {"arch": "resnet18"})
-    _one_error_line(_linear(data, "--backbone", path), "weights do not fit torchvision resnet18",
+    one_error_line(_linear(data, "--backbone", path), "weights do not fit torchvision resnet18",
                     "conv1.weight int8 (model: float32)")
 
 
@@ -76,7 +67,7 @@ def test_weights_that_do_not_fit_are_refused_naming_the_keys(data, tmp_path):
     state["layer9.0.weight"] = state.pop("layer4.1.bn2.bias")
     state["fc_extra.weight"] = torch.zeros(3)
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
-    line = _one_error_line(_linear(data, "--backbone", write_weights(tmp_path / "w.safetensors", state, {})),
+    line = one_error_line(_linear(data, "--backbone", write_weights(tmp_path / "w.safetensors", state, {})),
                            "1 missing (layer4.1.bn2.bias)", "2 unexpected (fc_extra.weight, layer9.0.weight)",
                            "layer1.0.conv1.weight (64, 64, 1, 1) (model: (64, 64, 3, 3))")
     assert len(line) < 600
@@ -86,7 +77,7 @@ def test_weights_that_do_not_fit_are_refused_naming_the_keys(data, tmp_path):
 def test_a_recorded_input_size_that_is_no_size_is_refused(data, tmp_path, value):
     path = write_weights(tmp_path / "b.safetensors", _resnet_state(), {"arch": "resnet18", "input_size": value})
     args = ["linear", "--data", data, *[a for a in FAST if a not in ("--image-size", "32")], "--backbone", path]
-    _one_error_line(_invoke(args), f"input_size {value!r}", "give --image-size")
+    one_error_line(_invoke(args), f"input_size {value!r}", "give --image-size")
     assert _invoke([*args, "--image-size", "32"]).exit_code == 0  # the option replaces the metadata
 
 
@@ -140,7 +131,7 @@ def test_finetune_whose_last_batch_holds_one_image_trains(data, tmp_path):
 
 
 def test_finetune_batch_size_one_is_a_usage_error(data):
-    _one_error_line(_invoke(["finetune", "--backbone", "random", "--data", data, "--batch-size", "1"]),
+    one_error_line(_invoke(["finetune", "--backbone", "random", "--data", data, "--batch-size", "1"]),
                     "--batch-size", code=2)
 
 
@@ -155,20 +146,20 @@ def _saliency(data, head, tmp_path):
 def test_saliency_refuses_a_backbone_file_given_as_head(data, tmp_path):
     backbone = tmp_path / "backbone.pt"
     torch.save(_resnet_state(), backbone)
-    _one_error_line(_saliency(data, backbone, tmp_path), "not a linear head of `sslfer-eval linear --out`")
+    one_error_line(_saliency(data, backbone, tmp_path), "not a linear head of `sslfer-eval linear --out`")
     path = write_weights(tmp_path / "backbone.safetensors", _resnet_state(), {})
-    _one_error_line(_saliency(data, path, tmp_path), str(path))
+    one_error_line(_saliency(data, path, tmp_path), str(path))
 
 
 def test_saliency_refuses_a_head_of_another_width(data, tmp_path):
     head = {"weight": torch.zeros(3, 2048), "bias": torch.zeros(3), "mean": torch.zeros(2048), "std": torch.ones(2048),
             "class_names": ["checker", "horizontal", "vertical"]}
     torch.save(head, tmp_path / "head.pt")
-    _one_error_line(_saliency(data, tmp_path / "head.pt", tmp_path), "takes 2048-d features",
+    one_error_line(_saliency(data, tmp_path / "head.pt", tmp_path), "takes 2048-d features",
                     "gives 512-d")
     head["bias"] = torch.zeros(4)
     torch.save(head, tmp_path / "head.pt")
-    _one_error_line(_saliency(data, tmp_path / "head.pt", tmp_path), "inconsistent head")
+    one_error_line(_saliency(data, tmp_path / "head.pt", tmp_path), "inconsistent head")
 
 
 # -- compare
@@ -191,15 +182,15 @@ def _results(tmp_path, entry):
     ("text", "backbones[0] is not an object"),
 ])
 def test_compare_refuses_a_damaged_results_file_naming_the_key(tmp_path, entry, named):
-    _one_error_line(_invoke(["compare", _results(tmp_path, entry)]), named)
-    _one_error_line(_invoke(["dfer", "compare", _results(tmp_path, entry)]), named)
+    one_error_line(_invoke(["compare", _results(tmp_path, entry)]), named)
+    one_error_line(_invoke(["dfer", "compare", _results(tmp_path, entry)]), named)
 
 
 def test_compare_of_a_non_finite_mean_is_refused(tmp_path):
     path = tmp_path / "results.json"
     path.write_text('{"command": "linear", "backbones": [{"backbone": {"name": "a"}, '
                     '"summary": {"macro_f1": {"mean": NaN, "std": 0, "n": 1}}}]}')
-    _one_error_line(_invoke(["compare", path]), "macro_f1.mean is nan")
+    one_error_line(_invoke(["compare", path]), "macro_f1.mean is nan")
 
 
 # -- a PNG that declares a huge image
@@ -245,7 +236,7 @@ def test_an_image_listed_in_train_and_test_is_refused(tmp_path):
             cv2.imwrite(str(tmp_path / f"{kind}{i}.png"), pattern_image(kind, rng))
             rows.append([f"{kind}{i}.png", kind, ("train", "train", "val", "test")[i]])
     rows.append(["checker0.png", "checker", "test"])  # also listed in test
-    _one_error_line(_linear(write_csv(tmp_path / "l.csv", ["path", "label", "split"], rows), "--backbone", "random"),
+    one_error_line(_linear(write_csv(tmp_path / "l.csv", ["path", "label", "split"], rows), "--backbone", "random"),
                     "1 image(s) are in both train and test of seed0", "checker0.png")
 
 
@@ -273,7 +264,7 @@ def test_a_full_disk_while_writing_results_is_one_line(data, tmp_path, monkeypat
 
     monkeypatch.setattr(train.evaluation.results, "write_json_atomic", full)
     out = tmp_path / "out"
-    _one_error_line(_linear(data, "--backbone", "random", "--out", out), f"could not write {out / 'results.json'}",
+    one_error_line(_linear(data, "--backbone", "random", "--out", out), f"could not write {out / 'results.json'}",
                     "(disk full (")
 
 
@@ -287,7 +278,7 @@ def test_a_full_disk_while_saving_a_linear_head_says_disk_full(data, tmp_path, m
     monkeypatch.setattr(sslfer_core.atomic_files, "open", lambda path, mode="r", *a, **k: io.BufferedWriter(
         FullFile(path, "wb")), raising=False)
     out = tmp_path / "out"
-    line = _one_error_line(_linear(data, "--backbone", "random", "--out", out), "seed0.pt", "(disk full (")
+    line = one_error_line(_linear(data, "--backbone", "random", "--out", out), "seed0.pt", "(disk full (")
     assert "enforce fail" not in line
 
 

@@ -23,36 +23,12 @@ from train.evaluation.backbones import load_backbone
 from train.metrics_log import read_metrics
 from train.run_config import TrainConfig
 from train.run_state import RunState
-from train_fixtures import TINY_TRAIN, make_train_shards
+from train_fixtures import TINY_TRAIN, finished, shards  # noqa: F401 (fixtures)
+from cli_checks import one_error_line
 
 
 def _run(args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_error_line(result, *fragments, code=1) -> str:
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=1, videos=3, frames=20)
-
-
-@pytest.fixture(scope="module")
-def finished(shards, tmp_path_factory):
-    """A 4-step run with checkpoints at steps 2 and 4."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "4", "--ckpt-every", "2",
-                   "--warmup-steps", "1"])
-    assert result.exit_code == 0, result.output
-    return run
 
 
 # -- finding 1: divergence
@@ -76,7 +52,7 @@ def test_a_diverging_learning_rate_stops_the_run_with_its_last_good_checkpoint(s
     run = tmp_path / "run"
     result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "4", "--ckpt-every", "1",
                    "--warmup-steps", "0", "--lr", "1e30"])
-    _one_error_line(result, "loss became nan at step 2", "stopped before applying it",
+    one_error_line(result, "loss became nan at step 2", "stopped before applying it",
                     f"last good checkpoint: {checkpoint_path(run, 1)}")
     assert list_checkpoints(run) == [checkpoint_path(run, 1)]
     assert [r["step"] for r in read_metrics(run / "metrics.jsonl")] == [1]
@@ -117,7 +93,7 @@ def test_non_finite_weights_stop_the_run_even_when_the_loss_hides_them(shards, t
     _poison_after_step(monkeypatch, 3, key)
     run = tmp_path / "run"
     result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "6", "--ckpt-every", "2"])
-    line = _one_error_line(result, "training diverged", what, "without writing anything after step 3",
+    line = one_error_line(result, "training diverged", what, "without writing anything after step 3",
                            f"last good checkpoint: {checkpoint_path(run, 2)}")
     assert "first: " in line and ("embeddings" in line or key in line), line
     assert list_checkpoints(run) == [checkpoint_path(run, 2)]
@@ -132,7 +108,7 @@ def test_non_finite_weights_stop_the_run_even_when_the_loss_hides_them(shards, t
 ])
 def test_non_finite_settings_are_usage_errors(tmp_path, args, option):
     result = _run(["--shards", tmp_path / "shards", "--out", tmp_path / "run", "--steps", "1", *args])
-    _one_error_line(result, option, code=2)
+    one_error_line(result, option, code=2)
     assert not (tmp_path / "run").exists()
 
 
@@ -162,12 +138,12 @@ def test_a_new_methods_float_fields_are_checked_too():
 def test_absurd_numbers_are_usage_errors(tmp_path, args):
     steps = [] if args[0] in ("--steps", "--epochs") else ["--steps", "1"]
     result = _run(["--shards", tmp_path / "shards", "--out", tmp_path / "run", *steps, *args])
-    _one_error_line(result, args[0], code=2)
+    one_error_line(result, args[0], code=2)
 
 
 def test_warmup_longer_than_the_run_is_refused(shards, tmp_path):
     result = _run(["--shards", shards, "--out", tmp_path / "run", *TINY_TRAIN, "--steps", "3", "--warmup-steps", "5"])
-    _one_error_line(result, "--warmup-steps 5 is more than the run's 3 steps")
+    one_error_line(result, "--warmup-steps 5 is more than the run's 3 steps")
 
 
 def test_export_refuses_non_finite_weights(finished, tmp_path):
@@ -177,7 +153,7 @@ def test_export_refuses_non_finite_weights(finished, tmp_path):
     state["model"]["backbone.layer1.0.conv1.weight"][0, 0, 0, 0] = float("inf")
     torch.save(state, checkpoint_path(run, 6))
     out = tmp_path / "b.pt"
-    _one_error_line(_run(["export", run, "-o", out]), "ckpt-step00000006.pt", "the weights of a diverged run",
+    one_error_line(_run(["export", run, "-o", out]), "ckpt-step00000006.pt", "the weights of a diverged run",
                     "1 of", "first: backbone.layer1.0.conv1.weight", "export an earlier checkpoint with --checkpoint")
     assert not out.exists()
     result = _run(["export", run, "-o", out, "--checkpoint", checkpoint_path(run, 4)])
@@ -222,12 +198,12 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint_and_cleans_killed_wr
     assert all(torch.equal(redone[k], reference[k]) for k in reference)
 
 
-def test_resume_with_no_readable_checkpoint_is_one_error_line(finished, tmp_path):
+def test_resume_with_no_readable_checkpoint_isone_error_line(finished, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     for path in list_checkpoints(run):
         path.write_bytes(b"")
-    _one_error_line(_run(["--out", run, "--resume"]), "no checkpoint reads", "another --out")
+    one_error_line(_run(["--out", run, "--resume"]), "no checkpoint reads", "another --out")
 
 
 def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder(shards, tmp_path):
@@ -240,7 +216,7 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder(shards, tm
     try:
         assert holder.stdout.readline().strip() == "held"
         result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"])
-        _one_error_line(result, f"{run} is in use by another run (sslfer-train, pid {holder.pid} on ",
+        one_error_line(result, f"{run} is in use by another run (sslfer-train, pid {holder.pid} on ",
                         "choose another --out")
         assert not (run / "config.json").exists()
     finally:
@@ -265,17 +241,17 @@ def test_folder_lock_is_exclusive_and_released(tmp_path):
 # -- finding 8 (trainer part): outputs that cannot be written
 
 
-def test_an_unwritable_out_is_one_error_line(shards, tmp_path):
+def test_an_unwritable_out_isone_error_line(shards, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     result = _run(["--shards", shards, "--out", blocker / "run", *TINY_TRAIN, "--steps", "1"])
-    _one_error_line(result, f"cannot write to {blocker / 'run'}", code=2)
+    one_error_line(result, f"cannot write to {blocker / 'run'}", code=2)
 
 
-def test_an_unwritable_export_output_is_one_error_line(finished, tmp_path):
+def test_an_unwritable_export_output_isone_error_line(finished, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    _one_error_line(_run(["export", finished, "-o", blocker / "sub" / "b.pt"]), "cannot write to", code=2)
+    one_error_line(_run(["export", finished, "-o", blocker / "sub" / "b.pt"]), "cannot write to", code=2)
 
 
 def test_prep_uses_the_same_lock_and_names_the_holder(tmp_path):

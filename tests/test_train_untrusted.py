@@ -17,36 +17,12 @@ from train.checkpoints import checkpoint_path, list_checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
 from train.weights_file import read_weights
-from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards
+from train_fixtures import TINY_TRAIN, finished, interrupt_after_checkpoint, shards  # noqa: F401 (fixtures)
+from cli_checks import one_error_line
 
 
 def _run(args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_error_line(result, *fragments, code=1) -> str:
-    assert result.exit_code == code, result.output
-    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
-    return errors[0]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=1, videos=3, frames=20)
-
-
-@pytest.fixture(scope="module")
-def finished(shards, tmp_path_factory):
-    """A 4-step contrastive run with checkpoints at steps 2 and 4."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    result = _run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "4", "--ckpt-every", "2",
-                   "--warmup-steps", "1"])
-    assert result.exit_code == 0, result.output
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +74,7 @@ def test_resume_from_a_checkpoint_whose_weights_do_not_fit_names_the_keys(finish
     state["model"]["backbone.extra.weight"] = torch.zeros(2)
     del state["model"]["projector.net.3.bias"]
     torch.save(state, checkpoint_path(run, 9))
-    line = _one_error_line(_run(["--out", run, "--resume"]), "ckpt-step00000009.pt",
+    line = one_error_line(_run(["--out", run, "--resume"]), "ckpt-step00000009.pt",
                            "1 missing (projector.net.3.bias)", "1 unexpected (backbone.extra.weight)")
     assert len(line) < 400
 
@@ -117,7 +93,7 @@ def test_export_writes_the_runs_method_past_a_foreign_checkpoint(finished, mae_c
 
 def test_export_refuses_a_foreign_checkpoint_given_by_name(finished, mae_checkpoint, tmp_path):
     run = _copy_run(finished, tmp_path)
-    _one_error_line(_run(["export", run, "-o", tmp_path / "x.safetensors", "--checkpoint", mae_checkpoint]),
+    one_error_line(_run(["export", run, "-o", tmp_path / "x.safetensors", "--checkpoint", mae_checkpoint]),
                     "a checkpoint of a mae run, not of this contrastive run")
     assert not (tmp_path / "x.safetensors").exists()
 
@@ -127,7 +103,7 @@ def test_export_of_weights_that_do_not_fit_names_the_keys(finished, tmp_path):
     state["model"]["backbone.conv1.weight"] = state["model"]["backbone.conv1.weight"].to(torch.int8)
     del state["model"]["projector.net.3.bias"]
     torch.save(state, tmp_path / "odd.pt")
-    _one_error_line(_run(["export", finished, "-o", tmp_path / "x.safetensors", "--checkpoint", tmp_path / "odd.pt"]),
+    one_error_line(_run(["export", finished, "-o", tmp_path / "x.safetensors", "--checkpoint", tmp_path / "odd.pt"]),
                     "weights do not fit resnet18: 1 missing (projector.net.3.bias)",
                     "backbone.conv1.weight int8 (model: float32)")
 
@@ -204,7 +180,7 @@ def test_a_full_disk_while_appending_metrics_is_one_line_naming_the_resume(shard
     monkeypatch.setattr(train.metrics_log, "open", lambda *a, **k: FullAfterTwoLines(real_open(*a, **k)),
                         raising=False)
     run = tmp_path / "run"
-    line = _one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "4", "--ckpt-every", "2"]),
+    line = one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "4", "--ckpt-every", "2"]),
                            "metrics.jsonl (disk full (", "free there)", "stopped at step 3",
                            "newest checkpoint: ckpt-step00000002.pt", f"sslfer-train --out {run} --resume")
     assert "OSError" not in line
@@ -242,7 +218,7 @@ def test_a_full_disk_during_an_export_says_disk_full_and_keeps_the_old_file(fini
     out = tmp_path / f"backbone.{fmt}"
     out.write_bytes(b"the export of yesterday")
     _full_disk(monkeypatch)
-    line = _one_error_line(_run(["export", finished, "-o", out, "--format", fmt]), f"could not write {out}",
+    line = one_error_line(_run(["export", finished, "-o", out, "--format", fmt]), f"could not write {out}",
                            "(disk full (", "free there)")
     assert "enforce fail" not in line and "Safetensor" not in line
     assert out.read_bytes() == b"the export of yesterday"
@@ -252,7 +228,7 @@ def test_a_full_disk_during_an_export_says_disk_full_and_keeps_the_old_file(fini
 def test_a_full_disk_during_a_checkpoint_says_disk_full(shards, tmp_path, monkeypatch):
     _full_disk(monkeypatch)
     run = tmp_path / "run"
-    line = _one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "2", "--ckpt-every", "2"]),
+    line = one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "2", "--ckpt-every", "2"]),
                            "could not write checkpoint ckpt-step00000002.pt", "(disk full (",
                            f"sslfer-train --out {run} --resume")
     assert "enforce fail" not in line
@@ -295,7 +271,7 @@ def test_a_full_disk_while_writing_config_json_is_one_line(shards, tmp_path, mon
 
     monkeypatch.setattr(train.trainer, "write_json_atomic", full)
     run = tmp_path / "run"
-    _one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"]),
+    one_error_line(_run(["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "1"]),
                     f"could not write {run / 'config.json'} (disk full (", "nothing was trained")
 
 
@@ -306,7 +282,7 @@ def test_a_full_disk_while_writing_config_json_is_one_line(shards, tmp_path, mon
 def test_a_mask_ratio_that_masks_nothing_is_a_usage_error(tmp_path, ratio):
     result = _run(["mae", "--shards", tmp_path, "--out", tmp_path / "run", *TINY_MAE, "--steps", "1",
                    "--mask-ratio", ratio])
-    _one_error_line(result, "--mask-ratio", "masks no token of a 5 x 10 window", code=2)
+    one_error_line(result, "--mask-ratio", "masks no token of a 5 x 10 window", code=2)
 
 
 @pytest.mark.parametrize("text", ["[1, 2]", '"contrastive"', "\xff\xfe"])

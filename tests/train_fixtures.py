@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 
 from data_manifest.manifest import build_manifest, save_manifest
 from shard_fixtures import make_header, make_video
@@ -49,3 +51,21 @@ def interrupt_after_checkpoint(monkeypatch, step: int = 2):
 
     monkeypatch.setattr(train.run_state, "save_checkpoint", save_then_interrupt)
     return lambda: monkeypatch.setattr(train.run_state, "save_checkpoint", real_save)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """One small shard of 3 videos, for tests that train a few steps (import the fixture by name)."""
+    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=1, videos=3, frames=20)
+
+
+@pytest.fixture(scope="module")
+def finished(shards, tmp_path_factory):
+    """A 4-step contrastive run on `shards` with checkpoints at steps 2 and 4."""
+    from train.cli import main
+
+    run = tmp_path_factory.mktemp("finished") / "run"
+    result = CliRunner().invoke(main, [str(a) for a in ["--shards", shards, "--out", run, *TINY_TRAIN, "--steps", "4",
+                                                        "--ckpt-every", "2", "--warmup-steps", "1"]])
+    assert result.exit_code == 0, result.output
+    return run
