@@ -163,6 +163,14 @@ def _listed(video_ids: list[str]) -> str:
     return ", ".join(video_ids[:MAX_LISTED]) + more if video_ids else "none"
 
 
+def video_ids_disagreement(entry: ShardEntry, video_ids: list[str]) -> str | None:
+    """Why the video ids read from a shard are not the ones its manifest entry lists, or None."""
+    if video_ids == entry.video_ids:
+        return None
+    return (f"holds video ids {_listed(video_ids)} but the manifest says {_listed(entry.video_ids)}; "
+            "the manifest does not describe this file")
+
+
 def manifest_disagreement(entry: ShardEntry, header: ShardHeader, counts: tuple[int, int],
                           manifest: Manifest, video_ids: list[str] | None = None) -> str | None:
     """Why a shard's (videos, frames) counts, video ids (when given) or header disagree with its manifest
@@ -170,9 +178,10 @@ def manifest_disagreement(entry: ShardEntry, header: ShardHeader, counts: tuple[
     if counts != (entry.videos, entry.frames):
         return (f"holds {counts[0]} videos / {counts[1]} frames but the manifest says "
                 f"{entry.videos} / {entry.frames}")
-    if video_ids is not None and video_ids != entry.video_ids:
-        return (f"holds video ids {_listed(video_ids)} but the manifest says {_listed(entry.video_ids)}; "
-                "the manifest does not describe this file")
+    if video_ids is not None:
+        wrong_ids = video_ids_disagreement(entry, video_ids)
+        if wrong_ids:
+            return wrong_ids
     if not manifest.mixed and header_compat(header) != manifest.compat_config():
         diff = describe_differences([("shard", header_compat(header)), ("manifest", manifest.compat_config())])
         return f"header disagrees with the manifest ({diff})"

@@ -252,6 +252,19 @@ def test_a_shard_whose_source_fps_is_not_finite_is_refused(tmp_path):
     _one_line_refusal(_invoke("inspect", root / "shard-00000.h5", "--json"), "source_fps")
 
 
+def test_a_training_start_refuses_a_manifest_that_names_other_clips_than_the_shard_holds(tmp_path):
+    from train.shard_set import ShardSetError, open_shard_set
+
+    root = make_shard_set(tmp_path / "set")
+
+    def rename(manifest):
+        ids = manifest["shards"][0]["video_ids"]
+        manifest["shards"][0]["video_ids"] = [ids[0] + "-elsewhere", *ids[1:]]
+    _edit_manifest(root, rename)
+    with pytest.raises(ShardSetError, match=r"shard-00000.h5: holds video ids .* but the manifest says .*-elsewhere"):
+        open_shard_set(root)
+
+
 def test_a_training_start_refuses_a_set_that_serves_a_clip_twice(tmp_path):
     from train.shard_set import ShardSetError, open_shard_set
 

@@ -11,7 +11,7 @@ from data_manifest.manifest import (
     MANIFEST_NAME, ManifestError, describe_repeat, find_shard_files, header_compat, load_manifest_and_digest,
     repeated_clips, shard_paths,
 )
-from data_manifest.verify import ERROR, manifest_disagreement, verify_shards
+from data_manifest.verify import ERROR, manifest_disagreement, verify_shards, video_ids_disagreement
 from sslfer_core import hash_cache
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.progress import Progress
@@ -97,18 +97,12 @@ def _check_clips(root: Path, manifest, index: ShardIndex) -> None:
     for video in range(index.num_videos):
         per_shard[int(index.video_shard[video])].append(index.video_name(video))
     reason = next(((entry.file, disagreement) for entry, ids in zip(manifest.shards, per_shard)
-                   if (disagreement := _ids_disagreement(entry, ids))), None)
+                   if (disagreement := video_ids_disagreement(entry, ids))), None)
     if reason is None:
         name, first, video_ids = repeated_clips([(e.file, ids) for e, ids in zip(manifest.shards, per_shard)])[0]
         reason = (name, describe_repeat("it", first, video_ids) + "; a set must hold each clip once")
     raise ShardSetError(f"{root}: a shard fails verification ({reason[0]}: {reason[1]}); "
                         f"see `sslfer-manifest verify {root}`")
-
-
-def _ids_disagreement(entry, video_ids: list[str]) -> str | None:
-    if video_ids == entry.video_ids:
-        return None
-    return f"it holds video ids {', '.join(video_ids[:5])} but the manifest lists {', '.join(entry.video_ids[:5])}"
 
 
 def hash_assignment(sizes: list[int], ranks: int) -> list[list[int]]:
