@@ -6,7 +6,6 @@ MAE-DFER's pretraining checkpoints instead, which the reference's run_class_fine
 (train/reference_weights.py)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +13,7 @@ from sslfer_core.atomic_files import writable_dir_problem, write_error_text
 from sslfer_core.file_hash import file_sha256
 from train.checkpoints import CheckpointReadError, check_finite_weights, list_checkpoints, read_checkpoint
 from train.methods import ExportError, Exported, get_method
-from train.run_config import code_version, method_of_config
+from train.run_config import RunConfigError, code_version, load_run_config, method_of_config
 from train.weights_file import FORMATS, format_for_path, write_weights
 
 MAE_DFER_FORMAT = "mae-dfer"
@@ -22,22 +21,13 @@ EXPORT_FORMATS = (*FORMATS, MAE_DFER_FORMAT)
 
 __all__ = ["ExportError", "export_checkpoint", "export_run", "EXPORT_FORMATS", "MAE_DFER_FORMAT"]
 
-RUN_CONFIG = "config.json"  # written by the trainer (train/trainer.py CONFIG_NAME)
-
-
 def _run_config(run_dir: Path) -> dict | None:
     """The run's config.json, which says what method and settings made the run; None when the folder has
     none (a bare folder of checkpoints)."""
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.exists():
-        return None
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ExportError(f"{path}: unreadable ({type(error).__name__}); it says which method made the run") from None
-    if not isinstance(config, dict):
-        raise ExportError(f"{path}: not a run config (a JSON object)")
-    return config
+        return load_run_config(run_dir)
+    except RunConfigError as error:
+        raise ExportError(f"{error}; it says which method made the run") from None
 
 
 def _newest_usable(run_dir: Path, run_config: dict | None, warn: Callable[[str], None]) -> tuple[Path, dict]:

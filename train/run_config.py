@@ -3,6 +3,7 @@ every checkpoint. A method's config (train/methods/) subclasses TrainConfig with
 re-declare a shared field to give it another default; config.json holds them all flat, plus `method`."""
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
@@ -98,6 +99,27 @@ def check_numbers(cfg) -> None:
             if value < low or (low_open and value == low) or (high is not None and value > high):
                 wanted = (f"> {low}" if low_open else f">= {low}") + (f" and <= {high}" if high is not None else "")
                 raise ValueError(f"{_option_name(f.name)} must be {wanted}, got {value}")
+
+
+CONFIG_NAME = "config.json"  # a run folder's record of the method and settings that made it
+
+
+class RunConfigError(ValueError):
+    """A run folder's config.json exists but is no run config; the message is one line."""
+
+
+def load_run_config(run_dir) -> dict | None:
+    """The run folder's config.json, or None when it has none (a bare folder of checkpoints)."""
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise RunConfigError(f"{path}: unreadable ({str(error)[:200]})") from None
+    if not isinstance(config, dict):
+        raise RunConfigError(f"{path}: not a run config (a JSON object)")
+    return config
 
 
 def method_of_config(obj) -> str:

@@ -8,7 +8,6 @@ run reaches the same weights as an uninterrupted one (tests/test_trainer_resume.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -33,13 +32,13 @@ from train.distributed import DistContext, barrier, cores_per_local_rank, init_d
 from train.loss_watch import LossWatch, NonFiniteLoss, settles_each_step
 from train.methods import BatchStream, Method, get_method
 from train.metrics_log import IntervalMeter, MetricsLog, MetricsWriteError
-from train.run_config import TrainConfig, code_version, method_of_config, resume_command
+from train.run_config import (CONFIG_NAME, RunConfigError, TrainConfig, code_version, load_run_config,
+                              method_of_config, resume_command)
 from train.run_state import RunState
 from train.shard_index import ShardIndex
 from train.shard_set import open_shard_set
 from train.step_io import batch_to_device, step_generator
 
-CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = "train.lock"  # flock'ed by the run's rank 0 while it trains
 UNUSABLE_SUFFIX = ".unusable"  # a checkpoint that does not read is renamed to this on resume, not deleted
@@ -79,15 +78,12 @@ class _Data:
 
 
 def read_run_config(run_dir: Path) -> dict:
-    path = Path(run_dir) / CONFIG_NAME
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TrainingError(f"{run_dir}: no {CONFIG_NAME}; nothing to resume") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise TrainingError(f"{path}: unreadable ({str(error)[:200]})") from None
-    if not isinstance(config, dict):
-        raise TrainingError(f"{path}: not a run config (a JSON object)")
+        config = load_run_config(run_dir)
+    except RunConfigError as error:
+        raise TrainingError(str(error)) from None
+    if config is None:
+        raise TrainingError(f"{run_dir}: no {CONFIG_NAME}; nothing to resume")
     return config
 
 

@@ -10,7 +10,6 @@ docs/video-mae.md ("Pretraining") describes the options, metrics and export.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from train.methods.mae.clip_plan import (REFERENCE_FPS, CatalogueBuilder, ClipCa
                                          ClipConfigError, build_catalogue, clip_stride_frames, shard_fps)
 from train.methods.mae.clip_stream import ClipStream, make_clip_loader
 from train.precision import cpu_has_native_bf16, uses_bf16
-from train.run_config import TrainConfig
+from train.run_config import RunConfigError, TrainConfig, load_run_config
 from train.shard_index import ShardIndex
 
 LR_BATCH = 256  # lr = base_lr x global batch / LR_BATCH (the reference's linear scaling rule)
@@ -363,8 +362,8 @@ class MAE(Method):
 def _recorded(checkpoint: Path, key: str):
     """An entry of the run's config.json (RUN/checkpoints/ckpt-*.pt -> RUN/config.json); None when absent."""
     try:
-        return json.loads((Path(checkpoint).parent.parent / "config.json").read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
+        return (load_run_config(Path(checkpoint).parent.parent) or {}).get(key)
+    except RunConfigError:
         return None
 
 
