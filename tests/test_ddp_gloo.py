@@ -5,16 +5,12 @@ BatchNorm normalises each rank's own rows in training mode (unless --sync-bn, wh
 model runs in eval mode here: then every row's embedding is independent of the batch and the two
 set-ups must agree exactly up to float summation order."""
 import os
-import time
-from datetime import timedelta
 
-import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from gloo_ranks import join_gloo, spawn_ranks
 from sslfer_core.models import ContrastiveModel
-from train.distributed import DistContext, init_distributed, shutdown
+from train.distributed import DistContext, shutdown
 from train.methods.contrastive.batch_builder import MaskFNConfig
 from train.methods.contrastive.step import ContrastiveStep
 
@@ -49,10 +45,7 @@ def _model(state):
 
 
 def _rank_main(rank, port, state, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = join_gloo(rank, port, WORLD)
     try:
         data = _global_batch()
         model = _model(state)
@@ -66,29 +59,6 @@ def _rank_main(rank, port, state, out_dir):
                     "false_negatives": result.inputs.false_negatives}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         shutdown(ctx)
-
-
-RANK_TIMEOUT_S = 300  # a rank stuck in a collective fails the test instead of hanging the suite
-
-
-def spawn_ranks(fn, args, nprocs):
-    """Run fn(rank, port, *args) in nprocs processes. The store the ranks meet at is served by this process on
-    a port the kernel picked and that stays bound, so no other program can take it between choice and use
-    (TORCHELASTIC_USE_AGENT_STORE: every rank connects as a client, as under torchrun)."""
-    store = dist.TCPStore("127.0.0.1", 0, nprocs + 1, is_master=True, wait_for_workers=False,
-                          timeout=timedelta(seconds=RANK_TIMEOUT_S))
-    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"
-    try:
-        context = mp.spawn(fn, args=(store.port, *args), nprocs=nprocs, join=False)
-        deadline = time.monotonic() + RANK_TIMEOUT_S
-        while not context.join(timeout=5):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                pytest.fail(f"the gloo ranks did not finish within {RANK_TIMEOUT_S} s")
-    finally:
-        del os.environ["TORCHELASTIC_USE_AGENT_STORE"]
-        del store
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from data_manifest.manifest import load_manifest
 from sslfer_core import hash_cache
-from test_ddp_gloo import spawn_ranks
+from gloo_ranks import gloo_environment, spawn_ranks
 from train.shard_set import ShardSetError, hash_assignment, open_shard_set
 from train_fixtures import make_train_shards
 
@@ -18,8 +18,7 @@ SHARDS = 7
 
 
 def _rank_main(rank, port, root, out_dir, stop_after):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD))
+    gloo_environment(rank, port, WORLD, local_world=WORLD)
     import train.shard_set as shard_set
     from train.distributed import init_distributed, shutdown
 

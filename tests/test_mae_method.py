@@ -18,10 +18,10 @@ from sslfer_core.lgi_export import EXPORT_FORMAT, load_encoder
 from sslfer_core.lgi_former import LGIFormerEncoder
 from sslfer_core.mae import mae_targets
 from sslfer_core.shard_format import write_shard
-from test_ddp_gloo import spawn_ranks
+from gloo_ranks import join_gloo, spawn_ranks
 from train.checkpoints import latest_checkpoint
 from train.cli import main
-from train.distributed import DistContext, init_distributed, shutdown
+from train.distributed import DistContext, shutdown
 from train.methods import get_method
 from train.metrics_log import read_metrics
 from train.weights_file import read_payload
@@ -231,10 +231,7 @@ def _global_clips():
 
 
 def _rank_main(rank, port, state, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = join_gloo(rank, port, WORLD)
     try:
         method = get_method("mae")(_mae_config(out_dir, out_dir), ctx)
         model = method.build_model()

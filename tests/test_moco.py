@@ -2,7 +2,6 @@
 (queue and pointer included), two gloo ranks filling the same queue as one process, the shuffled BN
 groups, the refusals, and its export (the query encoder)."""
 import math
-import os
 
 import pytest
 import torch
@@ -10,10 +9,10 @@ import torch.nn.functional as F
 import torchvision
 from click.testing import CliRunner
 
-from test_ddp_gloo import spawn_ranks
+from gloo_ranks import join_gloo, spawn_ranks
 from train.checkpoints import list_checkpoints
 from train.cli import main
-from train.distributed import DistContext, init_distributed, shutdown
+from train.distributed import DistContext, shutdown
 from train.methods import get_method
 from train.methods.moco import MoCoModel
 from train.methods.moco.queue import enqueue, moco_loss
@@ -128,10 +127,7 @@ def _steps(method, net, views_per_step, rank, world):
 
 
 def _rank_main(rank, port, state, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = join_gloo(rank, port, WORLD)
     try:
         cls, cfg = _method()
         method = cls(cfg, ctx)
