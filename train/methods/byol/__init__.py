@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from sslfer_core.models import ProjectionHead, build_backbone
 from train.methods import config_option, register
 from train.methods.byol.loss import byol_loss
-from train.methods.contrastive import Contrastive, ContrastiveConfig
+from train.methods.contrastive import (Contrastive, ContrastiveConfig, options_without_negatives,
+                                         refuse_negative_strategies)
 from train.methods.momentum import cosine_momentum, ema_update, frozen_copy
 
-NEGATIVE_FLAGS = ("hardneg", "maskfn")  # contrastive options that act on negatives
 UNUSED_OPTIONS = ("temperature", "maskfn_mode", "maskfn_k", "maskfn_lambda")
 
 
@@ -39,10 +39,9 @@ class BYOLConfig(ContrastiveConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for flag in NEGATIVE_FLAGS:
-            if getattr(self, flag):
-                raise ValueError(f"--{flag} acts on negatives and BYOL has none (each view regresses the other "
-                                 f"view's target); drop --{flag} or use `sslfer-train contrastive` or `moco`")
+        refuse_negative_strategies(self, "--{flag} acts on negatives and BYOL has none (each view regresses the "
+                                         "other view's target); drop --{flag} or use `sslfer-train contrastive` or "
+                                         "`moco`")
         if not 0 <= self.tau_base < 1:
             raise ValueError(f"--tau-base must be in [0, 1), got {self.tau_base}")
 
@@ -84,10 +83,8 @@ class BYOL(Contrastive):
 
     @classmethod
     def cli_options(cls) -> list[click.Option]:
-        options = [o for o in super().cli_options() if o.name not in UNUSED_OPTIONS]
-        for option in options:
-            if option.name in NEGATIVE_FLAGS:
-                option.help = "Refused: acts on negatives, which BYOL has none of."
+        options = options_without_negatives(super().cli_options(), UNUSED_OPTIONS,
+                                            "Refused: acts on negatives, which BYOL has none of.")
         return options + [
             config_option(BYOLConfig, "tau_base", type=click.FloatRange(0, 1, max_open=True),
                           help="Target EMA momentum at the first step; it rises to 1 at the last on a half cosine."),

@@ -27,6 +27,27 @@ from train.run_config import TrainConfig
 from train.shard_index import ShardIndex
 from train.shard_set import ShardSetError
 
+NEGATIVE_FLAGS = ("hardneg", "maskfn")  # strategies that act on in-batch negatives
+
+
+def refuse_negative_strategies(cfg, reason: str) -> None:
+    """For a method without in-batch negatives: HardNeg or MaskFN set in `cfg` is a ValueError, `reason`
+    formatted with the flag's name."""
+    for flag in NEGATIVE_FLAGS:
+        if getattr(cfg, flag):
+            raise ValueError(reason.format(flag=flag))
+
+
+def options_without_negatives(options: list[click.Option], unused: tuple[str, ...],
+                              refused_help: str) -> list[click.Option]:
+    """The contrastive options less `unused`, the negative strategies' help saying why they are refused."""
+    kept = [option for option in options if option.name not in unused]
+    for option in kept:
+        if option.name in NEGATIVE_FLAGS:
+            option.help = refused_help
+    return kept
+
+
 PREVIEW_VIEWS = 16  # augmented views in TensorBoard's start image
 
 

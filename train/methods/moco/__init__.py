@@ -24,13 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from sslfer_core.models import build_backbone
 from train.distributed import gather
 from train.methods import config_option, register
-from train.methods.contrastive import Contrastive, ContrastiveConfig
+from train.methods.contrastive import (Contrastive, ContrastiveConfig, options_without_negatives,
+                                         refuse_negative_strategies)
 from train.methods.moco.queue import enqueue, moco_loss
 from train.methods.momentum import ema_update, frozen_copy
 from train.shard_index import ShardIndex
 from train.shard_set import ShardSetError
 
-NEGATIVE_FLAGS = ("hardneg", "maskfn")  # contrastive options that act on in-batch negatives
 UNUSED_OPTIONS = ("maskfn_mode", "maskfn_k", "maskfn_lambda")
 QUEUE_BUFFERS = ("queue", "queue_ptr")  # identical on every rank: DDP need not broadcast them
 
@@ -50,10 +50,8 @@ class MoCoConfig(ContrastiveConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for flag in NEGATIVE_FLAGS:
-            if getattr(self, flag):
-                raise ValueError(f"--{flag} acts on in-batch negatives and MoCo's negatives are its queue of "
-                                 f"earlier keys; drop --{flag} or use `sslfer-train contrastive`")
+        refuse_negative_strategies(self, "--{flag} acts on in-batch negatives and MoCo's negatives are its "
+                                         "queue of earlier keys; drop --{flag} or use `sslfer-train contrastive`")
         if self.queue_size < self.batch_size:
             raise ValueError(f"--queue-size {self.queue_size} is less than one batch of {self.batch_size} keys")
         if not 0 <= self.momentum < 1:
@@ -105,10 +103,8 @@ class MoCo(Contrastive):
 
     @classmethod
     def cli_options(cls) -> list[click.Option]:
-        options = [o for o in super().cli_options() if o.name not in UNUSED_OPTIONS]
-        for option in options:
-            if option.name in NEGATIVE_FLAGS:
-                option.help = "Refused: acts on in-batch negatives; MoCo's negatives are its queue."
+        options = options_without_negatives(super().cli_options(), UNUSED_OPTIONS,
+                                            "Refused: acts on in-batch negatives; MoCo's negatives are its queue.")
         return options + [
             config_option(MoCoConfig, "queue_size", type=click.IntRange(min=1),
                           help="Negative keys kept; at most the frames in the shards."),
