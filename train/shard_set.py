@@ -16,6 +16,7 @@ from sslfer_core import hash_cache
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.progress import Progress
 from sslfer_core.shard_format import ShardFormatError, unwrap_worker_message
+from train import index_cache
 from train.distributed import DistContext, gather_ints
 from train.shard_index import ShardHook, ShardIndex, build_shard_index
 
@@ -33,7 +34,10 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
                    keep_timestamps: bool = True, on_shard: ShardHook | None = None) -> tuple[ShardIndex, str]:
     """(index of the manifest's shards, sha256 of manifest.json). Every rank of `ctx` calls it together:
     the sha256 checks are split among the ranks of each machine (_hash_split). keep_timestamps and
-    on_shard are passed on to build_shard_index."""
+    on_shard are passed on to build_shard_index. Once every shard matches the manifest, the index comes
+    from the machine's index cache when it holds this manifest's (train/index_cache.py); otherwise it is
+    read from the shards, checked against the manifest, and rank 0 of each machine caches it. full_verify
+    reads the shards in any case and rewrites the cache."""
     root = Path(root)
     ctx = ctx or DistContext()
     if not root.is_dir():
@@ -74,11 +78,18 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         if on_shard is not None:
             on_shard(shard, path, header, timestamps, counts)
 
-    try:
-        index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check)
-    except (ShardFormatError, ValueError) as error:
-        raise ShardSetError(str(error).splitlines()[0]) from None
-    _check_clips(root, manifest, index)
+    index = None if full_verify else index_cache.load_index(digest, paths, keep_timestamps=keep_timestamps,
+                                                               on_shard=on_shard, warn=warn)
+    if index is None:
+        try:
+            index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check)
+        except (ShardFormatError, ValueError) as error:
+            raise ShardSetError(str(error).splitlines()[0]) from None
+        _check_clips(root, manifest, index)
+        if ctx.local_rank == 0:
+            if full_verify:
+                index_cache.drop_set(digest)
+            index_cache.save_index(digest, index, on_shard)
     index.sha256 = [entry.sha256 for entry in manifest.shards]
     return index, digest
 

@@ -17,6 +17,8 @@ touches no image data. Pure numpy.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,11 +200,34 @@ def _chunk_runs(ts: np.ndarray, counts: np.ndarray, frames: int, stride: int, fp
 class CatalogueBuilder:
     """Builds the clip catalogue shard by shard while the index is read (a train/shard_index.py ShardHook),
     so the MAE never holds every timestamp of the set (216 M at VoxCeleb2 scale). finish() gives what
-    build_catalogue would, and raises its errors."""
+    build_catalogue would, and raises its errors. It is a train/index_cache.py CachedHook: what it found is
+    kept per clip configuration, and a later start restores it without the timestamps."""
 
     def __init__(self, cfg: ClipConfig):
         self.cfg = cfg
         self._reset()
+
+    @property
+    def cache_name(self) -> str:
+        """What _chunk_runs depends on besides the shards (not the epoch's draw: clips_per_video, shard_group)."""
+        c = self.cfg
+        fields = [c.frames, c.stride_frames, c.stride_seconds, c.frame_rate, c.timing_tolerance]
+        return "mae-clips-" + hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
+    def cache_arrays(self) -> dict[str, np.ndarray] | None:
+        if not self._complete or self._stride is None or not self._parts:
+            return None  # finish() refuses these shards; a start reads them again to say so
+        run_video, run_start, run_length, usable = (np.concatenate(p).astype(np.int64) for p in zip(*self._parts))
+        return {"run_video": run_video, "run_start": run_start, "run_length": run_length, "usable": usable,
+                "counts": np.array([self._videos, self._short, self._long, self._stride], np.int64),
+                "fps": np.array([self._fps], np.float64)}
+
+    def restore(self, paths: list[Path], arrays: dict[str, np.ndarray]) -> None:
+        self._reset()
+        self.paths = [Path(p) for p in paths]
+        self._videos, self._short, self._long, self._stride = (int(x) for x in arrays["counts"])
+        self._fps = float(arrays["fps"][0])
+        self._parts = [tuple(arrays[k] for k in ("run_video", "run_start", "run_length", "usable"))]
 
     def _reset(self) -> None:
         self.paths: list[Path] = []
@@ -211,6 +236,7 @@ class CatalogueBuilder:
         self._parts: list[tuple[np.ndarray, ...]] = []
         self._videos = 0
         self._short = self._long = 0
+        self._complete = True  # every shard was worked through (none skipped for its fps)
 
     def __call__(self, shard: int, path: Path, header, timestamps: np.ndarray, counts: np.ndarray) -> None:
         if shard == 0:  # an index is read (again) from its first shard
@@ -225,6 +251,7 @@ class CatalogueBuilder:
             except ClipConfigError:
                 self._stride = None  # finish() raises it, after the checks that come first
         if self._stride is None or fps is None or float(fps) != self._fps:
+            self._complete = False
             return  # finish() refuses these shards; nothing more to compute
         span = (self.cfg.frames - 1) * self._stride + 1
         self._short += int(np.count_nonzero(counts < span))
@@ -243,7 +270,9 @@ class CatalogueBuilder:
         fps = shard_fps(index)
         stride = clip_stride_frames(fps, self.cfg)
         parts = list(zip(*self._parts)) or [[np.zeros(0, np.int64)]] * 4
-        run_video, run_start, run_length, usable = (np.concatenate(p).astype(np.int64) for p in parts)
+        # One part (a restored catalogue) is used as it is: a read-only mapping the ranks share.
+        run_video, run_start, run_length, usable = (
+            (p[0] if len(p) == 1 else np.concatenate(p)).astype(np.int64, copy=False) for p in parts)
         return _catalogue(index, self.cfg, fps, stride, run_video, run_start, run_length, usable,
                           self._short, self._long - len(usable))
 
