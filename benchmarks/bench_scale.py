@@ -79,6 +79,8 @@ def counted(path, *args, **kwargs):
 shard_set.file_sha256 = counted
 def report():
     spent["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/smaps_rollup") as rollup:  # Pss: shared pages (the mapped index) split between ranks
+        spent["pss_bytes"] = next(int(l.split()[1]) * 1024 for l in rollup if l.startswith("Pss:"))
     with open(os.environ["SCALE_REPORT"] + ".rank" + os.environ.get("RANK", "0") + ".json", "w") as handle:
         json.dump(spent, handle)
 atexit.register(report)
@@ -89,8 +91,9 @@ main()
 
 
 # ----------------------------------------------------------------------------- generate
-def generate(out: Path, profile: str, clips: int, seed: int = 0) -> dict:
-    """Write `clips` clips in the profile's shard layout below `out` (no manifest: `measure` builds it)."""
+def generate(out: Path, profile: str, clips: int, seed: int = 0, sparse: bool = False) -> dict:
+    """Write `clips` clips in the profile's shard layout below `out` (no manifest: `measure` builds it).
+    sparse: leave the landmarks unwritten (see _SparseWriter)."""
     p = PROFILES[profile]
     rng = np.random.default_rng(seed)
     mean = p["frames"]
@@ -106,12 +109,27 @@ def generate(out: Path, profile: str, clips: int, seed: int = 0) -> dict:
     for s in range(shards):
         first, last = bounds[s], bounds[s + 1]
         _write_shard(out / f"shard-{s:05d}.h5", header, rng, np.arange(first, last), lengths[first:last],
-                     gaps[first:last], p["fps"])
-    return dict(shards=shards, clips=clips, frames=int(lengths.sum() - gaps.sum()),
+                     gaps[first:last], p["fps"], _SparseWriter if sparse else ShardWriter)
+    return dict(shards=shards, clips=clips, frames=int(lengths.sum() - gaps.sum()), sparse=sparse,
                 seconds=time.perf_counter() - started)
 
 
-def _write_shard(path: Path, header: ShardHeader, rng, clip_ids, lengths, gaps, fps: float) -> None:
+class _SparseWriter(ShardWriter):
+    """Stores the landmarks (all zero here) deflated, the one filter h5py offers everywhere, so a 1.1 M-clip
+    set fits this disk: raw, they are 544 of the 616 bytes of a 4 px frame, and start-up never reads them.
+    Everything else is laid out as ShardWriter lays it out; only the bytes on disk (and so the hashing
+    figures) are smaller than a written set's."""
+
+    def _append(self, name: str, data: np.ndarray, dtype, *, raw_image: bool = False) -> None:
+        if name == "landmarks" and name not in self._frames:
+            rows = self.chunk_rows(int(np.prod(data.shape[1:])) * np.dtype(dtype).itemsize, raw_image=False)
+            self._frames.create_dataset(name, shape=(0,) + data.shape[1:], maxshape=(None,) + data.shape[1:],
+                                        dtype=dtype, chunks=(rows,) + data.shape[1:], compression="gzip",
+                                        compression_opts=1)
+        super()._append(name, data, dtype, raw_image=raw_image)
+
+
+def _write_shard(path: Path, header: ShardHeader, rng, clip_ids, lengths, gaps, fps: float, writer_class) -> None:
     """One add_video for all rows of the shard (one write per field), then the real per-clip video table,
     row owners and timestamps: what sslfer-prep writes clip by clip, at a fraction of the cost."""
     times, counts = [], []
@@ -132,7 +150,7 @@ def _write_shard(path: Path, header: ShardHeader, rng, clip_ids, lengths, gaps, 
         landmarks=np.zeros((rows, 68, 2), np.float32), eyes=None, mouth=None,
         timestamps=np.arange(rows, dtype=np.float64), frame_index=np.rint(ts * 25).astype(np.int64),
         det_score=np.ones(rows, np.float32))
-    with ShardWriter(path, header) as writer:
+    with writer_class(path, header) as writer:
         writer.add_video(block)
         frames = writer._frames
         frames["timestamp"][:] = ts
@@ -180,11 +198,13 @@ def measure(root: Path, ranks: list[int], skip_build: bool = False) -> dict:
         result["method"] = method
         result["phases"] = _phases(root, method)
         for world in ranks:
-            for record in ("fresh", "filled"):
+            for record in ("fresh", "filled", "uncached"):
                 cache = scratch / f"record-{world}.json"
-                if record == "fresh":
+                if record == "fresh":  # a new machine: no hash record, no index cache
                     for stale in scratch.glob(f"record-{world}.json*"):
-                        stale.unlink()
+                        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+                if record == "uncached":  # every shard hashed, but no start has cached the index
+                    shutil.rmtree(cache.with_name(cache.name + ".index"))
                 result[f"train_{world}_{record}"] = _first_step(root, method, world, cache, scratch / f"run-{world}-{record}")
     result["load_after"] = _load()
     return result
@@ -207,14 +227,18 @@ def _phases(root: Path, method: str) -> dict:
     t = time.perf_counter()
     verify_shards(root, quick=True)
     phases["quick_check_s"] = time.perf_counter() - t
+    from train import index_cache
     if method == "mae":
         from train.methods.mae.clip_plan import CatalogueBuilder, ClipConfig, clip_steps, plan_epoch_clips
         cfg = ClipConfig(frames=4, stride_frames=2)
-        builder = CatalogueBuilder(cfg)
-        t = time.perf_counter()
-        index, _ = open_shard_set(root, ctx=DistContext(), keep_timestamps=False, on_shard=builder)
-        catalogue = builder.finish(index)
-        phases["open_and_index_s"] = time.perf_counter() - t
+        for key in ("open_and_index_s", "open_cached_s"):  # from the shards (writing the cache), then from it
+            if key == "open_and_index_s":
+                index_cache.drop_set(load_manifest_and_digest(root)[1])
+            builder = CatalogueBuilder(cfg)
+            t = time.perf_counter()
+            index, _ = open_shard_set(root, ctx=DistContext(), keep_timestamps=False, on_shard=builder)
+            catalogue = builder.finish(index)
+            phases[key] = time.perf_counter() - t
         t = time.perf_counter()
         plan_epoch_clips(index, cfg, 0, 0, 2, catalogue=catalogue)
         clip_steps(catalogue, cfg, 2)
@@ -223,9 +247,12 @@ def _phases(root: Path, method: str) -> dict:
                                         ("run_video", "run_start", "run_length", "usable", "video_shard"))
     else:
         from train.methods.contrastive.epoch_plan import PlanConfig, assign_videos, plan_unit, steps_per_epoch, unit_batches
-        t = time.perf_counter()
-        index, _ = open_shard_set(root, ctx=DistContext())
-        phases["open_and_index_s"] = time.perf_counter() - t
+        for key in ("open_and_index_s", "open_cached_s"):
+            if key == "open_and_index_s":
+                index_cache.drop_set(load_manifest_and_digest(root)[1])
+            t = time.perf_counter()
+            index, _ = open_shard_set(root, ctx=DistContext())
+            phases[key] = time.perf_counter() - t
         t = time.perf_counter()
         videos = assign_videos(index, 1, 0, 0)[0]
         steps = steps_per_epoch(index.num_frames, 1, 8)
@@ -285,6 +312,7 @@ def _figures(row: dict) -> dict:
     out = {
         "build_s": row.get("build_s"), "verify_s": row["verify_s"], "manifest_s": ph["manifest_s"],
         "quick_check_s": ph["quick_check_s"], "open_and_index_s": ph["open_and_index_s"], "plan_s": ph["plan_s"],
+        "open_cached_s": ph.get("open_cached_s"),
         "index_MB": ph["index_bytes"] / 1e6, "timestamps_MB": ph["timestamps_bytes"] / 1e6,
         "catalogue_MB": ph.get("catalogue_bytes", 0) / 1e6, "set_GB": row["bytes"] / 1e9,
         "startup_rss_growth_MB": (ph["rss_bytes"] - ph["rss_start_bytes"]) / 1e6,  # what reading the set added
@@ -294,6 +322,8 @@ def _figures(row: dict) -> dict:
             world, record = key.split("_")[1:]
             out[f"first_step_{world}r_{record}_s"] = value["first_step_s"]
             out[f"rss_{world}r_{record}_MB"] = max(r["max_rss_bytes"] for r in value["ranks"]) / 1e6
+            if "pss_bytes" in value["ranks"][0]:
+                out[f"pss_end_{world}r_{record}_MB"] = max(r["pss_bytes"] for r in value["ranks"]) / 1e6
             if record == "fresh":
                 out[f"hashed_{world}r_GB_max_rank"] = max(r["bytes"] for r in value["ranks"]) / 1e9
                 out[f"hashed_{world}r_GB_all_ranks"] = sum(r["bytes"] for r in value["ranks"]) / 1e9
@@ -335,6 +365,7 @@ def main() -> None:
     g.add_argument("--clips", type=int, required=True)
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--sparse", action="store_true", help="leave the landmarks unwritten (a set 8x smaller on disk)")
     m = sub.add_parser("measure")
     m.add_argument("root", type=Path)
     m.add_argument("--results", type=Path, required=True)
@@ -346,7 +377,7 @@ def main() -> None:
     if args.command == "generate":
         if args.out.exists() and any(args.out.iterdir()):
             raise SystemExit(f"{args.out} is not empty")
-        print(json.dumps(generate(args.out, args.profile, args.clips, args.seed)))
+        print(json.dumps(generate(args.out, args.profile, args.clips, args.seed, args.sparse)))
     elif args.command == "measure":
         row = measure(args.root, args.ranks, args.skip_build)
         with open(args.results, "a") as handle:
