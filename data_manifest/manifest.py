@@ -333,18 +333,20 @@ def shard_paths(root: Path, manifest: Manifest, *, check_links: bool = True) -> 
     root = Path(root)
     paths = [root.joinpath(*check_relative_path(entry.file).parts) for entry in manifest.shards]
     if check_links:
+        real_root = os.path.realpath(root)
         for entry, path in zip(manifest.shards, paths):
-            reason = escaping_link(path, root)
+            reason = escaping_link(path, root, real_root)
             if reason:
                 raise ManifestError(f"{root}: shard {entry.file} is refused: {reason}")
     return paths
 
 
-def escaping_link(path: Path, root: Path) -> str | None:
+def escaping_link(path: Path, root: Path, real_root: str | None = None) -> str | None:
     """Why `path` (or a folder on the way to it) is a symlink that leads out of `root`, or None. The
     sha256 in a manifest vouches for files inside the set's folder; a link out of it lets anyone who can
-    write the link's target change a verified set."""
-    real_root = os.path.realpath(root)
+    write the link's target change a verified set. real_root: os.path.realpath(root), when the caller
+    checks many paths."""
+    real_root = os.path.realpath(root) if real_root is None else real_root
     real = os.path.realpath(path)
     if os.path.commonpath([real_root, real]) != real_root:
         return f"it is reached through a symlink that leaves the shard folder (to {real})"

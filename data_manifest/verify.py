@@ -1,6 +1,7 @@
 """Check a shard directory against its manifest: presence, size, HDF5 header, and (full mode) sha256."""
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ def verify_shards(root: Path, *, quick: bool = False, progress: Callable[[int], 
     items = list(zip(manifest.shards, shard_paths(root, manifest, check_links=False)))
     files: dict[tuple[int, int], str] = {}  # (device, inode) -> the entry that names that file first
     # In manifest order, so a link is reported against the entry listed first.
-    early = [escaping_link(path, root) or _same_file(path, files, entry.file) for entry, path in items]
+    real_root = os.path.realpath(root)
+    early = [escaping_link(path, root, real_root) or _same_file(path, files, entry.file) for entry, path in items]
 
     def check(index: int) -> tuple[str | None, list[str] | None]:
         (entry, path), reason, video_ids = items[index], early[index], None

@@ -142,11 +142,18 @@ def _load() -> dict[str, dict]:
 
 def cached_sha256(path: str | os.PathLike) -> str | None:
     """The sha256 recorded for this file, if nothing has changed it since; else None."""
-    ident = _identity(Path(path))
-    if ident is None:
-        return None
-    entry = _load().get(ident[0])
-    return entry["sha256"] if entry is not None and entry["stat"] == ident[1] else None
+    return cached_sha256_many([path])[0]
+
+
+def cached_sha256_many(paths: list) -> list[str | None]:
+    """cached_sha256 of each path, reading the record once (a training start asks for every shard)."""
+    files = _load()
+    found = []
+    for path in paths:
+        ident = _identity(Path(path))
+        entry = None if ident is None else files.get(ident[0])
+        found.append(entry["sha256"] if entry is not None and entry["stat"] == ident[1] else None)
+    return found
 
 
 @contextlib.contextmanager

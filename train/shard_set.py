@@ -52,7 +52,7 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
             raise ShardSetError(f"{root}: {MANIFEST_NAME} lists no shards")
         # Presence and size here; header and counts when the index opens each shard (one open per shard).
         problems = verify_shards(root, quick=True, manifest=manifest, open_files=False)
-        paths = shard_paths(root, manifest)
+        paths = shard_paths(root, manifest, check_links=False)  # verify_shards refused links out of root
     except ManifestError as error:
         raise ShardSetError(str(error)) from None
     errors = [p for p in problems if p.severity == ERROR]
@@ -141,7 +141,8 @@ def _hash_split(root: Path, manifest, paths: list[Path], ctx: DistContext, full:
     recorded as soon as it matches, so an interrupted start resumes where it stopped. Every machine
     hashes its own view of the files (docs/training.md, "At VoxCeleb2 scale")."""
     entries = manifest.shards
-    need = [int(full or hash_cache.cached_sha256(path) != entry.sha256) for entry, path in zip(entries, paths)]
+    recorded = [None] * len(paths) if full else hash_cache.cached_sha256_many(paths)
+    need = [int(full or digest != entry.sha256) for entry, digest in zip(entries, recorded)]
     need = [max(column) for column in zip(*gather_ints(need, ctx))]  # a shard any rank lacks is hashed
     todo = [i for i, flag in enumerate(need) if flag]
     if not todo:
