@@ -191,3 +191,28 @@ def _npy_bytes(array) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def test_reading_the_index_from_the_shards_shows_a_bar_of_shards(tmp_path, monkeypatch):
+    import train.shard_set as shard_set
+
+    bars = []
+
+    class Recorded:
+        def __init__(self, label, total, **kwargs):
+            self.label, self.total, self.done, self.closed = label, total, 0, False
+            bars.append(self)
+
+        def advance(self, amount=1, note=""):
+            self.done += amount
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(shard_set, "Progress", Recorded)
+    root = make_train_shards(tmp_path / "s", shards=3, videos=2, frames=10)
+    open_shard_set(root)
+    indexing = [b for b in bars if b.label == "indexing"]
+    assert len(indexing) == 1 and indexing[0].total == indexing[0].done == 3 and indexing[0].closed
+    open_shard_set(root)  # from the cache: nothing to show
+    assert len([b for b in bars if b.label == "indexing"]) == 1

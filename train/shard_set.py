@@ -81,10 +81,19 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
     index = None if full_verify else index_cache.load_index(digest, paths, keep_timestamps=keep_timestamps,
                                                                on_shard=on_shard, warn=warn)
     if index is None:
+        # A first start at VoxCeleb2 scale spends most of a minute here (docs/training.md): rank 0 shows it.
+        bar = Progress("indexing", len(paths), unit=" shards", enabled=None if ctx.is_main else False)
+
+        def check_and_count(*args) -> None:
+            check(*args)
+            bar.advance()
+
         try:
-            index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check)
+            index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check_and_count)
         except (ShardFormatError, ValueError) as error:
             raise ShardSetError(str(error).splitlines()[0]) from None
+        finally:
+            bar.close()
         _check_clips(root, manifest, index)
         if ctx.local_rank == 0:
             if full_verify:
