@@ -5,20 +5,25 @@ frames in the contrastive profile (5 fps, 6,556 shards) and 216 M in the video p
 shards). `generate` writes a set of N clips with those ratios (frames per clip, clips per shard, clips per
 identity; 1 % of the clips miss one frame), through the shard writer, one write per field and shard, with
 4 x 4 px faces (the images do not matter for start-up; everything else is stored as sslfer-prep stores it).
+`--sparse` stores the (all-zero) landmarks deflated, so that 1.1 M clips fit a small disk (_SparseWriter).
 
 `measure` then times, for the set's method (video profile: mae, contrastive profile: contrastive):
   - sslfer-manifest build and full verify with -j (the cores), and the bytes they hash;
-  - the start-up phases in one process (manifest, quick check, index [+ clip catalogue], stream set-up),
-    the index's bytes and the process's RSS;
-  - sslfer-train to its first step at 1 and 2 ranks (torchrun, gloo, CPU) on a fresh hash record, and again
-    with the record filled: seconds from process start to the first metrics line, the bytes and seconds
-    each rank spent hashing, and each rank's peak RSS.
+  - the start-up phases in one process (manifest, quick check, index [+ clip catalogue] read from the
+    shards and then from the index cache, epoch plan), the index's bytes and the process's RSS;
+  - sslfer-train to its first step at 1 and 2 ranks (torchrun, gloo, CPU) in three states: a new machine
+    (no hash record, no index cache), then the record and index cache filled (a later start), then the
+    record filled without an index cache (the first start after `sslfer-manifest verify`): seconds from
+    process start to the first metrics line, the bytes and seconds each rank spent hashing, each rank's
+    peak RSS and its PSS at exit (pages shared by the ranks, such as the mapped index, split among them).
 One JSON line per set is appended to --results. `report` fits every figure against the clip count over
-all measured sizes (a power law: figure = a * clips^b), and extrapolates to 1.09 M clips and 8 ranks.
+all measured sizes, and extrapolates to 1.09 M clips and 8 ranks (`--markdown`: the docs' tables).
+`first-step` repeats the filled start a few times, one line each, to show the spread under the load.
 
-    python benchmarks/bench_scale.py generate --profile video --clips 30000 --out /scratch/v30k
-    python benchmarks/bench_scale.py measure /scratch/v30k --results scale.jsonl
-    python benchmarks/bench_scale.py report scale.jsonl
+    python benchmarks/bench_scale.py generate --profile video --clips 300000 --out /scratch/v300k --sparse
+    python benchmarks/bench_scale.py measure /scratch/v300k --results scale.jsonl
+    python benchmarks/bench_scale.py report scale.jsonl --markdown
+    python benchmarks/bench_scale.py first-step /scratch/v300k --repeat 3
 
 Results: docs/training.md, "At VoxCeleb2 scale".
 """
@@ -285,6 +290,25 @@ def _first_step(root: Path, method: str, world: int, record: Path, run: Path) ->
     return dict(first_step_s=first_step, wall_s=wall, ranks=per_rank)
 
 
+def first_steps(root: Path, ranks: list[int], repeat: int) -> None:
+    """The first step with the hash record and the index cache filled (one start fills them), `repeat`
+    times per rank count, one line each: the spread under this machine's load."""
+    manifest, _ = load_manifest_and_digest(root)
+    method = _method_of(manifest)
+    with tempfile.TemporaryDirectory(prefix="scale-") as scratch:
+        scratch = Path(scratch)
+        for world in ranks:
+            record = scratch / f"record-{world}.json"
+            _first_step(root, method, world, record, scratch / "fill")
+            for n in range(repeat):
+                load = _load()
+                done = _first_step(root, method, world, record, scratch / f"run-{n}")
+                print(f"{method} {manifest.totals()['videos']:,} clips, {world} rank(s), record and index cache "
+                      f"filled: first step {done['first_step_s']:.2f} s, peak RSS per rank "
+                      f"{max(r['max_rss_bytes'] for r in done['ranks']) / 1e6:,.0f} MB, PSS at exit "
+                      f"{max(r['pss_bytes'] for r in done['ranks']) / 1e6:,.0f} MB ({load} before)", flush=True)
+
+
 # ----------------------------------------------------------------------------- report
 def _linear(xs, ys) -> tuple[float, float] | None:
     """(a, b) of y = a + b * x by least squares; None with fewer than 2 points."""
@@ -331,12 +355,56 @@ def _figures(row: dict) -> dict:
     return out
 
 
-def report(results: Path) -> None:
+# Rows of the docs' tables (report --markdown): figure key, label. Times in s, sizes as named.
+MARKDOWN_ROWS = [
+    ("shards", "shards"), ("set_GB", "set (4 px, landmarks deflated), GB"),
+    ("build_s", "`sslfer-manifest build -j 2`, s"), ("verify_s", "`verify -j 2`, s"),
+    ("first_step_1r_filled_s", "**first step, 1 rank, record and index cache filled, s**"),
+    ("first_step_2r_filled_s", "**first step, 2 ranks, record and index cache filled, s**"),
+    ("first_step_1r_uncached_s", "first step, 1 rank, record filled, no index cache, s"),
+    ("first_step_2r_uncached_s", "first step, 2 ranks, record filled, no index cache, s"),
+    ("first_step_1r_fresh_s", "first step, 1 rank, new machine, s"),
+    ("first_step_2r_fresh_s", "first step, 2 ranks, new machine, s"),
+    ("manifest_s", "start: manifest read and parsed, s"),
+    ("open_and_index_s", "start: checks + index from the shards, s"),
+    ("open_cached_s", "start: checks + index from the cache, s"),
+    ("plan_s", "start: first epoch plan, s"),
+    ("index_MB", "index arrays, MB"), ("timestamps_MB", "of them timestamps, MB"),
+    ("catalogue_MB", "clip catalogue, MB"),
+    ("hashed_2r_GB_max_rank", "new machine, 2 ranks: hashed by the busier rank, GB"),
+    ("hashed_2r_GB_all_ranks", "new machine, 2 ranks: hashed by both together, GB"),
+    ("hash_1r_s_max_rank", "hashing time, 1 rank, s"), ("hash_2r_s_max_rank", "hashing time, 2 ranks (slower rank), s"),
+    ("rss_1r_filled_MB", "peak RSS per rank, 1 rank, filled, MB"),
+    ("rss_2r_filled_MB", "peak RSS per rank, 2 ranks, filled, MB"),
+    ("pss_end_2r_filled_MB", "PSS per rank at exit, 2 ranks, filled, MB"),
+    ("rss_2r_uncached_MB", "peak RSS per rank, 2 ranks, no index cache, MB"),
+]
+
+
+def _markdown(method: str, mine: list[dict], figures: list[dict]) -> None:
+    clips = [r["clips"] for r in mine]
+    print(f"\n**{method}**; 1-minute load before each size: " + ", ".join(r["load_before"].split()[2].rstrip(",")
+                                                                     for r in mine) + "\n")
+    print("| clips | " + " | ".join(f"{c:,}" for c in clips) + " | growth exponent |")
+    print("|---" * (len(clips) + 2) + "|")
+    for key, label in MARKDOWN_ROWS:
+        ys = [r["shards"] if key == "shards" else f.get(key) for r, f in zip(mine, figures)]
+        if all(y is None for y in ys):
+            continue
+        growth = _exponent(clips, ys)
+        cells = " | ".join("–" if y is None else (f"{y:,.0f}" if abs(y) >= 100 else f"{y:.3g}") for y in ys)
+        print(f"| {label} | {cells} | {'–' if growth is None else f'{growth:.2f}'} |")
+
+
+def report(results: Path, markdown: bool = False) -> None:
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     for method in sorted({r["method"] for r in rows}):
         mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["clips"])
         figures = [_figures(r) for r in mine]
         clips = [r["clips"] for r in mine]
+        if markdown:
+            _markdown(method, mine, figures)
+            continue
         print(f"\n{method}: {len(mine)} sizes; {'; '.join(r['load_before'] for r in mine)} (before each)")
         print(f"{'figure':28s}" + "".join(f"{c:>11,}" for c in clips) + f"{'exponent':>9s}{'at 1.09M':>11s}")
         for key in sorted({k for f in figures for k in f}):
@@ -371,8 +439,13 @@ def main() -> None:
     m.add_argument("--results", type=Path, required=True)
     m.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     m.add_argument("--skip-build", action="store_true", help="keep an existing manifest.json")
+    f = sub.add_parser("first-step", help="repeat the first step with the record and index cache filled")
+    f.add_argument("root", type=Path)
+    f.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    f.add_argument("--repeat", type=int, default=3)
     r = sub.add_parser("report")
     r.add_argument("results", type=Path)
+    r.add_argument("--markdown", action="store_true", help="the tables of docs/training.md")
     args = parser.parse_args()
     if args.command == "generate":
         if args.out.exists() and any(args.out.iterdir()):
@@ -383,8 +456,10 @@ def main() -> None:
         with open(args.results, "a") as handle:
             handle.write(json.dumps(row) + "\n")
         print(json.dumps(row, indent=1))
+    elif args.command == "first-step":
+        first_steps(args.root, args.ranks, args.repeat)
     else:
-        report(args.results)
+        report(args.results, args.markdown)
 
 
 if __name__ == "__main__":
