@@ -216,3 +216,46 @@ def test_reading_the_index_from_the_shards_shows_a_bar_of_shards(tmp_path, monke
     assert len(indexing) == 1 and indexing[0].total == indexing[0].done == 3 and indexing[0].closed
     open_shard_set(root)  # from the cache: nothing to show
     assert len([b for b in bars if b.label == "indexing"]) == 1
+
+
+def _rank_start(rank, port, root, out_dir):
+    from gloo_ranks import gloo_environment
+
+    gloo_environment(rank, port, 2, local_world=2)
+    import train.shard_index as index_module
+    from train.distributed import init_distributed, shutdown
+    from train.shard_set import open_shard_set as start
+
+    real, opened_here = index_module.ShardReader, []
+
+    def counting(path, *args, **kwargs):
+        opened_here.append(path)
+        return real(path, *args, **kwargs)
+
+    index_module.ShardReader = counting
+    ctx = init_distributed("cpu")
+    try:
+        index, _ = start(Path(root), ctx=ctx)
+    finally:
+        shutdown(ctx)
+    np.savez(Path(out_dir) / f"rank{rank}.npz", opened=len(opened_here), frames=index.video_frames,
+             times=index.timestamps.values, writeable=index.video_frames.flags.writeable)
+
+
+def test_two_ranks_one_writes_then_both_map_the_cache(tmp_path):
+    from gloo_ranks import spawn_ranks
+
+    root = make_train_shards(tmp_path / "s", shards=3, videos=2, frames=10)
+    runs = []
+    for n in range(2):
+        out = tmp_path / f"start{n}"
+        out.mkdir()
+        spawn_ranks(_rank_start, (str(root), str(out)), 2)
+        runs.append([dict(np.load(out / f"rank{r}.npz")) for r in range(2)])
+    first, second = runs
+    assert [int(r["opened"]) for r in first] == [3, 3]  # a new machine: each rank reads the index
+    assert [int(r["opened"]) for r in second] == [0, 0]  # then both map what rank 0 wrote
+    assert not any(bool(r["writeable"]) for r in second)
+    for r in first + second:
+        assert np.array_equal(r["frames"], first[0]["frames"]) and np.array_equal(r["times"], first[0]["times"])
+    assert len(list(index_cache.cache_root().iterdir())) == 1
