@@ -224,38 +224,96 @@ def _rank_start(rank, port, root, out_dir):
     gloo_environment(rank, port, 2, local_world=2)
     import train.shard_index as index_module
     from train.distributed import init_distributed, shutdown
-    from train.shard_set import open_shard_set as start
+    from train.shard_set import ShardSetError, open_shard_set as start
 
     real, opened_here = index_module.ShardReader, []
 
     def counting(path, *args, **kwargs):
-        opened_here.append(path)
+        opened_here.append(Path(path).name)
         return real(path, *args, **kwargs)
 
     index_module.ShardReader = counting
     ctx = init_distributed("cpu")
+    builder = CatalogueBuilder(ClipConfig(frames=4, stride_frames=1, frame_rate=5.0))
     try:
-        index, _ = start(Path(root), ctx=ctx)
+        index, _ = start(Path(root), ctx=ctx, on_shard=builder)
+        catalogue = builder.finish(index)
+    except ShardSetError as error:
+        (Path(out_dir) / f"rank{rank}.error").write_text(str(error))
+        return
     finally:
         shutdown(ctx)
-    np.savez(Path(out_dir) / f"rank{rank}.npz", opened=len(opened_here), frames=index.video_frames,
-             times=index.timestamps.values, writeable=index.video_frames.flags.writeable)
+    np.savez(Path(out_dir) / f"rank{rank}.npz", opened=np.array(opened_here), frames=index.video_frames,
+             times=index.timestamps.values, writeable=index.video_frames.flags.writeable,
+             runs=catalogue.run_start, usable=catalogue.usable)
 
 
-def test_two_ranks_one_writes_then_both_map_the_cache(tmp_path):
+def _two_rank_start(root: Path, out: Path) -> list[dict]:
     from gloo_ranks import spawn_ranks
 
-    root = make_train_shards(tmp_path / "s", shards=3, videos=2, frames=10)
-    runs = []
-    for n in range(2):
-        out = tmp_path / f"start{n}"
-        out.mkdir()
-        spawn_ranks(_rank_start, (str(root), str(out)), 2)
-        runs.append([dict(np.load(out / f"rank{r}.npz")) for r in range(2)])
-    first, second = runs
-    assert [int(r["opened"]) for r in first] == [3, 3]  # a new machine: each rank reads the index
-    assert [int(r["opened"]) for r in second] == [0, 0]  # then both map what rank 0 wrote
-    assert not any(bool(r["writeable"]) for r in second)
+    out.mkdir()
+    spawn_ranks(_rank_start, (str(root), str(out)), 2)
+    return [dict(np.load(out / f"rank{r}.npz")) if (out / f"rank{r}.npz").exists()
+            else {"error": (out / f"rank{r}.error").read_text()} for r in range(2)]
+
+
+def test_two_ranks_share_the_reading_then_both_map_the_cache(tmp_path):
+    """A new machine: each rank reads half the shards, rank 0 merges the halves; the next start maps them.
+    Index and MAE catalogue equal those of one process reading every shard."""
+    root = make_train_shards(tmp_path / "s", shards=6, videos=2, frames=10, identities=3)
+    first, second = _two_rank_start(root, tmp_path / "a"), _two_rank_start(root, tmp_path / "b")
+    assert [sorted(r["opened"]) for r in first] == [[f"shard-{s:05d}.h5" for s in range(3)],
+                                                    [f"shard-{s:05d}.h5" for s in range(3, 6)]]
+    assert [len(r["opened"]) for r in second] == [0, 0]
+    assert not any(bool(r["writeable"]) for r in first + second)  # the first start maps the merge too
+    index_cache.drop_set(open_shard_set(root)[1])
+    builder = CatalogueBuilder(ClipConfig(frames=4, stride_frames=1, frame_rate=5.0))
+    alone, _ = open_shard_set(root, on_shard=builder)  # one process reading every shard
+    catalogue = builder.finish(alone)
     for r in first + second:
-        assert np.array_equal(r["frames"], first[0]["frames"]) and np.array_equal(r["times"], first[0]["times"])
-    assert len(list(index_cache.cache_root().iterdir())) == 1
+        assert np.array_equal(r["frames"], alone.video_frames) and np.array_equal(r["times"], alone.timestamps.values)
+        assert np.array_equal(r["runs"], catalogue.run_start) and np.array_equal(r["usable"], catalogue.usable)
+    assert [p.name for p in (index_cache.cache_root() / open_shard_set(root)[1]).iterdir()
+            if p.name.startswith(".")] == []  # no parts left behind
+
+
+def test_a_failing_shard_in_one_ranks_share_stops_both_ranks_on_the_same_line(tmp_path):
+    root = make_train_shards(tmp_path / "s", shards=4, videos=2, frames=10)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["shards"][3]["frames"] += 1  # shard 3 (rank 1's share) now disagrees with the manifest
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ranks = _two_rank_start(root, tmp_path / "a")
+    assert ranks[0]["error"] == ranks[1]["error"] and "shard-00003.h5 fails verification" in ranks[0]["error"]
+
+
+def test_merged_parts_equal_the_index_read_in_one_go(tmp_path):
+    from train.shard_index import build_shard_index, merge_indexes
+
+    root = make_train_shards(tmp_path / "s", shards=4, videos=3, frames=9, identities=4)
+    paths = sorted(root.glob("*.h5"))
+    whole = build_shard_index(paths)
+    for cut in ([1], [2], [3], [1, 3]):
+        bounds = [0, *cut, len(paths)]
+        merged = merge_indexes([build_shard_index(paths[a:b]) for a, b in zip(bounds, bounds[1:])])
+        _same_index(whole, merged)
+
+
+def test_catalogue_parts_combine_to_the_catalogue_of_the_whole_set(tmp_path):
+    from train.shard_index import build_shard_index, merge_indexes
+
+    paths = make_clip_shards(tmp_path / "clips", per_shard=2)  # 3 shards, gaps and short videos among them
+    cfg = ClipConfig(frames=16, stride_frames=4)
+    whole_builder = CatalogueBuilder(cfg)
+    whole = whole_builder.finish(build_shard_index(paths, keep_timestamps=False, on_shard=whole_builder))
+    for cut in (1, 2):
+        builders = [CatalogueBuilder(cfg), CatalogueBuilder(cfg)]
+        parts = [build_shard_index(share, keep_timestamps=False, on_shard=b)
+                 for share, b in zip((paths[:cut], paths[cut:]), builders)]
+        index = merge_indexes(parts)
+        joined = CatalogueBuilder(cfg)
+        joined.restore(index.paths, CatalogueBuilder.combine([b.cache_arrays() for b in builders],
+                                                             [0, parts[0].num_videos]))
+        catalogue = joined.finish(index)
+        for field in dataclasses.fields(whole):
+            x, y = getattr(whole, field.name), getattr(catalogue, field.name)
+            assert (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y), (cut, field.name)

@@ -15,9 +15,10 @@ the hash record ($SSLFER_HASH_CACHE + ".index/", else ~/.cache/sslfer/verified-s
 Each folder holds .npy files and meta.json with every file's sha256. A load reads each file once to hash
 it and then maps it read-only: the ranks of a machine share one copy of the index in the page cache, and
 nothing can write into it. A folder that is missing, of another version, or whose bytes do not match is
-not used (a damaged one is named in one warning line) and the index is read from the shards again; the
-ranks-0 of each machine then write what they read. Folders are written under a temporary name and renamed
-into place, so a crash leaves no half folder. A cache that cannot be written (a read-only home) only
+not used (a damaged one is named in one warning line) and the index is read from the shards again: the
+ranks of a machine each read a consecutive share of the shards and keep it as a part (save_part), and
+the machine's rank 0 merges the parts and writes the set (merge_parts, save_index). Folders are written
+under a temporary name and renamed into place, so a crash leaves no half folder. A cache that cannot be written (a read-only home) only
 means every start reads the shards: it fails nothing, and says so once. `--verify` ignores the cache and
 rewrites it. At most MAX_SETS sets are kept; the least recently written go first.
 """
@@ -37,7 +38,7 @@ from sslfer_core import hash_cache, strict_json
 from sslfer_core.atomic_files import TEMP_PREFIX
 from sslfer_core.file_hash import file_sha256
 from sslfer_core.shard_format import ShardFormatError, ShardHeader
-from train.shard_index import ShardIndex, Timestamps
+from train.shard_index import ShardIndex, Timestamps, merge_indexes
 
 SCHEMA = "sslfer.shard-index-cache"
 # Raised whenever what build_shard_index or a CachedHook computes from the same bytes changes.
@@ -53,8 +54,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
 class CachedHook(Protocol):
     """A train/shard_index.py ShardHook whose result the cache can keep: cache_name says what it computes
     (its configuration included; lower-case letters, digits, '.' and '-'), cache_arrays gives its result
-    after every shard was seen (None: nothing to keep, e.g. it stopped early), and restore puts back what
-    cache_arrays gave for the same shards, as if it had watched them being read."""
+    after every shard was seen (None: nothing to keep, e.g. it stopped early), restore puts back what
+    cache_arrays gave for the same shards, as if it had watched them being read, and combine joins the
+    results of shares of the shards that several ranks read."""
 
     cache_name: str
 
@@ -63,6 +65,11 @@ class CachedHook(Protocol):
     def cache_arrays(self) -> dict[str, np.ndarray] | None: ...
 
     def restore(self, paths: list[Path], arrays: dict[str, np.ndarray]) -> None: ...
+
+    def combine(self, parts: list[dict[str, np.ndarray]], video_offsets: list[int]) -> dict[str, np.ndarray] | None:
+        """cache_arrays of the whole set from those of consecutive shares of its shards, whose first videos
+        are video_offsets in the whole set; None when they do not combine (then the shards are read)."""
+        ...
 
 
 class _Damaged(Exception):
@@ -157,37 +164,51 @@ def load_index(manifest_sha256: str, paths: list[Path], *, keep_timestamps: bool
         return None
     folder = _set_folder(manifest_sha256)
     try:
-        found = _read_folder(folder / INDEX)
-        if found is None:
-            return None
-        meta, arrays = found
-        if meta.get("shards") != len(paths) or set(arrays) != set(INDEX_ARRAYS):
-            raise _Damaged(f"{INDEX}/meta.json describes another set")
-        headers = [ShardHeader.from_attrs(attrs, source=f"{folder}/{INDEX}") for attrs in meta["headers"]]
-        per_shard = meta["header_of_shard"]
-        if len(per_shard) != len(paths) or not all(isinstance(i, int) and 0 <= i < len(headers) for i in per_shard):
-            raise _Damaged(f"{INDEX}/meta.json names headers it does not hold")
-        timestamps = None
-        if keep_timestamps:
-            stamps = _read_folder(folder / TIMESTAMPS)
-            if stamps is None:
-                return None
-            timestamps = Timestamps(stamps[1]["values"], stamps[1]["offsets"])
-            if len(timestamps) != len(arrays["video_frames"]):
-                raise _Damaged(f"{TIMESTAMPS} has another number of videos than {INDEX}")
-        if on_shard is not None:
-            derived = _read_folder(folder / _checked_name(on_shard.cache_name))
-            if derived is None:
-                return None
-            on_shard.restore([Path(p) for p in paths], derived[1])
+        found = _load_from(folder, paths, keep_timestamps, on_shard)
     except (_Damaged, ShardFormatError, KeyError, TypeError) as error:
         warn(f"warning: the cached index of this set in {folder} is damaged ({str(error).splitlines()[0]}); "
              "reading the shards instead")
         drop_set(manifest_sha256)  # so that the start writes it again
         return None
-    return ShardIndex(paths=[Path(p) for p in paths], headers=[headers[i] for i in per_shard],
-                      identity_names=list(meta["identity_names"]), timestamps=timestamps,
-                      **{key: arrays[key] for key in INDEX_ARRAYS})
+    if found is None:
+        return None
+    index, derived = found
+    if on_shard is not None:
+        on_shard.restore([Path(p) for p in paths], derived)
+    return index
+
+
+def _load_from(folder: Path, paths: list[Path], keep_timestamps: bool,
+               on_shard: CachedHook | None) -> tuple[ShardIndex, dict | None] | None:
+    """(index, the hook's arrays) kept in `folder`; None when something asked for is not there."""
+    found = _read_folder(folder / INDEX)
+    if found is None:
+        return None
+    meta, arrays = found
+    if meta.get("shards") != len(paths) or set(arrays) != set(INDEX_ARRAYS):
+        raise _Damaged(f"{INDEX}/meta.json describes another set")
+    headers = [ShardHeader.from_attrs(attrs, source=f"{folder}/{INDEX}") for attrs in meta["headers"]]
+    per_shard = meta["header_of_shard"]
+    if len(per_shard) != len(paths) or not all(isinstance(i, int) and 0 <= i < len(headers) for i in per_shard):
+        raise _Damaged(f"{INDEX}/meta.json names headers it does not hold")
+    timestamps = None
+    if keep_timestamps:
+        stamps = _read_folder(folder / TIMESTAMPS)
+        if stamps is None:
+            return None
+        timestamps = Timestamps(stamps[1]["values"], stamps[1]["offsets"])
+        if len(timestamps) != len(arrays["video_frames"]):
+            raise _Damaged(f"{TIMESTAMPS} has another number of videos than {INDEX}")
+    derived = None
+    if on_shard is not None:
+        found = _read_folder(folder / _checked_name(on_shard.cache_name))
+        if found is None:
+            return None
+        derived = found[1]
+    index = ShardIndex(paths=[Path(p) for p in paths], headers=[headers[i] for i in per_shard],
+                       identity_names=list(meta["identity_names"]), timestamps=timestamps,
+                       **{key: arrays[key] for key in INDEX_ARRAYS})
+    return index, derived
 
 
 def save_index(manifest_sha256: str, index: ShardIndex, on_shard: object | None = None) -> bool:
@@ -195,25 +216,76 @@ def save_index(manifest_sha256: str, index: ShardIndex, on_shard: object | None 
     with a warning once per process, when the cache cannot be written."""
     folder = _set_folder(manifest_sha256)
     try:
-        if not (folder / INDEX / "meta.json").is_file():
-            unique: dict[str, int] = {}
-            attrs = [json.dumps(h.attrs(), sort_keys=True) for h in index.headers]
-            per_shard = [unique.setdefault(a, len(unique)) for a in attrs]
-            _write_folder(folder / INDEX, {key: getattr(index, key) for key in INDEX_ARRAYS}, {
-                "shards": len(index.paths), "headers": [json.loads(a) for a in unique], "header_of_shard": per_shard,
-                "identity_names": list(index.identity_names)})
-        if index.timestamps is not None and not (folder / TIMESTAMPS / "meta.json").is_file():
-            _write_folder(folder / TIMESTAMPS, {"values": index.timestamps.values,
-                                                "offsets": index.timestamps.offsets}, {})
-        if isinstance(on_shard, CachedHook) and (arrays := on_shard.cache_arrays()) is not None:
-            target = folder / _checked_name(on_shard.cache_name)
-            if not (target / "meta.json").is_file():
-                _write_folder(target, arrays, {})
+        _save_into(folder, index, on_shard.cache_arrays() if isinstance(on_shard, CachedHook) else None,
+                   on_shard.cache_name if isinstance(on_shard, CachedHook) else None)
         _evict(folder)
     except OSError as error:
         _warn_unwritable(cache_root(), error)
         return False
     return True
+
+
+def _save_into(folder: Path, index: ShardIndex, derived: dict | None, name: str | None) -> None:
+    if not (folder / INDEX / "meta.json").is_file():
+        unique: dict[str, int] = {}
+        attrs = [json.dumps(h.attrs(), sort_keys=True) for h in index.headers]
+        per_shard = [unique.setdefault(a, len(unique)) for a in attrs]
+        _write_folder(folder / INDEX, {key: getattr(index, key) for key in INDEX_ARRAYS}, {
+            "shards": len(index.paths), "headers": [json.loads(a) for a in unique], "header_of_shard": per_shard,
+            "identity_names": list(index.identity_names)})
+    if index.timestamps is not None and not (folder / TIMESTAMPS / "meta.json").is_file():
+        _write_folder(folder / TIMESTAMPS, {"values": index.timestamps.values,
+                                            "offsets": index.timestamps.offsets}, {})
+    if derived is not None and not (folder / _checked_name(name) / "meta.json").is_file():
+        _write_folder(folder / name, derived, {})
+
+
+# ----------------------------------------------------------------------------- a machine's ranks share the reading
+def parts_folder(manifest_sha256: str, job: str) -> Path:
+    """Where the ranks of one machine of one job leave the parts of the index they read (`job` tells
+    apart machines and jobs that share the cache)."""
+    return _set_folder(manifest_sha256) / f"{TEMP_PREFIX}parts-{job}"
+
+
+def save_part(folder: Path, part: ShardIndex, on_shard: object | None) -> bool:
+    """Keep the index of one rank's share of the shards (and what on_shard derived from it) for the
+    machine's rank 0 to merge; False when it cannot be written or on_shard has nothing to keep."""
+    derived = name = None
+    if on_shard is not None:
+        if not isinstance(on_shard, CachedHook) or (derived := on_shard.cache_arrays()) is None:
+            return False
+        name = on_shard.cache_name
+    try:
+        _save_into(folder, part, derived, name)
+    except OSError as error:
+        _warn_unwritable(cache_root(), error)
+        return False
+    return True
+
+
+def merge_parts(folders: list[Path], shares: list[list[Path]], keep_timestamps: bool,
+                on_shard: object | None) -> ShardIndex | None:
+    """The whole index from the parts the ranks kept (shares: each part's shard paths, in shard order),
+    with on_shard restored to what it would have found reading every shard; None when a part is missing
+    or the hook's parts do not combine (the caller then reads the shards)."""
+    parts, derived = [], []
+    try:
+        for folder, paths in zip(folders, shares):
+            found = _load_from(folder, paths, keep_timestamps, on_shard)
+            if found is None:
+                return None
+            parts.append(found[0])
+            derived.append(found[1])
+    except (_Damaged, ShardFormatError, KeyError, TypeError):
+        return None
+    index = merge_indexes(parts)
+    if on_shard is not None:
+        offsets = np.cumsum([0] + [part.num_videos for part in parts[:-1]]).tolist()
+        combined = on_shard.combine(derived, offsets)
+        if combined is None:
+            return None
+        on_shard.restore(index.paths, combined)
+    return index
 
 
 def drop_set(manifest_sha256: str) -> None:

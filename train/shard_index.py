@@ -136,3 +136,29 @@ def build_shard_index(paths: list[Path], *, keep_timestamps: bool = True,
         video_identity=identity.astype(np.int64).reshape(-1), video_names=np.concatenate(names),
         identity_names=[str(name) for name in identity_names], timestamps=timestamps,
     )
+
+
+def merge_indexes(parts: list[ShardIndex]) -> ShardIndex:
+    """The index of the parts' shards in order, as build_shard_index would read it in one go (the ranks of a
+    machine each read a contiguous share of the shards: train/shard_set.py)."""
+    names = sorted({name for part in parts for name in part.identity_names})
+    position = {name: i for i, name in enumerate(names)}
+    shard_base = np.cumsum([0] + [len(part.paths) for part in parts])
+    frames = np.concatenate([part.video_frames for part in parts])
+    timestamps = None
+    if all(part.timestamps is not None for part in parts):
+        offsets = np.zeros(len(frames) + 1, np.int64)
+        np.cumsum(frames, out=offsets[1:])
+        timestamps = Timestamps(np.concatenate([part.timestamps.values for part in parts]), offsets)
+    return ShardIndex(
+        paths=[p for part in parts for p in part.paths], headers=[h for part in parts for h in part.headers],
+        video_shard=np.concatenate([part.video_shard + base for part, base in zip(parts, shard_base)]),
+        video_local=np.concatenate([part.video_local for part in parts]),
+        video_first_row=np.concatenate([part.video_first_row for part in parts]),
+        video_frames=frames,
+        video_identity=np.concatenate([
+            np.asarray([position[n] for n in part.identity_names], np.int64)[part.video_identity]
+            if len(part.video_identity) else np.zeros(0, np.int64) for part in parts]),
+        video_names=np.concatenate([part.video_names for part in parts]),
+        identity_names=names, timestamps=timestamps,
+    )

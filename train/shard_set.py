@@ -2,6 +2,8 @@
 --verify). Each failure is one ShardSetError line."""
 from __future__ import annotations
 
+import secrets
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -36,8 +38,8 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
     the sha256 checks are split among the ranks of each machine (_hash_split). keep_timestamps and
     on_shard are passed on to build_shard_index. Once every shard matches the manifest, the index comes
     from the machine's index cache when it holds this manifest's (train/index_cache.py); otherwise it is
-    read from the shards, checked against the manifest, and rank 0 of each machine caches it. full_verify
-    reads the shards in any case and rewrites the cache."""
+    read from the shards, checked against the manifest, and cached: the ranks of each machine share the
+    reading (_read_shared). full_verify reads the shards in any case and rewrites the cache."""
     root = Path(root)
     ctx = ctx or DistContext()
     if not root.is_dir():
@@ -63,44 +65,104 @@ def open_shard_set(root: Path, *, full_verify: bool = False,
         first = errors[0]
         raise ShardSetError(f"{root}: {len(errors)} of {len(manifest.shards)} shards fail verification "
                             f"(first: {first.file}: {first.reason}); see `sslfer-manifest verify {root}`")
+    if full_verify and ctx.local_rank == 0:
+        index_cache.drop_set(digest)  # before the collectives below, so no rank of this job has written yet
     _hash_split(root, manifest, paths, ctx, full_verify, warn)
-    compat = manifest.compat_config() if not manifest.mixed else None
+    index = None if full_verify else index_cache.load_index(digest, paths, keep_timestamps=keep_timestamps,
+                                                               on_shard=on_shard, warn=warn)
+    # Every rank of the job takes the same way, since the shared reading below meets in collectives.
+    if not all(hit for hit, in gather_ints([int(index is not None)], ctx)):
+        reading = _Reading(root, manifest, keep_timestamps, on_shard, ctx)
+        index = _read_shared(reading, digest, paths, warn)
+        if index is None:  # one rank per machine, or the shared reading did not complete: every rank reads all
+            index = reading.read(paths, 0)
+            _check_clips(root, manifest, index)
+            if ctx.local_rank == 0:
+                index_cache.save_index(digest, index, on_shard)
+    index.sha256 = [entry.sha256 for entry in manifest.shards]
+    return index, digest
 
-    def check(shard: int, path: Path, header, timestamps, counts) -> None:
-        entry = manifest.shards[shard]
+
+class _Reading:
+    """Reads the index of consecutive shards, checking each against the manifest."""
+
+    def __init__(self, root: Path, manifest, keep_timestamps: bool, on_shard: ShardHook | None, ctx: DistContext):
+        self.root, self.manifest, self.keep_timestamps, self.on_shard, self.ctx = (
+            root, manifest, keep_timestamps, on_shard, ctx)
+        self.compat = manifest.compat_config() if not manifest.mixed else None
+
+    def check(self, shard: int, header, counts) -> None:
+        entry, root = self.manifest.shards[shard], self.root
         # The reader has checked the header's schema and that the file links nowhere else; what is left
         # of the quick check is the comparison with the manifest.
         found = (len(counts), int(counts.sum()))
-        if found != (entry.videos, entry.frames) or (compat is not None and header_compat(header) != compat):
-            reason = manifest_disagreement(entry, header, found, manifest)
+        if found != (entry.videos, entry.frames) or (self.compat is not None and header_compat(header) != self.compat):
+            reason = manifest_disagreement(entry, header, found, self.manifest)
             raise ShardSetError(f"{root}: shard {entry.file} fails verification ({reason}); "
                                 f"see `sslfer-manifest verify {root}`")
-        if on_shard is not None:
-            on_shard(shard, path, header, timestamps, counts)
 
-    index = None if full_verify else index_cache.load_index(digest, paths, keep_timestamps=keep_timestamps,
-                                                               on_shard=on_shard, warn=warn)
-    if index is None:
+    def read(self, paths: list[Path], first: int) -> ShardIndex:
+        """The index of `paths`, the manifest's shards first, first + 1, ...; on_shard sees them numbered
+        from 0, as the shards of an index of their own."""
         # A first start at VoxCeleb2 scale spends most of a minute here (docs/training.md): rank 0 shows it.
-        bar = Progress("indexing", len(paths), unit=" shards", enabled=None if ctx.is_main else False)
+        bar = Progress("indexing", len(paths), unit=" shards", enabled=None if self.ctx.is_main else False)
 
-        def check_and_count(*args) -> None:
-            check(*args)
+        def check_and_count(shard: int, path: Path, header, timestamps, counts) -> None:
+            self.check(first + shard, header, counts)
+            if self.on_shard is not None:
+                self.on_shard(shard, path, header, timestamps, counts)
             bar.advance()
 
         try:
-            index = build_shard_index(paths, keep_timestamps=keep_timestamps, on_shard=check_and_count)
+            return build_shard_index(paths, keep_timestamps=self.keep_timestamps, on_shard=check_and_count)
         except (ShardFormatError, ValueError) as error:
             raise ShardSetError(str(error).splitlines()[0]) from None
         finally:
             bar.close()
-        _check_clips(root, manifest, index)
-        if ctx.local_rank == 0:
-            if full_verify:
-                index_cache.drop_set(digest)
-            index_cache.save_index(digest, index, on_shard)
-    index.sha256 = [entry.sha256 for entry in manifest.shards]
-    return index, digest
+
+
+def _read_shared(reading: _Reading, digest: str, paths: list[Path], warn) -> ShardIndex | None:
+    """The ranks of each machine read a consecutive share of the shards each and keep it in the index
+    cache as a part; the machine's rank 0 merges the parts, checks the clips and writes the set; then
+    every rank maps it (train/index_cache.py). None where that cannot be done (one rank per machine, a
+    hook the cache cannot keep, a cache that cannot be written, a shard that fails its check): the
+    caller then reads every shard on every rank, which names a failing shard on every rank alike."""
+    ctx, on_shard = reading.ctx, reading.on_shard
+    local_world = max(1, min(ctx.local_world_size, ctx.world_size))
+    if local_world < 2 or len(paths) < 2 * local_world or not (
+            on_shard is None or isinstance(on_shard, index_cache.CachedHook)):
+        return None
+    node, local_rank = ctx.rank // local_world, ctx.local_rank % local_world
+    job = gather_ints([secrets.randbits(62)], ctx)[node * local_world][0]  # names this machine's parts
+    bounds = np.linspace(0, len(paths), local_world + 1).round().astype(int).tolist()
+    shares = [paths[bounds[r]:bounds[r + 1]] for r in range(local_world)]
+    folder = index_cache.parts_folder(digest, f"{node}-{job:x}")
+    folders = [folder / str(r) for r in range(local_world)]
+    try:
+        part = reading.read(shares[local_rank], bounds[local_rank])
+        kept = index_cache.save_part(folders[local_rank], part, on_shard)
+    except ShardSetError:
+        kept = False
+    machine = slice(node * local_world, (node + 1) * local_world)
+    if not all(flag for flag, in gather_ints([int(kept)], ctx)[machine]):
+        if local_rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+        return None
+    written = False
+    if local_rank == 0:
+        try:
+            index = index_cache.merge_parts(folders, shares, reading.keep_timestamps, on_shard)
+            if index is not None:
+                _check_clips(reading.root, reading.manifest, index)
+                written = index_cache.save_index(digest, index, on_shard)
+        except ShardSetError:
+            written = False
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    if not gather_ints([int(written)], ctx)[node * local_world][0]:
+        return None
+    return index_cache.load_index(digest, paths, keep_timestamps=reading.keep_timestamps, on_shard=on_shard,
+                                  warn=warn)
 
 
 def _check_clips(root: Path, manifest, index: ShardIndex) -> None:

@@ -222,6 +222,16 @@ class CatalogueBuilder:
                 "counts": np.array([self._videos, self._short, self._long, self._stride], np.int64),
                 "fps": np.array([self._fps], np.float64)}
 
+    @staticmethod
+    def combine(parts: list[dict[str, np.ndarray]], video_offsets: list[int]) -> dict[str, np.ndarray] | None:
+        if len({float(p["fps"][0]) for p in parts}) != 1 or len({int(p["counts"][3]) for p in parts}) != 1:
+            return None  # shares at different rates: finish() refuses them after reading every shard
+        joined = {key: np.concatenate([p[key] + (offset if key in ("run_video", "usable") else 0)
+                                       for p, offset in zip(parts, video_offsets)])
+                  for key in ("run_video", "run_start", "run_length", "usable")}
+        counts = np.sum([p["counts"][:3] for p in parts], axis=0)
+        return {**joined, "counts": np.append(counts, parts[0]["counts"][3]).astype(np.int64), "fps": parts[0]["fps"]}
+
     def restore(self, paths: list[Path], arrays: dict[str, np.ndarray]) -> None:
         self._reset()
         self.paths = [Path(p) for p in paths]
