@@ -317,3 +317,12 @@ def test_catalogue_parts_combine_to_the_catalogue_of_the_whole_set(tmp_path):
         for field in dataclasses.fields(whole):
             x, y = getattr(whole, field.name), getattr(catalogue, field.name)
             assert (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y), (cut, field.name)
+
+
+def test_parts_of_different_face_sizes_are_refused_as_one_read_refuses_them(tmp_path):
+    from train.shard_index import build_shard_index, merge_indexes
+
+    small = build_shard_index(sorted(make_train_shards(tmp_path / "a", shards=1, videos=1, frames=5).glob("*.h5")))
+    large = dataclasses.replace(small, headers=[dataclasses.replace(small.headers[0], image_size=36)])
+    with pytest.raises(ValueError, match="different sizes"):
+        merge_indexes([small, large])

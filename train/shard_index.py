@@ -96,6 +96,13 @@ class ShardIndex:
         return sum(a.nbytes for a in arrays) + (self.timestamps.nbytes if self.timestamps is not None else 0)
 
 
+def _check_one_size(headers: list[ShardHeader]) -> None:
+    sizes = sorted({h.image_size for h in headers})
+    if len(sizes) > 1:
+        raise ValueError(f"shards hold faces of different sizes ({', '.join(map(str, sizes))} px); "
+                         "train on one prepared set at a time")
+
+
 def build_shard_index(paths: list[Path], *, keep_timestamps: bool = True,
                       on_shard: ShardHook | None = None) -> ShardIndex:
     """Read the video tables and timestamps of every shard. Raises ShardFormatError for unreadable files and
@@ -118,10 +125,7 @@ def build_shard_index(paths: list[Path], *, keep_timestamps: bool = True,
             on_shard(s, Path(path), reader.header, stamps, count)
         if keep_timestamps:
             times.append(stamps)
-    sizes = sorted({h.image_size for h in headers})
-    if len(sizes) > 1:
-        raise ValueError(f"shards hold faces of different sizes ({', '.join(map(str, sizes))} px); "
-                         "train on one prepared set at a time")
+    _check_one_size(headers)
     identity_names, identity = np.unique(np.concatenate(identities), return_inverse=True)
     video_frames = np.concatenate(frames)
     timestamps = None
@@ -141,6 +145,7 @@ def build_shard_index(paths: list[Path], *, keep_timestamps: bool = True,
 def merge_indexes(parts: list[ShardIndex]) -> ShardIndex:
     """The index of the parts' shards in order, as build_shard_index would read it in one go (the ranks of a
     machine each read a contiguous share of the shards: train/shard_set.py)."""
+    _check_one_size([h for part in parts for h in part.headers])
     names = sorted({name for part in parts for name in part.identity_names})
     position = {name: i for i, name in enumerate(names)}
     shard_base = np.cumsum([0] + [len(part.paths) for part in parts])

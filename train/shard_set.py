@@ -143,8 +143,8 @@ def _read_shared(reading: _Reading, digest: str, paths: list[Path], warn) -> Sha
         kept = index_cache.save_part(folders[local_rank], part, on_shard)
     except ShardSetError:
         kept = False
-    machine = slice(node * local_world, (node + 1) * local_world)
-    if not all(flag for flag, in gather_ints([int(kept)], ctx)[machine]):
+    # Over the whole job: a machine that returns here must not leave the others waiting in the gather below.
+    if not all(flag for flag, in gather_ints([int(kept)], ctx)):
         if local_rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
         return None
@@ -155,7 +155,7 @@ def _read_shared(reading: _Reading, digest: str, paths: list[Path], warn) -> Sha
             if index is not None:
                 _check_clips(reading.root, reading.manifest, index)
                 written = index_cache.save_index(digest, index, on_shard)
-        except ShardSetError:
+        except (ShardSetError, ValueError):  # reading every shard next names it on every rank
             written = False
         finally:
             shutil.rmtree(folder, ignore_errors=True)
