@@ -47,7 +47,8 @@ MAX_SETS = 8
 INDEX, TIMESTAMPS = "index", "timestamps"
 INDEX_ARRAYS = ("video_shard", "video_local", "video_first_row", "video_frames", "video_identity", "video_names")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
+_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")  # a CachedHook's folder
+_KEY = re.compile(r"[a-z0-9_]{1,64}")  # an array's file name, without .npy
 
 
 @runtime_checkable
@@ -142,7 +143,7 @@ def _read_folder(folder: Path) -> tuple[dict, dict[str, np.ndarray]] | None:
     arrays = {}
     for key, expect in files.items():
         path = folder / f"{key}.npy"
-        if not (isinstance(expect, dict) and _NAME.fullmatch(key.lower().replace("_", "-"))):
+        if not (isinstance(expect, dict) and _KEY.fullmatch(key)):
             raise _Damaged(f"{folder.name}/meta.json is malformed")
         try:
             if path.stat().st_size != expect.get("bytes") or file_sha256(path) != expect.get("sha256"):

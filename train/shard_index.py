@@ -34,6 +34,13 @@ class Timestamps:
     def __init__(self, values: np.ndarray, offsets: np.ndarray):
         self.values, self.offsets = values, offsets
 
+    @classmethod
+    def of_videos(cls, values: np.ndarray, video_frames: np.ndarray) -> "Timestamps":
+        """values: every video's timestamps one after another; video_frames: how many each video has."""
+        offsets = np.zeros(len(video_frames) + 1, np.int64)
+        np.cumsum(video_frames, out=offsets[1:])
+        return cls(values, offsets)
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -130,9 +137,7 @@ def build_shard_index(paths: list[Path], *, keep_timestamps: bool = True,
     video_frames = np.concatenate(frames)
     timestamps = None
     if keep_timestamps:
-        offsets = np.zeros(len(video_frames) + 1, np.int64)
-        np.cumsum(video_frames, out=offsets[1:])
-        timestamps = Timestamps(np.concatenate(times), offsets)
+        timestamps = Timestamps.of_videos(np.concatenate(times), video_frames)
     return ShardIndex(
         paths=[Path(p) for p in paths], headers=headers,
         video_shard=np.concatenate(shard_ids), video_local=np.concatenate(local),
@@ -152,9 +157,7 @@ def merge_indexes(parts: list[ShardIndex]) -> ShardIndex:
     frames = np.concatenate([part.video_frames for part in parts])
     timestamps = None
     if all(part.timestamps is not None for part in parts):
-        offsets = np.zeros(len(frames) + 1, np.int64)
-        np.cumsum(frames, out=offsets[1:])
-        timestamps = Timestamps(np.concatenate([part.timestamps.values for part in parts]), offsets)
+        timestamps = Timestamps.of_videos(np.concatenate([part.timestamps.values for part in parts]), frames)
     return ShardIndex(
         paths=[p for part in parts for p in part.paths], headers=[h for part in parts for h in part.headers],
         video_shard=np.concatenate([part.video_shard + base for part, base in zip(parts, shard_base)]),

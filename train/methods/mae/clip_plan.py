@@ -197,6 +197,11 @@ def _chunk_runs(ts: np.ndarray, counts: np.ndarray, frames: int, stride: int, fp
     return run_video, begins - video_begin[begins], lengths, np.unique(run_video)
 
 
+# What a CatalogueBuilder keeps per shard: the runs of valid starts, and the videos that have one.
+_RUNS = ("run_video", "run_start", "run_length", "usable")
+_VIDEO_NUMBERS = ("run_video", "usable")  # the ones that count videos, shifted when shares are joined
+
+
 class CatalogueBuilder:
     """Builds the clip catalogue shard by shard while the index is read (a train/shard_index.py ShardHook),
     so the MAE never holds every timestamp of the set (216 M at VoxCeleb2 scale). finish() gives what
@@ -217,8 +222,7 @@ class CatalogueBuilder:
     def cache_arrays(self) -> dict[str, np.ndarray] | None:
         if not self._complete or self._stride is None or not self._parts:
             return None  # finish() refuses these shards; a start reads them again to say so
-        run_video, run_start, run_length, usable = (np.concatenate(p).astype(np.int64) for p in zip(*self._parts))
-        return {"run_video": run_video, "run_start": run_start, "run_length": run_length, "usable": usable,
+        return {**dict(zip(_RUNS, self._runs())),
                 "counts": np.array([self._videos, self._short, self._long, self._stride], np.int64),
                 "fps": np.array([self._fps], np.float64)}
 
@@ -226,9 +230,9 @@ class CatalogueBuilder:
     def combine(parts: list[dict[str, np.ndarray]], video_offsets: list[int]) -> dict[str, np.ndarray] | None:
         if len({float(p["fps"][0]) for p in parts}) != 1 or len({int(p["counts"][3]) for p in parts}) != 1:
             return None  # shares at different rates: finish() refuses them after reading every shard
-        joined = {key: np.concatenate([p[key] + (offset if key in ("run_video", "usable") else 0)
+        joined = {key: np.concatenate([p[key] + (offset if key in _VIDEO_NUMBERS else 0)
                                        for p, offset in zip(parts, video_offsets)])
-                  for key in ("run_video", "run_start", "run_length", "usable")}
+                  for key in _RUNS}
         counts = np.sum([p["counts"][:3] for p in parts], axis=0)
         return {**joined, "counts": np.append(counts, parts[0]["counts"][3]).astype(np.int64), "fps": parts[0]["fps"]}
 
@@ -237,7 +241,7 @@ class CatalogueBuilder:
         self.paths = [Path(p) for p in paths]
         self._videos, self._short, self._long, self._stride = (int(x) for x in arrays["counts"])
         self._fps = float(arrays["fps"][0])
-        self._parts = [tuple(arrays[k] for k in ("run_video", "run_start", "run_length", "usable"))]
+        self._parts = [tuple(arrays[k] for k in _RUNS)]
 
     def _reset(self) -> None:
         self.paths: list[Path] = []
@@ -270,6 +274,12 @@ class CatalogueBuilder:
                                                                self._fps, self.cfg.timing_tolerance)
         self._parts.append((run_video + base, run_start, run_length, usable + base))
 
+    def _runs(self) -> tuple[np.ndarray, ...]:
+        """The _RUNS arrays of every shard seen, joined. One part (a restored catalogue) is used as it is:
+        a read-only mapping the ranks share."""
+        parts = list(zip(*self._parts)) or [[np.zeros(0, np.int64)]] * len(_RUNS)
+        return tuple((p[0] if len(p) == 1 else np.concatenate(p)).astype(np.int64, copy=False) for p in parts)
+
     def covers(self, index: ShardIndex) -> bool:
         return self.paths == [Path(p) for p in index.paths]
 
@@ -279,10 +289,7 @@ class CatalogueBuilder:
             raise ValueError("the catalogue builder watched another index being read")
         fps = shard_fps(index)
         stride = clip_stride_frames(fps, self.cfg)
-        parts = list(zip(*self._parts)) or [[np.zeros(0, np.int64)]] * 4
-        # One part (a restored catalogue) is used as it is: a read-only mapping the ranks share.
-        run_video, run_start, run_length, usable = (
-            (p[0] if len(p) == 1 else np.concatenate(p)).astype(np.int64, copy=False) for p in parts)
+        run_video, run_start, run_length, usable = self._runs()
         return _catalogue(index, self.cfg, fps, stride, run_video, run_start, run_length, usable,
                           self._short, self._long - len(usable))
 
