@@ -14,14 +14,10 @@ from train.methods.byol.loss import byol_loss
 from train.methods.momentum import cosine_momentum, ema_update
 from train.metrics_log import read_metrics
 from train.weights_file import read_weights
-from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards
+from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint
+from train_fixtures import two_shards as shards  # noqa: F401 (a fixture)
 
 STEPS = ["--steps", "4", "--ckpt-every", "2", "--warmup-steps", "1"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
 
 
 def _invoke(args):

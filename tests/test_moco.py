@@ -18,16 +18,12 @@ from train.methods.moco import MoCoModel
 from train.methods.moco.queue import enqueue, moco_loss
 from train.metrics_log import read_metrics
 from train.weights_file import read_weights
-from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards
+from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint
+from train_fixtures import two_shards as shards  # noqa: F401 (a fixture)
 
 STEPS = ["--steps", "4", "--ckpt-every", "2", "--warmup-steps", "1"]
 SMALL = ["--queue-size", "12", "--bn-groups", "2"]
 B, WORLD, SIDE, QUEUE = 4, 2, 32, 12
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
 
 
 def _invoke(args):

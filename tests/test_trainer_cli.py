@@ -10,6 +10,7 @@ import train.checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
 from train_fixtures import TINY_TRAIN, make_train_shards
+from train_fixtures import two_shards as shards  # noqa: F401 (a fixture)
 
 
 def _run(args):
@@ -24,11 +25,6 @@ def _assert_one_line_error(result, *fragments, code=1):
     assert len(error_lines) == 1, result.output
     for fragment in fragments:
         assert fragment in error_lines[0], error_lines[0]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
 
 
 def test_short_run_writes_config_metrics_and_checkpoints(shards, tmp_path):

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -16,13 +15,9 @@ from train.checkpoints import list_checkpoints
 from train.cli import main
 from train.metrics_log import read_metrics
 from train_fixtures import TINY_TRAIN, interrupt_after_checkpoint, make_train_shards
+from train_fixtures import two_shards as shards  # noqa: F401 (a fixture)
 
 ABLATION = ["--timeaug", "--hardneg", "--faceswap", "--maskfn"]
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
 
 
 def _train(args):

@@ -54,6 +54,13 @@ def interrupt_after_checkpoint(monkeypatch, step: int = 2):
 
 
 @pytest.fixture(scope="module")
+def two_shards(tmp_path_factory):
+    """Two shards of 3 videos of 40 frames (8 s at 5 fps each), for the CLI tests that train, resume and
+    compare methods (import it as `shards`: `from train_fixtures import two_shards as shards`)."""
+    return make_train_shards(tmp_path_factory.mktemp("shards"), shards=2, videos=3, frames=40)
+
+
+@pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """One small shard of 3 videos, for tests that train a few steps (import the fixture by name)."""
     return make_train_shards(tmp_path_factory.mktemp("shards"), shards=1, videos=3, frames=20)
